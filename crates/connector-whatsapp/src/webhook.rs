@@ -1,0 +1,133 @@
+//! The webhook endpoints.
+
+use crate::{Whatsapp, normalize::NormalizeCtx, verify};
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use chrono::Utc;
+use omnigate_core::{
+    api_error::ApiError,
+    publish::{Outgoing, Topic},
+};
+use omnigate_model::{event_id, pb, timestamp};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+pub(crate) fn routes(connector: Whatsapp) -> Router {
+    Router::new()
+        .route("/webhooks/whatsapp/{channel}", get(handshake).post(receive))
+        .with_state(connector)
+}
+
+/// `GET`: answers Meta's handshake with the raw challenge when the token matches.
+async fn handshake(
+    State(wa): State<Whatsapp>,
+    Path(channel): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(config) = wa.inner.config.channels.get(&channel) else {
+        return ApiError::not_found("no such WhatsApp channel").into_response();
+    };
+    let mode = query.get("hub.mode").map(String::as_str);
+    let token = query.get("hub.verify_token").map(String::as_str).unwrap_or("");
+    let challenge = query.get("hub.challenge");
+    match (mode, challenge) {
+        (Some("subscribe"), Some(challenge))
+            if verify::verify_token_matches(config.verify_token.expose_secret(), token) =>
+        {
+            tracing::info!(channel, "WhatsApp webhook verified");
+            ([(header::CONTENT_TYPE, "text/plain")], challenge.clone()).into_response()
+        }
+        _ => {
+            tracing::warn!(channel, "WhatsApp verification refused");
+            ApiError::new(StatusCode::FORBIDDEN, "verification_failed", "hub.mode or hub.verify_token is wrong")
+                .into_response()
+        }
+    }
+}
+
+/// `POST`: verifies, normalizes, publishes, and answers 200 only after Kafka acknowledged.
+async fn receive(
+    State(wa): State<Whatsapp>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let Some(config) = wa.inner.config.channels.get(&channel) else {
+        return Err(ApiError::not_found("no such WhatsApp channel"));
+    };
+    let signature = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
+    if let Err(err) = verify::verify_signature(config.app_secret.expose_secret().as_bytes(), signature, &body) {
+        metrics::counter!("omnigate_whatsapp_rejected_total", "reason" => "signature").increment(1);
+        tracing::warn!(channel, reason = %err, "WhatsApp webhook signature refused");
+        return Err(ApiError::unauthorized("invalid_signature", err.to_string()));
+    }
+    metrics::counter!("omnigate_whatsapp_received_bytes_total").increment(body.len() as u64);
+
+    let received_at = Utc::now();
+    let cx = NormalizeCtx {
+        channel_id: &channel,
+        tenant: &config.tenant,
+        received_at,
+    };
+    let publisher = &wa.inner.ctx.publisher;
+    let normalized = match crate::normalize(&body, &cx) {
+        Ok(normalized) => normalized,
+        Err(err) => {
+            // Signed by Meta but unreadable: keep the bytes, answer 200 so Meta stops retrying.
+            dead_letter(&wa, &cx, &body, &err.to_string()).await?;
+            return Ok(StatusCode::OK);
+        }
+    };
+    for event in &normalized.events {
+        wa.inner.windows.observe(event);
+    }
+    let count = normalized.events.len();
+    publisher
+        .publish_all(
+            normalized
+                .events
+                .into_iter()
+                .map(|e| (Topic::Inbound, Outgoing::Event(Box::new(e)))),
+        )
+        .await
+        .inspect_err(|err| tracing::warn!(channel, error = %err, "Kafka did not take the events; answering 503"))?;
+    if !normalized.rejected.is_empty() {
+        dead_letter(&wa, &cx, &body, &normalized.rejected.join("; ")).await?;
+    }
+    if normalized.ignored_changes > 0 {
+        metrics::counter!("omnigate_whatsapp_ignored_changes_total").increment(normalized.ignored_changes as u64);
+    }
+    metrics::counter!("omnigate_whatsapp_events_total").increment(count as u64);
+    tracing::debug!(channel, events = count, "WhatsApp webhook accepted");
+    Ok(StatusCode::OK)
+}
+
+async fn dead_letter(wa: &Whatsapp, cx: &NormalizeCtx<'_>, body: &Bytes, reason: &str) -> Result<(), ApiError> {
+    metrics::counter!("omnigate_whatsapp_dead_lettered_total").increment(1);
+    tracing::warn!(channel = cx.channel_id, %reason, bytes = body.len(), "WhatsApp body dead-lettered");
+    let digest = hex::encode(Sha256::digest(body));
+    let letter = pb::DeadLetter {
+        id: event_id(pb::ChannelKind::Whatsapp, cx.channel_id, &digest, "deadletter").to_string(),
+        source: format!("/omnigate/whatsapp/{}", cx.channel_id),
+        tenant: cx.tenant.to_string(),
+        channel_kind: pb::ChannelKind::Whatsapp as i32,
+        channel_id: cx.channel_id.to_string(),
+        reason: reason.to_string(),
+        raw: body.to_vec(),
+        content_type: "application/json".into(),
+        time: Some(timestamp(cx.received_at)),
+    };
+    wa.inner
+        .ctx
+        .publisher
+        .publish(Topic::Deadletter, Outgoing::DeadLetter(Box::new(letter)))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! The publisher handle connectors use to put events on Kafka.
+//!
+//! The trait lives here so connector crates do not link librdkafka; `omnigate-kafka`
+//! implements it. `publish` resolves only once the broker acknowledged the record
+//! (`acks=all`), or fails within a bounded wait: that is what lets a webhook answer
+//! 2xx only for events that are safe.
+
+use async_trait::async_trait;
+use omnigate_model::pb;
+use std::{sync::Arc, time::Duration};
+
+/// The topics of the contract, without the configurable prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// `inbound.v1`: every normalized inbound event.
+    Inbound,
+    /// `routed.v1`: inbound events with routing, and `conversation.*` events.
+    Routed,
+    /// `outbound.v1`: send commands.
+    Outbound,
+    /// `router.assignments.v1`: the router's compacted state.
+    Assignments,
+    /// `deadletter.v1`: what could not be normalized or delivered.
+    Deadletter,
+}
+
+impl Topic {
+    /// Every topic, in contract order.
+    pub const ALL: [Topic; 5] = [
+        Self::Inbound,
+        Self::Routed,
+        Self::Outbound,
+        Self::Assignments,
+        Self::Deadletter,
+    ];
+
+    /// The name without prefix, e.g. `inbound.v1`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound.v1",
+            Self::Routed => "routed.v1",
+            Self::Outbound => "outbound.v1",
+            Self::Assignments => "router.assignments.v1",
+            Self::Deadletter => "deadletter.v1",
+        }
+    }
+
+    /// The full name under `prefix`, e.g. `omnigate.inbound.v1`.
+    pub fn name(self, prefix: &str) -> String {
+        format!("{prefix}{}", self.suffix())
+    }
+}
+
+/// What goes on a topic.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// An event, keyed by its conversation key, with CloudEvents headers.
+    Event(Box<pb::Event>),
+    /// A dead letter, keyed by its source.
+    DeadLetter(Box<pb::DeadLetter>),
+    /// A send command, keyed by its channel and recipient.
+    Command(Box<pb::SendCommand>),
+}
+
+/// How a failed publish should be handled. Drives retries and HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The broker was unreachable or slow; the same record may succeed later (HTTP 503).
+    Retriable,
+    /// The local queue is full; slow down and retry (HTTP 503 with a short `Retry-After`).
+    Backpressure,
+    /// The record can never be accepted (too large, invalid); retrying is pointless.
+    Permanent,
+}
+
+/// A failed publish.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("publish to {topic} failed ({kind:?}): {message}")]
+pub struct PublishError {
+    /// How to handle it.
+    pub kind: ErrorKind,
+    /// The full topic name.
+    pub topic: String,
+    /// The broker's or client's reason.
+    pub message: String,
+}
+
+impl PublishError {
+    /// How long a provider should wait before retrying, for a `Retry-After` header.
+    pub fn retry_after(&self) -> Duration {
+        match self.kind {
+            ErrorKind::Backpressure => Duration::from_secs(1),
+            ErrorKind::Retriable | ErrorKind::Permanent => Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Partition the record was written to.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
+}
+
+/// Puts records on Kafka and waits for the acknowledgement.
+#[async_trait]
+pub trait Publish: Send + Sync + 'static {
+    /// Publishes one record; resolves after the broker acknowledged it, or fails within
+    /// the configured bounded wait.
+    async fn publish(&self, topic: Topic, record: Outgoing) -> Result<Delivered, PublishError>;
+}
+
+/// A cheap-to-clone handle on the process's one publisher.
+#[derive(Clone)]
+pub struct Publisher(Arc<dyn Publish>);
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Publisher")
+    }
+}
+
+impl Publisher {
+    /// Wraps a publisher implementation.
+    pub fn new(inner: impl Publish) -> Self {
+        Self(Arc::new(inner))
+    }
+
+    /// Publishes one record and waits for its acknowledgement.
+    pub async fn publish(&self, topic: Topic, record: Outgoing) -> Result<Delivered, PublishError> {
+        self.0.publish(topic, record).await
+    }
+
+    /// Publishes an event.
+    pub async fn event(&self, topic: Topic, event: pb::Event) -> Result<Delivered, PublishError> {
+        self.publish(topic, Outgoing::Event(Box::new(event))).await
+    }
+
+    /// Publishes every record concurrently and succeeds only if all were acknowledged.
+    /// The first error is returned; the others may still have landed, which is fine
+    /// because ids are deterministic and consumers drop duplicates.
+    pub async fn publish_all(
+        &self,
+        records: impl IntoIterator<Item = (Topic, Outgoing)>,
+    ) -> Result<Vec<Delivered>, PublishError> {
+        let sends = records
+            .into_iter()
+            .map(|(topic, record)| self.publish(topic, record));
+        futures::future::try_join_all(sends).await
+    }
+}

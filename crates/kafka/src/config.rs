@@ -1,0 +1,105 @@
+//! Kafka settings (the `[kafka]` table).
+
+use rdkafka::ClientConfig;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Kafka settings shared by the producer, consumers and topic bootstrap.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated. Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Prefix of every topic name. Default `omnigate.`.
+    pub topic_prefix: String,
+    /// Partitions of topics created at start. Default 6.
+    pub partitions: i32,
+    /// Replication factor of topics created at start. Default 1 (use 3 in production).
+    pub replication_factor: i32,
+    /// Create missing topics at start. When off, or when creation fails, start fails
+    /// with the list of topics to create.
+    pub create_topics: bool,
+    /// Longest a record may wait for the broker's acknowledgement, in milliseconds.
+    /// This bounds how long a webhook waits before answering 503. Default 5000.
+    pub message_timeout_ms: u64,
+    /// How long the producer batches before sending, in milliseconds. Default 5.
+    pub linger_ms: u64,
+    /// Batch compression: `lz4`, `zstd` or `none`. Default `lz4`.
+    pub compression: String,
+    /// Client id reported to the broker. Default `omnigate`.
+    pub client_id: String,
+    /// How often readiness checks the broker, in milliseconds. Default 2000.
+    pub probe_interval_ms: u64,
+    /// Topic suffixes (e.g. `inbound.v1`) whose values are protobuf instead of JSON.
+    #[serde(default)]
+    pub protobuf_topics: Vec<String>,
+    /// Extra librdkafka properties, e.g. `security.protocol` or `sasl.password`.
+    /// Values are treated as secrets and never logged.
+    #[serde(default)]
+    pub properties: BTreeMap<String, SecretString>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("create_topics", &self.create_topics)
+            .field("message_timeout_ms", &self.message_timeout_ms)
+            .field("linger_ms", &self.linger_ms)
+            .field("compression", &self.compression)
+            .field("client_id", &self.client_id)
+            .field("protobuf_topics", &self.protobuf_topics)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaConfig {
+    /// Checks values librdkafka would only reject later, naming the key.
+    pub fn validate(&self) -> Result<(), omnigate_core::ConfigError> {
+        use omnigate_core::ConfigError;
+        if self.brokers.trim().is_empty() {
+            return Err(ConfigError::new("kafka.brokers", "must list at least one host:port"));
+        }
+        for broker in self.brokers.split(',') {
+            let ok = broker
+                .trim()
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(ConfigError::new(
+                    "kafka.brokers",
+                    format!("`{broker}` is not host:port"),
+                ));
+            }
+        }
+        if !matches!(self.compression.as_str(), "lz4" | "zstd" | "none") {
+            return Err(ConfigError::new("kafka.compression", "must be lz4, zstd or none"));
+        }
+        if self.partitions < 1 {
+            return Err(ConfigError::new("kafka.partitions", "must be at least 1"));
+        }
+        if self.message_timeout_ms < 100 {
+            return Err(ConfigError::new("kafka.message_timeout_ms", "must be at least 100"));
+        }
+        Ok(())
+    }
+
+    /// The librdkafka settings every client shares.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", &self.client_id)
+            // Tansu and single-broker setups listen on IPv4 only.
+            .set("broker.address.family", "v4");
+        for (key, value) in &self.properties {
+            config.set(key, value.expose_secret());
+        }
+        config
+    }
+}

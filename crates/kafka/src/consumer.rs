@@ -1,0 +1,173 @@
+//! A consumer-group loop with at-least-once semantics: an offset is stored only after
+//! the handler succeeded for that record, and committed in the background and at shutdown.
+
+use crate::config::KafkaConfig;
+use omnigate_core::publish::Topic;
+use rdkafka::{
+    Message,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    error::KafkaError,
+    message::Headers,
+};
+use std::{future::Future, time::Duration};
+use tokio_util::sync::CancellationToken;
+
+/// One record, copied out of librdkafka's buffers.
+#[derive(Debug, Clone)]
+pub struct ConsumedRecord {
+    /// Full topic name.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// The record key.
+    pub key: Option<Vec<u8>>,
+    /// The record value.
+    pub value: Vec<u8>,
+    /// Headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ConsumedRecord {
+    /// The first header named `name`, as UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// What a handler reports for a record it could not process.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Try the same record again after a pause; its offset is not stored.
+    #[error("retriable: {0}")]
+    Retriable(String),
+    /// Skip it: the handler already dead-lettered it or it can never succeed.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// Creates a consumer in `group` subscribed to `topics`, ready for [`run`].
+pub fn subscribe(config: &KafkaConfig, group: &str, topics: &[Topic]) -> Result<StreamConsumer, KafkaError> {
+    let consumer: StreamConsumer = config
+        .client_config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        // Offsets are stored by hand, after the handler succeeded.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .create()?;
+    let names: Vec<String> = topics.iter().map(|t| t.name(&config.topic_prefix)).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs)?;
+    Ok(consumer)
+}
+
+/// Feeds every record to `handler`, in partition order, until `shutdown`.
+///
+/// A retriable failure retries the same record with backoff (up to 30 s between
+/// tries), so nothing is skipped; a permanent failure is logged and skipped.
+pub async fn run<H, F>(consumer: StreamConsumer, shutdown: CancellationToken, mut handler: H) -> Result<(), KafkaError>
+where
+    H: FnMut(ConsumedRecord) -> F,
+    F: Future<Output = Result<(), HandlerError>>,
+{
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!(error = %err, "Kafka consumer error");
+                metrics::counter!("omnigate_kafka_consume_errors_total").increment(1);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let record = ConsumedRecord {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers: message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match handler(record.clone()).await {
+                Ok(()) => break,
+                Err(HandlerError::Permanent(reason)) => {
+                    tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "Skipping record");
+                    break;
+                }
+                Err(HandlerError::Retriable(reason)) => {
+                    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, retry_in_ms = backoff.as_millis() as u64, "Retrying record");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return commit(&consumer),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        consumer.store_offset_from_message(&message)?;
+        metrics::counter!("omnigate_kafka_consumed_total").increment(1);
+    }
+    commit(&consumer)
+}
+
+fn commit(consumer: &StreamConsumer) -> Result<(), KafkaError> {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        // Nothing stored since the last commit.
+        Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+        other => other,
+    }
+}
+
+/// A record value that is not the expected message.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable record at {topic}/{partition}@{offset}: {reason}")]
+pub struct DecodeError {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl ConsumedRecord {
+    /// Decodes the value as `T`, in JSON or protobuf according to `content-type`.
+    pub fn decode<T>(&self) -> Result<T, DecodeError>
+    where
+        T: prost::Message + Default + serde::de::DeserializeOwned,
+    {
+        let result = if self.header("content-type") == Some(crate::headers::PROTOBUF) {
+            T::decode(self.value.as_slice()).map_err(|e| e.to_string())
+        } else {
+            serde_json::from_slice(&self.value).map_err(|e| e.to_string())
+        };
+        result.map_err(|reason| DecodeError {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            reason,
+        })
+    }
+}

@@ -1,0 +1,79 @@
+//! CloudEvents 1.0 Kafka binding, binary mode: the value is the data, every attribute
+//! is a `ce_*` header, and `content-type` is the data content type.
+
+use omnigate_model::{EventType, pb};
+use rdkafka::message::{Header, OwnedHeaders};
+
+/// `content-type` of JSON values.
+pub const JSON: &str = "application/json";
+/// `content-type` of protobuf values.
+pub const PROTOBUF: &str = "application/protobuf";
+
+/// The attributes of one record, before they become headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudEvent {
+    /// `ce_id`
+    pub id: String,
+    /// `ce_source`
+    pub source: String,
+    /// `ce_type`
+    pub ce_type: String,
+    /// `ce_time`, RFC 3339
+    pub time: String,
+    /// `ce_subject`: the conversation key (empty: no header)
+    pub subject: String,
+    /// `ce_tenant` (extension)
+    pub tenant: String,
+    /// `content-type`
+    pub content_type: &'static str,
+}
+
+impl CloudEvent {
+    /// The attributes of an event envelope.
+    pub fn of_event(event: &pb::Event, content_type: &'static str) -> Self {
+        let ce_type = EventType::parse(&event.r#type)
+            .map(EventType::ce_type)
+            // An event type newer than this build: keep it visible rather than guess.
+            .unwrap_or_else(|| format!("io.omnigate.{}.v1", event.r#type));
+        Self {
+            id: event.id.clone(),
+            source: event.source.clone(),
+            ce_type,
+            time: rfc3339(event.time.as_ref()),
+            subject: event.conversation_key.clone(),
+            tenant: event.tenant.clone(),
+            content_type,
+        }
+    }
+
+    /// The headers, in binary mode.
+    pub fn to_headers(&self) -> OwnedHeaders {
+        let mut pairs = vec![
+            ("ce_specversion", "1.0"),
+            ("ce_id", self.id.as_str()),
+            ("ce_source", self.source.as_str()),
+            ("ce_type", self.ce_type.as_str()),
+            ("ce_time", self.time.as_str()),
+        ];
+        if !self.subject.is_empty() {
+            pairs.push(("ce_subject", self.subject.as_str()));
+        }
+        pairs.push(("ce_tenant", self.tenant.as_str()));
+        pairs.push(("content-type", self.content_type));
+        pairs
+            .into_iter()
+            .fold(OwnedHeaders::new_with_capacity(8), |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value),
+                })
+            })
+    }
+}
+
+/// Formats a protobuf timestamp as RFC 3339 UTC; the Unix epoch when absent.
+pub fn rfc3339(ts: Option<&omnigate_model::Timestamp>) -> String {
+    ts.and_then(omnigate_model::datetime)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}

@@ -1,0 +1,212 @@
+//! The process's one Kafka producer.
+
+use crate::{
+    config::KafkaConfig,
+    headers::{self, CloudEvent},
+};
+use async_trait::async_trait;
+use omnigate_core::{
+    health::Health,
+    publish::{Delivered, ErrorKind, Outgoing, Publish, PublishError, Topic},
+};
+use prost::Message as _;
+use rdkafka::{
+    error::{KafkaError, RDKafkaErrorCode},
+    producer::{FutureProducer, FutureRecord, Producer},
+    util::Timeout,
+};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+use tokio_util::sync::CancellationToken;
+
+/// An idempotent producer with `acks=all` and a bounded delivery wait.
+///
+/// `publish` resolves only on the broker's acknowledgement, or with an error within
+/// `message.timeout.ms` plus the queue wait: never later, never silently.
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    prefix: String,
+    protobuf_topics: HashSet<String>,
+    /// How long `send` may wait for room in librdkafka's local queue.
+    queue_wait: Duration,
+    /// A safety net over librdkafka's own `message.timeout.ms`.
+    deadline: Duration,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl KafkaPublisher {
+    /// Creates the producer. It connects lazily; use [`Self::probe`] for readiness.
+    pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
+        let message_timeout = Duration::from_millis(config.message_timeout_ms);
+        let producer: FutureProducer = config
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", config.message_timeout_ms.to_string())
+            // A request must give up before the message does, or the timeout never fires.
+            .set(
+                "request.timeout.ms",
+                (config.message_timeout_ms.saturating_sub(100)).max(100).to_string(),
+            )
+            .set("linger.ms", config.linger_ms.to_string())
+            .set("compression.type", &config.compression)
+            .set("queue.buffering.max.messages", "200000")
+            .set("statistics.interval.ms", "0")
+            .create()?;
+        Ok(Self {
+            producer,
+            prefix: config.topic_prefix.clone(),
+            protobuf_topics: config.protobuf_topics.iter().cloned().collect(),
+            queue_wait: Duration::from_millis(500),
+            deadline: message_timeout + Duration::from_secs(2),
+        })
+    }
+
+    /// The full name of `topic`.
+    pub fn topic_name(&self, topic: Topic) -> String {
+        topic.name(&self.prefix)
+    }
+
+    /// Waits for every queued record to be acknowledged, for up to `timeout`.
+    /// Returns how many records were still queued (and are now lost to this process).
+    pub fn flush(&self, timeout: Duration) -> i32 {
+        if let Err(err) = self.producer.flush(Timeout::After(timeout)) {
+            tracing::error!(error = %err, "Producer flush did not finish");
+        }
+        let left = self.producer.in_flight_count();
+        if left > 0 {
+            tracing::error!(records = left, "Records still unacknowledged at shutdown");
+        }
+        left
+    }
+
+    /// Checks the broker every `interval` and records the result in `health`, until `shutdown`.
+    pub async fn probe(&self, health: Health, interval: Duration, shutdown: CancellationToken) {
+        loop {
+            let producer = self.producer.clone();
+            let wait = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
+            let reachable = tokio::task::spawn_blocking(move || {
+                producer.client().fetch_metadata(None, Timeout::After(wait)).is_ok()
+            })
+            .await
+            .unwrap_or(false);
+            health.set_kafka_reachable(reachable);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    fn encode(&self, topic: Topic, record: &Outgoing) -> (String, Vec<u8>, CloudEvent) {
+        let protobuf = self.protobuf_topics.contains(topic.suffix());
+        let content_type = if protobuf { headers::PROTOBUF } else { headers::JSON };
+        match record {
+            Outgoing::Event(event) => {
+                let value = if protobuf {
+                    event.encode_to_vec()
+                } else {
+                    omnigate_model::to_json(event)
+                };
+                let ce = CloudEvent::of_event(event, content_type);
+                (event.conversation_key.clone(), value, ce)
+            }
+            Outgoing::DeadLetter(letter) => {
+                let value = if protobuf {
+                    letter.encode_to_vec()
+                } else {
+                    serde_json::to_vec(letter.as_ref()).unwrap_or_default()
+                };
+                let ce = CloudEvent {
+                    id: letter.id.clone(),
+                    source: letter.source.clone(),
+                    ce_type: "io.omnigate.deadletter.v1".into(),
+                    time: headers::rfc3339(letter.time.as_ref()),
+                    subject: String::new(),
+                    tenant: letter.tenant.clone(),
+                    content_type,
+                };
+                (letter.source.clone(), value, ce)
+            }
+            Outgoing::Command(command) => {
+                let value = if protobuf {
+                    command.encode_to_vec()
+                } else {
+                    serde_json::to_vec(command.as_ref()).unwrap_or_default()
+                };
+                let channel = command.channel.as_ref().map(|c| c.channel_id.as_str()).unwrap_or("");
+                let ce = CloudEvent {
+                    id: command.command_id.clone(),
+                    source: "/omnigate/api".into(),
+                    ce_type: "io.omnigate.command.send.v1".into(),
+                    time: headers::rfc3339(None),
+                    subject: String::new(),
+                    tenant: command.tenant.clone(),
+                    content_type,
+                };
+                // One recipient's commands stay in order in one partition.
+                (format!("{channel}:{}", command.to), value, ce)
+            }
+        }
+    }
+}
+
+/// Classifies a producer error into retriable, backpressure or permanent.
+pub fn classify(err: &KafkaError) -> ErrorKind {
+    use RDKafkaErrorCode as C;
+    match err.rdkafka_error_code() {
+        Some(C::QueueFull) => ErrorKind::Backpressure,
+        Some(
+            C::MessageSizeTooLarge
+            | C::InvalidMessage
+            | C::InvalidMessageSize
+            | C::InvalidRecord
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::InvalidTopic,
+        ) => ErrorKind::Permanent,
+        _ => ErrorKind::Retriable,
+    }
+}
+
+#[async_trait]
+impl Publish for KafkaPublisher {
+    async fn publish(&self, topic: Topic, record: Outgoing) -> Result<Delivered, PublishError> {
+        let name = self.topic_name(topic);
+        let (key, value, ce) = self.encode(topic, &record);
+        let started = Instant::now();
+        let fail = |kind: ErrorKind, message: String| {
+            metrics::counter!("omnigate_kafka_produce_errors_total", "topic" => topic.suffix(), "kind" => format!("{kind:?}").to_lowercase()).increment(1);
+            PublishError { kind, topic: name.clone(), message }
+        };
+        let send = self.producer.send(
+            FutureRecord::to(&name)
+                .key(&key)
+                .payload(&value)
+                .headers(ce.to_headers()),
+            Timeout::After(self.queue_wait),
+        );
+        let result = match tokio::time::timeout(self.deadline, send).await {
+            Ok(Ok(delivery)) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((err, _))) => Err(fail(classify(&err), err.to_string())),
+            Err(_) => Err(fail(ErrorKind::Retriable, "no acknowledgement within the bounded wait".into())),
+        };
+        metrics::histogram!("omnigate_kafka_produce_duration_seconds", "topic" => topic.suffix())
+            .record(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            metrics::counter!("omnigate_kafka_produced_total", "topic" => topic.suffix()).increment(1);
+        }
+        result
+    }
+}

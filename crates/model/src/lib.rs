@@ -1,0 +1,69 @@
+//! The Omnigate event contract.
+//!
+//! [`pb`] holds the types generated from `proto/omnigate/v1`; their serde impls follow
+//! the proto3 canonical JSON mapping, which is what goes on Kafka. The rest of this crate
+//! is pure helpers every connector shares: event types, deterministic event ids,
+//! conversation keys and phone-number canonicalisation.
+
+pub mod ids;
+pub mod phone;
+
+pub use ids::{EventType, conversation_key, event_id};
+
+/// Types generated from the proto files (no hand-kept copy).
+#[allow(
+    missing_docs,
+    clippy::all,
+    unused_qualifications,
+    rust_2018_idioms,
+    clippy::unwrap_used
+)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/omnigate.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/omnigate.v1.serde.rs"));
+}
+
+pub use pbjson_types::{ListValue, Struct, Timestamp, Value};
+
+/// Converts a wall-clock time into a protobuf timestamp.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> Timestamp {
+    Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// Converts a protobuf timestamp back into wall-clock time; `None` when out of range.
+pub fn datetime(ts: &Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).ok()?)
+}
+
+/// Converts a `serde_json::Value` into the protobuf `Value` used for raw provider parts.
+pub fn json_to_value(json: &serde_json::Value) -> Value {
+    // Both sides use the canonical JSON mapping, so a serde round trip is exact.
+    serde_json::from_value(json.clone()).unwrap_or_default()
+}
+
+/// Encodes an event as the canonical JSON that goes on Kafka.
+pub fn to_json(event: &pb::Event) -> Vec<u8> {
+    // Serialising generated types into a Vec cannot fail: no maps with non-string keys.
+    serde_json::to_vec(event).unwrap_or_default()
+}
+
+/// Decodes an event from canonical JSON; unknown fields from newer producers are ignored.
+pub fn from_json(bytes: &[u8]) -> Result<pb::Event, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+impl pb::ChannelKind {
+    /// The short lowercase name used in conversation keys, sources and config.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Email => "email",
+            Self::Whatsapp => "whatsapp",
+            Self::Livechat => "livechat",
+            Self::Voice => "voice",
+        }
+    }
+}

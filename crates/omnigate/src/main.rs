@@ -1,0 +1,119 @@
+//! `omnigate`: the gateway binary.
+
+mod api;
+mod config;
+mod serve;
+mod tools;
+
+use clap::{Parser, Subcommand};
+use config::{Config, Role};
+use std::{future::Future, path::PathBuf, process::ExitCode};
+
+/// Omnigate: every customer message, one normalized event on Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "omnigate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the gateway.
+    Serve {
+        /// The config file (layered over the built-in defaults and under OMNIGATE_* env vars).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Roles to run; repeat for several. Defaults to `roles` from the config.
+        #[arg(long = "role", value_enum)]
+        roles: Vec<Role>,
+    },
+    /// Lists the broker's topics.
+    Topics {
+        /// The config file (for `[kafka]`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Prints every record of a topic (all partitions, from the start) as JSON lines.
+    Tail {
+        /// The config file (for `[kafka]`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The topic, without the prefix (`inbound.v1`) or in full.
+        topic: String,
+    },
+    /// Loads and validates a config file, then exits: 0 when valid, 1 with the key at fault.
+    CheckConfig {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(Some(&config)) {
+            Ok(loaded) => {
+                println!(
+                    "{}: valid (roles {:?}, kafka {}, {} WhatsApp channel(s))",
+                    config.display(),
+                    loaded.roles,
+                    loaded.kafka.brokers,
+                    loaded.whatsapp.channels.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Topics { config } => run_tool(config, |config| async move { tools::topics(&config).await }),
+        Command::Tail { config, topic } => run_tool(config, |config| async move { tools::tail(&config, &topic) }),
+        Command::Serve { config, roles } => {
+            let loaded = match Config::load(config.as_deref()) {
+                Ok(loaded) => loaded,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("error: cannot start the async runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve::serve(loaded, roles)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Loads config and runs a short-lived async tool, reporting errors the same way.
+fn run_tool<F, Fut>(config: Option<PathBuf>, tool: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let result = Config::load(config.as_deref()).map_err(anyhow::Error::from).and_then(|config| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(tool(config))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `omnigate serve`: wires the configured roles onto one listener and one producer.
+
+use crate::{
+    api,
+    config::{Config, Role},
+};
+use anyhow::Context as _;
+use omnigate_connector_whatsapp::Whatsapp;
+use omnigate_core::{
+    auth::ApiKeys,
+    blob::BlobStore,
+    connector::{Connector, ConnectorContext},
+    health::Health,
+    http,
+    publish::{Publisher, Topic},
+    shutdown, telemetry,
+};
+use omnigate_kafka::{
+    KafkaPublisher, admin,
+    consumer::{self, ConsumedRecord, HandlerError},
+};
+use omnigate_model::pb;
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// Runs until SIGINT or SIGTERM, then drains requests, stops consumers and flushes Kafka.
+pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
+    telemetry::init_logs(&config.log);
+    let metrics = telemetry::init_metrics();
+    let roles = if roles.is_empty() { config.roles.clone() } else { roles };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), ?roles, brokers = %config.kafka.brokers, "Starting Omnigate");
+
+    admin::ensure_topics(&config.kafka).await?;
+    let producer = KafkaPublisher::new(&config.kafka).context("cannot create the Kafka producer")?;
+    let publisher = Publisher::new(producer.clone());
+    let health = Health::default();
+    let shutdown = shutdown::on_signal();
+    let tasks = TaskTracker::new();
+    {
+        let (producer, health, shutdown) = (producer.clone(), health.clone(), shutdown.clone());
+        let interval = Duration::from_millis(config.kafka.probe_interval_ms);
+        tasks.spawn(async move { producer.probe(health, interval, shutdown).await });
+    }
+
+    let blobs = BlobStore::open(&config.blobs)?;
+    let ctx = ConnectorContext {
+        publisher: publisher.clone(),
+        blobs,
+        shutdown: shutdown.clone(),
+        health: health.clone(),
+        topic_prefix: config.kafka.topic_prefix.clone(),
+    };
+
+    let mut app = axum::Router::new();
+    if roles.contains(&Role::Whatsapp) {
+        let whatsapp = Whatsapp::new(config.whatsapp.clone(), ctx.clone());
+        app = app.merge(whatsapp.routes());
+        let media = whatsapp.clone();
+        spawn_consumer(&tasks, &config, "omnigate-whatsapp-media", Topic::Inbound, &shutdown, move |record| {
+            let media = media.clone();
+            async move {
+                let event: pb::Event = decoded(&record)?;
+                media.fetch_media(&event).await.map_err(|e| HandlerError::Retriable(e.to_string()))
+            }
+        })?;
+        spawn_consumer(&tasks, &config, "omnigate-whatsapp-sender", Topic::Outbound, &shutdown, move |record| {
+            let sender = whatsapp.clone();
+            async move {
+                let command: pb::SendCommand = decoded(&record)?;
+                sender.send(&command).await.map_err(|e| HandlerError::Retriable(e.to_string()))
+            }
+        })?;
+    }
+    if roles.contains(&Role::Api) {
+        let channels: HashMap<String, pb::ChannelKind> = config
+            .whatsapp
+            .channels
+            .keys()
+            .map(|name| (name.clone(), pb::ChannelKind::Whatsapp))
+            .collect();
+        let state = api::ApiState {
+            publisher: publisher.clone(),
+            channels: Arc::new(channels),
+        };
+        app = app.merge(api::routes(state, ApiKeys::new(&config.api_keys)));
+    }
+
+    let app = http::with_ops(app, &config.server, health, metrics);
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    tracing::info!(listen = %config.server.listen, "Listening");
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    http::serve(listener, app, shutdown.clone(), grace).await?;
+
+    shutdown.cancel();
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!("Background tasks did not stop within the grace period");
+    }
+    let left = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await?;
+    tracing::info!(unacknowledged = left, "Stopped");
+    Ok(())
+}
+
+fn decoded<T>(record: &ConsumedRecord) -> Result<T, HandlerError>
+where
+    T: prost::Message + Default + serde::de::DeserializeOwned,
+{
+    record.decode().map_err(|e| HandlerError::Permanent(e.to_string()))
+}
+
+fn spawn_consumer<H, F>(
+    tasks: &TaskTracker,
+    config: &Config,
+    group: &str,
+    topic: Topic,
+    shutdown: &CancellationToken,
+    handler: H,
+) -> anyhow::Result<()>
+where
+    H: FnMut(ConsumedRecord) -> F + Send + 'static,
+    F: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let consumer = consumer::subscribe(&config.kafka, group, &[topic])
+        .with_context(|| format!("cannot start the Kafka consumer {group}"))?;
+    let group = group.to_string();
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(err) = consumer::run(consumer, shutdown, handler).await {
+            tracing::error!(group, error = %err, "Consumer stopped");
+        }
+    });
+    Ok(())
+}

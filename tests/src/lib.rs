@@ -1,0 +1,172 @@
+//! Helpers for end-to-end tests: the broker `make test` starts, the `omnigate` binary
+//! run as a real process, and readers that collect what landed on a topic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use omnigate_kafka::KafkaConfig;
+use std::{
+    collections::BTreeMap,
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// The broker `make test` started (Tansu, memory storage), or `OMNIGATE_TEST_BROKERS`.
+pub fn brokers() -> String {
+    std::env::var("OMNIGATE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A topic prefix no other test (or earlier run) uses.
+pub fn unique_prefix(test: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "t-{test}-{}-{nanos}-{}.",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Kafka settings for tests: the given brokers and prefix, defaults otherwise.
+pub fn kafka_config(brokers: &str, prefix: &str) -> KafkaConfig {
+    KafkaConfig {
+        brokers: brokers.into(),
+        topic_prefix: prefix.into(),
+        partitions: 3,
+        replication_factor: 1,
+        create_topics: true,
+        message_timeout_ms: 5000,
+        linger_ms: 5,
+        compression: "lz4".into(),
+        client_id: "omnigate-test".into(),
+        probe_interval_ms: 500,
+        protobuf_topics: vec![],
+        properties: BTreeMap::new(),
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The `omnigate` binary built beside this test (`make test` builds it first).
+pub fn omnigate_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("omnigate");
+    assert!(bin.exists(), "{} is missing: run `cargo build --bin omnigate` (make test does)", bin.display());
+    bin
+}
+
+/// A running `omnigate serve` process, killed on drop.
+pub struct Gateway {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// Topic prefix of this gateway.
+    pub prefix: String,
+    /// Temporary folder with the config file and blobs.
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the binary with `extra` TOML appended to a test config; waits for `/healthz`.
+    pub async fn start(brokers: &str, prefix: &str, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+[log]
+format = "pretty"
+level = "info,omnigate=debug"
+[kafka]
+brokers = "{brokers}"
+topic_prefix = "{prefix}"
+partitions = 3
+probe_interval_ms = 300
+message_timeout_ms = 3000
+[blobs]
+url = "file://{blobs}"
+[[api_keys]]
+name = "test"
+tenant = "acme"
+sha256 = "bb2c3471b1d4f3a48f740bf10b04cc830d5cd528b47ba699f9f0d733dbc5e397"
+{extra}
+"#,
+            blobs = dir.path().join("blobs").display()
+        );
+        let path = dir.path().join("omnigate.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("omnigate.log")).unwrap();
+        let child = Command::new(omnigate_bin())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let gateway = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            prefix: prefix.into(),
+            dir,
+        };
+        gateway.wait_for("/healthz", 200, Duration::from_secs(60)).await;
+        gateway
+    }
+
+    /// The process's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("omnigate.log")).unwrap_or_default()
+    }
+
+    /// Polls `path` until it answers `status`, or panics with the log after `timeout`.
+    pub async fn wait_for(&self, path: &str, status: u16, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(response) = client.get(format!("{}{path}", self.url)).send().await {
+                if response.status().as_u16() == status {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{path} never answered {status} within {timeout:?}; log:\n{}", self.log());
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One record read back from a topic.
+pub type Record = omnigate_kafka::reader::ReadRecord;
+
+/// The value of a record as JSON.
+pub fn json(record: &Record) -> serde_json::Value {
+    serde_json::from_slice(&record.value).unwrap()
+}
+
+/// Reads `topic` from the beginning of every partition until `expected` records
+/// arrived (then a short quiet period, to catch extras) or `timeout` passed.
+pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
+    let config = kafka_config(brokers, "");
+    omnigate_kafka::reader::read_topic(&config, topic, expected, Duration::from_millis(700), timeout)
+        .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
+}

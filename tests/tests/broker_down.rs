@@ -1,0 +1,99 @@
+//! Broker outages, injected with rdkafka's MockCluster: publishing fails with a
+//! retriable error within the bounded wait, `/readyz` goes false and comes back
+//! without a restart, and a signed webhook gets 503 with `Retry-After`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use omnigate_connector_whatsapp::verify::sign;
+use omnigate_core::publish::{ErrorKind, Publish, Topic};
+use omnigate_e2e::{Gateway, kafka_config};
+use omnigate_kafka::KafkaPublisher;
+use omnigate_model::pb;
+use rdkafka::mocking::MockCluster;
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "omnigate.";
+
+fn mock_with_topics() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let mock = MockCluster::new(1).unwrap();
+    for topic in Topic::ALL {
+        mock.create_topic(&topic.name(PREFIX), 3, 1).unwrap();
+    }
+    mock
+}
+
+fn event() -> pb::Event {
+    pb::Event {
+        id: "e1".into(),
+        r#type: "message.received".into(),
+        conversation_key: "whatsapp:1:2".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_fails_retriably_within_the_bounded_wait() {
+    let mock = mock_with_topics();
+    let mut config = kafka_config(&mock.bootstrap_servers(), PREFIX);
+    config.message_timeout_ms = 1000;
+    let publisher = KafkaPublisher::new(&config).unwrap();
+    publisher
+        .publish(Topic::Inbound, omnigate_core::publish::Outgoing::Event(Box::new(event())))
+        .await
+        .expect("publishes while the broker is up");
+
+    mock.broker_down(1).unwrap();
+    let started = Instant::now();
+    let err = publisher
+        .publish(Topic::Inbound, omnigate_core::publish::Outgoing::Event(Box::new(event())))
+        .await
+        .expect_err("nothing can be acknowledged while the broker is down");
+    let waited = started.elapsed();
+    assert_eq!(err.kind, ErrorKind::Retriable, "{err}");
+    assert!(waited < Duration::from_secs(4), "bounded wait exceeded: {waited:?}");
+    mock.broker_up(1).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_webhooks_follow_the_broker() {
+    let mock = mock_with_topics();
+    let gateway = Gateway::start(
+        &mock.bootstrap_servers(),
+        PREFIX,
+        r#"
+[whatsapp.channels.demo]
+phone_number_id = "106540352242922"
+verify_token = "demo-verify-token"
+app_secret = "demo-app-secret"
+access_token = "demo-access-token"
+"#,
+    )
+    .await;
+    gateway.wait_for("/readyz", 200, Duration::from_secs(20)).await;
+
+    mock.broker_down(1).unwrap();
+    gateway.wait_for("/readyz", 503, Duration::from_secs(20)).await;
+
+    let body = include_str!("../../crates/connector-whatsapp/tests/fixtures/text_reply.json");
+    let response = reqwest::Client::new()
+        .post(format!("{}/webhooks/whatsapp/demo", gateway.url))
+        .header("x-hub-signature-256", sign(b"demo-app-secret", body.as_bytes()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503, "never 2xx while Kafka cannot take the event");
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+
+    mock.broker_up(1).unwrap();
+    gateway.wait_for("/readyz", 200, Duration::from_secs(30)).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/webhooks/whatsapp/demo", gateway.url))
+        .header("x-hub-signature-256", sign(b"demo-app-secret", body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "recovered without a restart; log:\n{}", gateway.log());
+}
