@@ -55,12 +55,41 @@ pub fn free_port() -> u16 {
 }
 
 /// The `omnigate` binary built beside this test (`make test` builds it first).
+///
+/// Cargo does not rebuild another package's binary for this package's tests, so a
+/// binary older than the sources fails here instead of testing old code.
 pub fn omnigate_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("omnigate");
-    assert!(bin.exists(), "{} is missing: run `cargo build --bin omnigate` (make test does)", bin.display());
+    let bin = exe.parent().unwrap().parent().unwrap().join("omnigate");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: run `cargo build --bin omnigate` (make test does)", bin.display()));
+    let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
+    if let Some(newest) = newest_mtime(&sources) {
+        assert!(
+            newest <= built,
+            "{} is older than the sources: run `cargo build --bin omnigate` (make test does)",
+            bin.display()
+        );
+    }
     bin
+}
+
+fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                newest_mtime(&path)
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                entry.metadata().and_then(|m| m.modified()).ok()
+            } else {
+                None
+            }
+        })
+        .max()
 }
 
 /// A running `omnigate serve` process, killed on drop.

@@ -190,7 +190,7 @@ async fn handshake_and_signed_post_land_on_inbound() {
     assert_eq!(record.headers["ce_id"], event["id"].as_str().unwrap());
     assert_eq!(event["message"]["parts"][0]["text"], "Does it come in another color?");
     assert_eq!(event["message"]["replyToProviderId"], "wamid.HBgLMTY1MDM4NzZBQkNEAA==");
-    assert_eq!(event["message"]["whatsapp"]["windowExpiresAt"], "2025-06-09T20:59:43Z");
+    assert_eq!(event["message"]["whatsapp"]["windowExpiresAt"], "2025-06-09T20:59:43+00:00");
 
     // Meta redelivers: same event id.
     assert_eq!(post_signed(&gateway, &fixture("text_reply"), b"demo-app-secret").await.status(), 200);

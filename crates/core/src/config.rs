@@ -66,9 +66,9 @@ fn from_figment(err: figment::Error) -> ConfigError {
         .as_ref()
         .map(|m| format!(" (from {})", m.name))
         .unwrap_or_default();
-    // For unknown fields figment's path stops at the parent table; add the field itself.
+    // For a missing field figment's path stops at the parent table; name the field itself.
     let key = match &err.kind {
-        figment::error::Kind::UnknownField(field, _) => format!("{key}.{field}")
+        figment::error::Kind::MissingField(field) => format!("{key}.{field}")
             .trim_start_matches("(root).")
             .to_string(),
         _ => key,

@@ -257,7 +257,7 @@ fn json_is_the_canonical_mapping() {
     // lowerCamelCase names, enum names as strings, RFC 3339 timestamps, oneof flattened.
     assert_eq!(json["conversationKey"], "whatsapp:106540352242922:16505551234");
     assert_eq!(json["status"]["status"], "DELIVERY_STATUS_FAILED");
-    assert_eq!(json["time"], "2025-06-08T20:59:44Z");
+    assert_eq!(json["time"], "2025-06-08T20:59:44+00:00");
     assert_eq!(json["status"]["errors"][0]["code"], "131047");
 }
 
