@@ -51,7 +51,11 @@ pub fn kafka_config(brokers: &str, prefix: &str) -> KafkaConfig {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The `omnigate` binary built beside this test (`make test` builds it first).
@@ -63,7 +67,12 @@ pub fn omnigate_bin() -> PathBuf {
     let bin = exe.parent().unwrap().parent().unwrap().join("omnigate");
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
-        .unwrap_or_else(|_| panic!("{} is missing: run `cargo build --bin omnigate` (make test does)", bin.display()));
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `cargo build --bin omnigate` (make test does)",
+                bin.display()
+            )
+        });
     let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
     if let Some(newest) = newest_mtime(&sources) {
         assert!(
@@ -147,7 +156,9 @@ sha256 = "bb2c3471b1d4f3a48f740bf10b04cc830d5cd528b47ba699f9f0d733dbc5e397"
             prefix: prefix.into(),
             dir,
         };
-        gateway.wait_for("/healthz", 200, Duration::from_secs(60)).await;
+        gateway
+            .wait_for("/healthz", 200, Duration::from_secs(60))
+            .await;
         gateway
     }
 
@@ -161,14 +172,16 @@ sha256 = "bb2c3471b1d4f3a48f740bf10b04cc830d5cd528b47ba699f9f0d733dbc5e397"
         let client = reqwest::Client::new();
         let started = Instant::now();
         while started.elapsed() < timeout {
-            if let Ok(response) = client.get(format!("{}{path}", self.url)).send().await {
-                if response.status().as_u16() == status {
-                    return;
-                }
+            let answer = client.get(format!("{}{path}", self.url)).send().await;
+            if answer.is_ok_and(|r| r.status().as_u16() == status) {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("{path} never answered {status} within {timeout:?}; log:\n{}", self.log());
+        panic!(
+            "{path} never answered {status} within {timeout:?}; log:\n{}",
+            self.log()
+        );
     }
 
     /// Sends SIGKILL.
@@ -196,6 +209,12 @@ pub fn json(record: &Record) -> serde_json::Value {
 /// arrived (then a short quiet period, to catch extras) or `timeout` passed.
 pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
     let config = kafka_config(brokers, "");
-    omnigate_kafka::reader::read_topic(&config, topic, expected, Duration::from_millis(700), timeout)
-        .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
+    omnigate_kafka::reader::read_topic(
+        &config,
+        topic,
+        expected,
+        Duration::from_millis(700),
+        timeout,
+    )
+    .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
 }

@@ -37,19 +37,28 @@ async fn publish_fails_retriably_within_the_bounded_wait() {
     config.message_timeout_ms = 1000;
     let publisher = KafkaPublisher::new(&config).unwrap();
     publisher
-        .publish(Topic::Inbound, omnigate_core::publish::Outgoing::Event(Box::new(event())))
+        .publish(
+            Topic::Inbound,
+            omnigate_core::publish::Outgoing::Event(Box::new(event())),
+        )
         .await
         .expect("publishes while the broker is up");
 
     mock.broker_down(1).unwrap();
     let started = Instant::now();
     let err = publisher
-        .publish(Topic::Inbound, omnigate_core::publish::Outgoing::Event(Box::new(event())))
+        .publish(
+            Topic::Inbound,
+            omnigate_core::publish::Outgoing::Event(Box::new(event())),
+        )
         .await
         .expect_err("nothing can be acknowledged while the broker is down");
     let waited = started.elapsed();
     assert_eq!(err.kind, ErrorKind::Retriable, "{err}");
-    assert!(waited < Duration::from_secs(4), "bounded wait exceeded: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(4),
+        "bounded wait exceeded: {waited:?}"
+    );
     mock.broker_up(1).unwrap();
 }
 
@@ -68,32 +77,57 @@ access_token = "demo-access-token"
 "#,
     )
     .await;
-    gateway.wait_for("/readyz", 200, Duration::from_secs(20)).await;
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(20))
+        .await;
 
     mock.broker_down(1).unwrap();
-    gateway.wait_for("/readyz", 503, Duration::from_secs(20)).await;
+    gateway
+        .wait_for("/readyz", 503, Duration::from_secs(20))
+        .await;
 
     let body = include_str!("../../crates/connector-whatsapp/tests/fixtures/text_reply.json");
     let response = reqwest::Client::new()
         .post(format!("{}/webhooks/whatsapp/demo", gateway.url))
-        .header("x-hub-signature-256", sign(b"demo-app-secret", body.as_bytes()))
+        .header(
+            "x-hub-signature-256",
+            sign(b"demo-app-secret", body.as_bytes()),
+        )
         .header("content-type", "application/json")
         .body(body)
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 503, "never 2xx while Kafka cannot take the event");
-    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(
+        response.status(),
+        503,
+        "never 2xx while Kafka cannot take the event"
+    );
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry_after >= 1);
 
     mock.broker_up(1).unwrap();
-    gateway.wait_for("/readyz", 200, Duration::from_secs(30)).await;
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(30))
+        .await;
     let response = reqwest::Client::new()
         .post(format!("{}/webhooks/whatsapp/demo", gateway.url))
-        .header("x-hub-signature-256", sign(b"demo-app-secret", body.as_bytes()))
+        .header(
+            "x-hub-signature-256",
+            sign(b"demo-app-secret", body.as_bytes()),
+        )
         .body(body)
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200, "recovered without a restart; log:\n{}", gateway.log());
+    assert_eq!(
+        response.status(),
+        200,
+        "recovered without a restart; log:\n{}",
+        gateway.log()
+    );
 }

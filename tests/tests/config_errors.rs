@@ -33,7 +33,10 @@ access_token = "a"
 fn unknown_key_is_named() {
     let (ok, out) = check("[kafka]\nbrokerz = \"127.0.0.1:9092\"\n");
     assert!(!ok, "{out}");
-    assert!(out.contains("kafka.brokerz") && out.contains("unknown field"), "{out}");
+    assert!(
+        out.contains("kafka.brokerz") && out.contains("unknown field"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -44,7 +47,8 @@ fn missing_secret_is_named() {
     let (ok, out) = check(&format!("{CHANNEL}app_secret = \"\"\n"));
     assert!(!ok, "{out}");
     assert!(
-        out.contains("whatsapp.channels.demo.app_secret") && out.contains("OMNIGATE_WHATSAPP__CHANNELS__DEMO__APP_SECRET"),
+        out.contains("whatsapp.channels.demo.app_secret")
+            && out.contains("OMNIGATE_WHATSAPP__CHANNELS__DEMO__APP_SECRET"),
         "{out}"
     );
 }
@@ -56,15 +60,28 @@ fn bad_url_is_named() {
     assert!(out.contains("whatsapp.graph_api_base"), "{out}");
     let (ok, out) = check("[kafka]\nbrokers = \"localhost\"\n");
     assert!(!ok, "{out}");
-    assert!(out.contains("kafka.brokers") && out.contains("host:port"), "{out}");
+    assert!(
+        out.contains("kafka.brokers") && out.contains("host:port"),
+        "{out}"
+    );
 }
 
 #[test]
 fn the_shipped_configs_are_valid() {
     for file in ["default.toml", "standalone.toml"] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config").join(file);
-        let output = Command::new(omnigate_bin()).args(["check-config", "--config"]).arg(&path).output().unwrap();
-        assert!(output.status.success(), "{file}: {}", String::from_utf8_lossy(&output.stderr));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../config")
+            .join(file);
+        let output = Command::new(omnigate_bin())
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 
@@ -72,7 +89,10 @@ fn the_shipped_configs_are_valid() {
 fn secrets_are_redacted_from_debug() {
     let config: omnigate_connector_whatsapp::ChannelConfig = toml_channel();
     let debug = format!("{config:?}");
-    assert!(!debug.contains("s3cr3t-app") && debug.contains("REDACTED"), "{debug}");
+    assert!(
+        !debug.contains("s3cr3t-app") && debug.contains("REDACTED"),
+        "{debug}"
+    );
 }
 
 fn toml_channel() -> omnigate_connector_whatsapp::ChannelConfig {

@@ -16,10 +16,19 @@ fn event(task: usize, seq: usize) -> pb::Event {
     let wamid = format!("wamid.{task}.{seq}");
     let key = omnigate_model::conversation_key::whatsapp("1065", &format!("4915{task:06}"));
     pb::Event {
-        id: event_id(pb::ChannelKind::Whatsapp, "spine", &wamid, "message.received").to_string(),
+        id: event_id(
+            pb::ChannelKind::Whatsapp,
+            "spine",
+            &wamid,
+            "message.received",
+        )
+        .to_string(),
         r#type: EventType::MessageReceived.as_str().into(),
         source: "/omnigate/whatsapp/spine".into(),
-        time: Some(omnigate_model::Timestamp { seconds: 1_749_416_383, nanos: 0 }),
+        time: Some(omnigate_model::Timestamp {
+            seconds: 1_749_416_383,
+            nanos: 0,
+        }),
         tenant: "acme".into(),
         conversation_key: key,
         payload: Some(pb::event::Payload::Message(pb::Message {
@@ -38,8 +47,15 @@ async fn ten_thousand_events_round_trip_in_order() {
     let prefix = unique_prefix("spine");
     let config = kafka_config(&brokers(), &prefix);
     let created = admin::ensure_topics(&config).await.unwrap();
-    assert_eq!(created.len(), 5, "all five contract topics are created: {created:?}");
-    assert!(admin::ensure_topics(&config).await.unwrap().is_empty(), "a second bootstrap creates nothing");
+    assert_eq!(
+        created.len(),
+        5,
+        "all five contract topics are created: {created:?}"
+    );
+    assert!(
+        admin::ensure_topics(&config).await.unwrap().is_empty(),
+        "a second bootstrap creates nothing"
+    );
 
     let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());
     let mut tasks = Vec::new();
@@ -48,7 +64,10 @@ async fn ten_thousand_events_round_trip_in_order() {
         tasks.push(tokio::spawn(async move {
             // Sequential per task, so each key's events are produced in order.
             for seq in 0..PER_TASK {
-                publisher.event(Topic::Inbound, event(task, seq)).await.unwrap();
+                publisher
+                    .event(Topic::Inbound, event(task, seq))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -57,8 +76,17 @@ async fn ten_thousand_events_round_trip_in_order() {
     }
 
     let total = TASKS * PER_TASK;
-    let records = read_topic(&brokers(), &Topic::Inbound.name(&prefix), total, Duration::from_secs(120));
-    assert_eq!(records.len(), total, "every published event is on the topic, once");
+    let records = read_topic(
+        &brokers(),
+        &Topic::Inbound.name(&prefix),
+        total,
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        records.len(),
+        total,
+        "every published event is on the topic, once"
+    );
 
     let mut next_seq: HashMap<String, usize> = HashMap::new();
     let mut partition_of: HashMap<String, i32> = HashMap::new();
@@ -75,21 +103,34 @@ async fn ten_thousand_events_round_trip_in_order() {
         assert_eq!(h["ce_subject"], record.key);
         assert_eq!(h["ce_tenant"], "acme");
         assert_eq!(h["content-type"], "application/json");
-        assert_eq!(record.key, event.conversation_key, "keyed by conversation key");
+        assert_eq!(
+            record.key, event.conversation_key,
+            "keyed by conversation key"
+        );
         let Some(pb::event::Payload::Message(message)) = &event.payload else {
             panic!("not a message");
         };
-        let (task, seq) = message.provider_message_id["wamid.".len()..].split_once('.').unwrap();
+        let (task, seq) = message.provider_message_id["wamid.".len()..]
+            .split_once('.')
+            .unwrap();
         let (task, seq): (usize, usize) = (task.parse().unwrap(), seq.parse().unwrap());
         assert_eq!(
             event.id,
-            event_id(pb::ChannelKind::Whatsapp, "spine", &message.provider_message_id, "message.received").to_string(),
+            event_id(
+                pb::ChannelKind::Whatsapp,
+                "spine",
+                &message.provider_message_id,
+                "message.received"
+            )
+            .to_string(),
             "deterministic UUIDv5 id"
         );
         let expected = next_seq.entry(record.key.clone()).or_default();
         assert_eq!(seq, *expected, "per-key order kept for task {task}");
         *expected += 1;
-        let partition = *partition_of.entry(record.key.clone()).or_insert(record.partition);
+        let partition = *partition_of
+            .entry(record.key.clone())
+            .or_insert(record.partition);
         assert_eq!(partition, record.partition, "one key, one partition");
     }
     assert_eq!(next_seq.len(), TASKS);

@@ -35,14 +35,26 @@ fn authorized(headers: &HeaderMap) -> bool {
     headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer demo-access-token")
 }
 
-async fn media_info(State(fake): State<Shared>, Path((_version, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn media_info(
+    State(fake): State<Shared>,
+    Path((_version, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     if !authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"error": {"message": "bad token", "code": 190}}))).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": {"message": "bad token", "code": 190}})),
+        )
+            .into_response();
     }
     let mut fake = fake.lock().unwrap();
     fake.media_lookups += 1;
     if id == "broken" {
-        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": "boom", "code": 1}}))).into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": {"message": "boom", "code": 1}})),
+        )
+            .into_response();
     }
     Json(json!({
         "messaging_product": "whatsapp",
@@ -114,7 +126,9 @@ access_token = "demo-access-token"
 "#
     );
     let gateway = Gateway::start(&brokers(), &unique_prefix(test), &channel).await;
-    gateway.wait_for("/readyz", 200, Duration::from_secs(30)).await;
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(30))
+        .await;
     gateway
 }
 
@@ -139,7 +153,12 @@ fn fixture(name: &str) -> String {
 }
 
 fn inbound(gateway: &Gateway, expected: usize) -> Vec<Record> {
-    read_topic(&brokers(), &format!("{}inbound.v1", gateway.prefix), expected, Duration::from_secs(30))
+    read_topic(
+        &brokers(),
+        &format!("{}inbound.v1", gateway.prefix),
+        expected,
+        Duration::from_secs(30),
+    )
 }
 
 fn text_from(wa_id: &str, wamid: &str, unix: i64, body: &str) -> String {
@@ -164,16 +183,32 @@ async fn handshake_and_signed_post_land_on_inbound() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    assert_eq!(ok.text().await.unwrap(), "1158201444", "the raw challenge, nothing else");
+    assert_eq!(
+        ok.text().await.unwrap(),
+        "1158201444",
+        "the raw challenge, nothing else"
+    );
     let wrong = client
-        .get(format!("{}/webhooks/whatsapp/demo?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1", gateway.url))
+        .get(format!(
+            "{}/webhooks/whatsapp/demo?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1",
+            gateway.url
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(wrong.status(), 403);
     let unknown = post_signed(&gateway, "{}", b"demo-app-secret").await;
-    assert_eq!(unknown.status(), 200, "known channel, unparseable: dead-lettered, not refused");
-    let response = client.post(format!("{}/webhooks/whatsapp/nope", gateway.url)).body("{}").send().await.unwrap();
+    assert_eq!(
+        unknown.status(),
+        200,
+        "known channel, unparseable: dead-lettered, not refused"
+    );
+    let response = client
+        .post(format!("{}/webhooks/whatsapp/nope", gateway.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
 
     let response = post_signed(&gateway, &fixture("text_reply"), b"demo-app-secret").await;
@@ -188,12 +223,26 @@ async fn handshake_and_signed_post_land_on_inbound() {
     assert_eq!(record.headers["ce_tenant"], "acme");
     let event = record_json(record);
     assert_eq!(record.headers["ce_id"], event["id"].as_str().unwrap());
-    assert_eq!(event["message"]["parts"][0]["text"], "Does it come in another color?");
-    assert_eq!(event["message"]["replyToProviderId"], "wamid.HBgLMTY1MDM4NzZBQkNEAA==");
-    assert_eq!(event["message"]["whatsapp"]["windowExpiresAt"], "2025-06-09T20:59:43+00:00");
+    assert_eq!(
+        event["message"]["parts"][0]["text"],
+        "Does it come in another color?"
+    );
+    assert_eq!(
+        event["message"]["replyToProviderId"],
+        "wamid.HBgLMTY1MDM4NzZBQkNEAA=="
+    );
+    assert_eq!(
+        event["message"]["whatsapp"]["windowExpiresAt"],
+        "2025-06-09T20:59:43+00:00"
+    );
 
     // Meta redelivers: same event id.
-    assert_eq!(post_signed(&gateway, &fixture("text_reply"), b"demo-app-secret").await.status(), 200);
+    assert_eq!(
+        post_signed(&gateway, &fixture("text_reply"), b"demo-app-secret")
+            .await
+            .status(),
+        200
+    );
     let records = inbound(&gateway, 2);
     assert_eq!(records.len(), 2);
     assert_eq!(records[0].headers["ce_id"], records[1].headers["ce_id"]);
@@ -204,7 +253,10 @@ async fn bad_signatures_are_401_and_publish_nothing() {
     let (_fake, graph) = start_fake().await;
     let gateway = gateway("wa-sig", &graph).await;
     let body = fixture("text_reply");
-    assert_eq!(post_signed(&gateway, &body, b"wrong-secret").await.status(), 401);
+    assert_eq!(
+        post_signed(&gateway, &body, b"wrong-secret").await.status(),
+        401
+    );
     let unsigned = reqwest::Client::new()
         .post(format!("{}/webhooks/whatsapp/demo", gateway.url))
         .body(body.clone())
@@ -218,7 +270,10 @@ async fn bad_signatures_are_401_and_publish_nothing() {
     let other = fixture("image");
     let response = reqwest::Client::new()
         .post(format!("{}/webhooks/whatsapp/demo", gateway.url))
-        .header("x-hub-signature-256", sign(b"demo-app-secret", other.as_bytes()))
+        .header(
+            "x-hub-signature-256",
+            sign(b"demo-app-secret", other.as_bytes()),
+        )
         .body(body.clone())
         .send()
         .await
@@ -226,12 +281,28 @@ async fn bad_signatures_are_401_and_publish_nothing() {
     assert_eq!(response.status(), 401);
 
     // Then one good POST: the topic holds exactly its event, so the bad ones left nothing.
-    assert_eq!(post_signed(&gateway, &fixture("reaction"), b"demo-app-secret").await.status(), 200);
+    assert_eq!(
+        post_signed(&gateway, &fixture("reaction"), b"demo-app-secret")
+            .await
+            .status(),
+        200
+    );
     let records = inbound(&gateway, 1);
     assert_eq!(records.len(), 1);
-    assert_eq!(record_json(&records[0])["message"]["parts"][0]["reaction"]["emoji"], "\u{2764}\u{fe0f}");
-    let dead = read_topic(&brokers(), &format!("{}deadletter.v1", gateway.prefix), 0, Duration::from_secs(3));
-    assert!(dead.is_empty(), "unauthenticated bodies are never dead-lettered either");
+    assert_eq!(
+        record_json(&records[0])["message"]["parts"][0]["reaction"]["emoji"],
+        "\u{2764}\u{fe0f}"
+    );
+    let dead = read_topic(
+        &brokers(),
+        &format!("{}deadletter.v1", gateway.prefix),
+        0,
+        Duration::from_secs(3),
+    );
+    assert!(
+        dead.is_empty(),
+        "unauthenticated bodies are never dead-lettered either"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,11 +310,26 @@ async fn unparseable_signed_bodies_go_to_the_dead_letter_topic() {
     let (_fake, graph) = start_fake().await;
     let gateway = gateway("wa-dead", &graph).await;
     let garbage = "{\"object\":\"whatsapp_business_account\",\"entry\":[{\"changes\":[tru";
-    assert_eq!(post_signed(&gateway, garbage, b"demo-app-secret").await.status(), 200);
+    assert_eq!(
+        post_signed(&gateway, garbage, b"demo-app-secret")
+            .await
+            .status(),
+        200
+    );
     // A batch where one message is broken: the good one is published, the body dead-lettered.
-    assert_eq!(post_signed(&gateway, &fixture("partly_malformed"), b"demo-app-secret").await.status(), 200);
+    assert_eq!(
+        post_signed(&gateway, &fixture("partly_malformed"), b"demo-app-secret")
+            .await
+            .status(),
+        200
+    );
 
-    let dead = read_topic(&brokers(), &format!("{}deadletter.v1", gateway.prefix), 2, Duration::from_secs(30));
+    let dead = read_topic(
+        &brokers(),
+        &format!("{}deadletter.v1", gateway.prefix),
+        2,
+        Duration::from_secs(30),
+    );
     assert_eq!(dead.len(), 2);
     let raws: Vec<Vec<u8>> = dead
         .iter()
@@ -254,11 +340,17 @@ async fn unparseable_signed_bodies_go_to_the_dead_letter_topic() {
             letter.raw
         })
         .collect();
-    assert!(raws.contains(&garbage.as_bytes().to_vec()), "raw bytes kept exactly");
+    assert!(
+        raws.contains(&garbage.as_bytes().to_vec()),
+        "raw bytes kept exactly"
+    );
     assert!(raws.contains(&fixture("partly_malformed").into_bytes()));
     let records = inbound(&gateway, 1);
     assert_eq!(records.len(), 1);
-    assert_eq!(record_json(&records[0])["message"]["providerMessageId"], "wamid.OK1");
+    assert_eq!(
+        record_json(&records[0])["message"]["providerMessageId"],
+        "wamid.OK1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,12 +358,25 @@ async fn media_is_stored_and_announced() {
     let (fake, graph) = start_fake().await;
     let gateway = gateway("wa-media", &graph).await;
     let good = fixture("image").replace("9Y2xJ0uOq0v1mK6mN0cR8d0l5zq3o1d5m8n6b2v4c0E=", "");
-    assert_eq!(post_signed(&gateway, &good, b"demo-app-secret").await.status(), 200);
+    assert_eq!(
+        post_signed(&gateway, &good, b"demo-app-secret")
+            .await
+            .status(),
+        200
+    );
     let broken = fixture("document").replace("\"4444\"", "\"broken\"");
-    assert_eq!(post_signed(&gateway, &broken, b"demo-app-secret").await.status(), 200);
+    assert_eq!(
+        post_signed(&gateway, &broken, b"demo-app-secret")
+            .await
+            .status(),
+        200
+    );
 
     let records = inbound(&gateway, 4);
-    let types: Vec<String> = records.iter().map(|r| r.headers["ce_type"].clone()).collect();
+    let types: Vec<String> = records
+        .iter()
+        .map(|r| r.headers["ce_type"].clone())
+        .collect();
     assert_eq!(records.len(), 4, "{types:?}\n{}", gateway.log());
     let updates: Vec<Value> = records
         .iter()
@@ -279,7 +384,10 @@ async fn media_is_stored_and_announced() {
         .map(record_json)
         .collect();
     assert_eq!(updates.len(), 2);
-    let stored = updates.iter().find(|u| u["mediaUpdated"]["providerMessageId"] == "wamid.IMG").unwrap();
+    let stored = updates
+        .iter()
+        .find(|u| u["mediaUpdated"]["providerMessageId"] == "wamid.IMG")
+        .unwrap();
     let attachment = &stored["mediaUpdated"]["attachment"];
     assert_eq!(attachment["state"], "MEDIA_STATE_STORED");
     let digest = hex::encode(Sha256::digest(JPEG));
@@ -288,8 +396,14 @@ async fn media_is_stored_and_announced() {
     let stored_bytes = std::fs::read(gateway.dir.path().join("blobs").join(key)).unwrap();
     assert_eq!(stored_bytes, JPEG);
 
-    let failed = updates.iter().find(|u| u["mediaUpdated"]["providerMessageId"] == "wamid.DOC").unwrap();
-    assert_eq!(failed["mediaUpdated"]["attachment"]["state"], "MEDIA_STATE_FAILED");
+    let failed = updates
+        .iter()
+        .find(|u| u["mediaUpdated"]["providerMessageId"] == "wamid.DOC")
+        .unwrap();
+    assert_eq!(
+        failed["mediaUpdated"]["attachment"]["state"],
+        "MEDIA_STATE_FAILED"
+    );
     // One lookup for the image, three for the broken document (first try and two retries).
     assert_eq!(fake.lock().unwrap().media_lookups, 4);
 }
@@ -308,11 +422,29 @@ async fn send_command(gateway: &Gateway, body: Value) -> reqwest::Response {
 async fn sends_check_the_window_retry_and_report() {
     let (fake, graph) = start_fake().await;
     let gateway = gateway("wa-send", &graph).await;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let recent = text_from("16505551234", "wamid.IN1", now - 60, "where is my order?");
-    let stale = text_from("16505550000", "wamid.IN2", now - 2 * 86_400, "hello from two days ago");
-    assert_eq!(post_signed(&gateway, &recent, b"demo-app-secret").await.status(), 200);
-    assert_eq!(post_signed(&gateway, &stale, b"demo-app-secret").await.status(), 200);
+    let stale = text_from(
+        "16505550000",
+        "wamid.IN2",
+        now - 2 * 86_400,
+        "hello from two days ago",
+    );
+    assert_eq!(
+        post_signed(&gateway, &recent, b"demo-app-secret")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        post_signed(&gateway, &stale, b"demo-app-secret")
+            .await
+            .status(),
+        200
+    );
 
     let unauthorized = reqwest::Client::new()
         .post(format!("{}/v1/messages", gateway.url))
@@ -321,7 +453,11 @@ async fn sends_check_the_window_retry_and_report() {
         .await
         .unwrap();
     assert_eq!(unauthorized.status(), 401);
-    let invalid = send_command(&gateway, json!({"channel": {"channelId": "demo"}, "to": "1"})).await;
+    let invalid = send_command(
+        &gateway,
+        json!({"channel": {"channelId": "demo"}, "to": "1"}),
+    )
+    .await;
     assert_eq!(invalid.status(), 422);
 
     fake.lock().unwrap().fail_next_sends = 1;
@@ -332,15 +468,25 @@ async fn sends_check_the_window_retry_and_report() {
     )
     .await;
     assert_eq!(accepted.status(), 202);
-    let command_id = accepted.json::<Value>().await.unwrap()["commandId"].as_str().unwrap().to_string();
+    let command_id = accepted.json::<Value>().await.unwrap()["commandId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // The same idempotency key again: sent once.
     let again = send_command(
         &gateway,
         json!({"channel": {"channelId": "demo"}, "to": "16505551234", "text": "It ships today", "idempotencyKey": "reply-1"}),
     )
     .await;
-    assert_eq!(again.json::<Value>().await.unwrap()["commandId"], command_id.as_str());
-    let closed = send_command(&gateway, json!({"channel": {"channelId": "demo"}, "to": "16505550000", "text": "too late"})).await;
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["commandId"],
+        command_id.as_str()
+    );
+    let closed = send_command(
+        &gateway,
+        json!({"channel": {"channelId": "demo"}, "to": "16505550000", "text": "too late"}),
+    )
+    .await;
     assert_eq!(closed.status(), 202);
     let template = send_command(
         &gateway,
@@ -353,26 +499,59 @@ async fn sends_check_the_window_retry_and_report() {
     // 2 inbound + sent (reply) + failed (window) + sent (template).
     let records = inbound(&gateway, 5);
     assert_eq!(records.len(), 5, "{}", gateway.log());
-    let results: Vec<Value> = records.iter().map(record_json).filter(|e| e["type"] != "message.received").collect();
-    let sent: Vec<&Value> = results.iter().filter(|e| e["type"] == "message.sent").collect();
+    let results: Vec<Value> = records
+        .iter()
+        .map(record_json)
+        .filter(|e| e["type"] != "message.received")
+        .collect();
+    let sent: Vec<&Value> = results
+        .iter()
+        .filter(|e| e["type"] == "message.sent")
+        .collect();
     assert_eq!(sent.len(), 2);
-    let reply = sent.iter().find(|e| e["sent"]["commandId"] == command_id.as_str()).unwrap();
+    let reply = sent
+        .iter()
+        .find(|e| e["sent"]["commandId"] == command_id.as_str())
+        .unwrap();
     assert_eq!(reply["sent"]["recipient"], "16505551234");
-    assert!(reply["sent"]["providerMessageId"].as_str().unwrap().starts_with("wamid.SENT"));
-    let failed = results.iter().find(|e| e["type"] == "message.status").unwrap();
+    assert!(
+        reply["sent"]["providerMessageId"]
+            .as_str()
+            .unwrap()
+            .starts_with("wamid.SENT")
+    );
+    let failed = results
+        .iter()
+        .find(|e| e["type"] == "message.status")
+        .unwrap();
     assert_eq!(failed["status"]["status"], "DELIVERY_STATUS_FAILED");
-    assert_eq!(failed["status"]["errors"][0]["code"], "omnigate.window_closed");
+    assert_eq!(
+        failed["status"]["errors"][0]["code"],
+        "omnigate.window_closed"
+    );
 
     let fake = fake.lock().unwrap();
     // The reply: a 503, then its retry. The template. Nothing for the closed window or the duplicate.
     assert_eq!(fake.sends.len(), 3, "{:#?}", fake.sends);
-    let replies: Vec<&Value> = fake.sends.iter().filter(|s| s["to"] == "16505551234").collect();
+    let replies: Vec<&Value> = fake
+        .sends
+        .iter()
+        .filter(|s| s["to"] == "16505551234")
+        .collect();
     assert_eq!(replies.len(), 2);
     assert_eq!(replies[0], replies[1], "the retry sends the same body");
     assert_eq!(replies[0]["context"]["message_id"], "wamid.IN1");
     assert_eq!(replies[0]["text"]["body"], "It ships today");
-    let stale: Vec<&Value> = fake.sends.iter().filter(|s| s["to"] == "16505550000").collect();
-    assert_eq!(stale.len(), 1, "only the template reaches a customer outside the window");
+    let stale: Vec<&Value> = fake
+        .sends
+        .iter()
+        .filter(|s| s["to"] == "16505550000")
+        .collect();
+    assert_eq!(
+        stale.len(),
+        1,
+        "only the template reaches a customer outside the window"
+    );
     assert_eq!(stale[0]["type"], "template");
     assert_eq!(stale[0]["template"]["language"]["code"], "en_US");
 }

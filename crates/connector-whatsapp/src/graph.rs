@@ -25,7 +25,10 @@ impl GraphError {
         self.status == 0
             || self.status == 429
             || self.status >= 500
-            || matches!(self.code.as_str(), "131000" | "131016" | "130429" | "4" | "80007")
+            || matches!(
+                self.code.as_str(),
+                "131000" | "131016" | "130429" | "4" | "80007"
+            )
     }
 
     fn network(err: reqwest::Error) -> Self {
@@ -75,11 +78,20 @@ impl GraphClient {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/{}/{path}", self.base.as_str().trim_end_matches('/'), self.version)
+        format!(
+            "{}/{}/{path}",
+            self.base.as_str().trim_end_matches('/'),
+            self.version
+        )
     }
 
     /// Looks up a media id's download URL.
-    pub async fn media_info(&self, media_id: &str, phone_number_id: &str, token: &str) -> Result<MediaInfo, GraphError> {
+    pub async fn media_info(
+        &self,
+        media_id: &str,
+        phone_number_id: &str,
+        token: &str,
+    ) -> Result<MediaInfo, GraphError> {
         let response = self
             .http
             .get(self.url(media_id))
@@ -87,7 +99,7 @@ impl GraphClient {
             .bearer_auth(token)
             .send()
             .await
-            .map_err(|e| GraphError::network(e))?;
+            .map_err(GraphError::network)?;
         let body = read_ok(response).await?;
         serde_json::from_slice(&body).map_err(|e| GraphError {
             status: 200,
@@ -97,7 +109,12 @@ impl GraphClient {
     }
 
     /// Downloads media bytes, refusing anything larger than `max_bytes`.
-    pub async fn download(&self, url: &str, token: &str, max_bytes: u64) -> Result<Bytes, GraphError> {
+    pub async fn download(
+        &self,
+        url: &str,
+        token: &str,
+        max_bytes: u64,
+    ) -> Result<Bytes, GraphError> {
         let too_large = || GraphError {
             status: 200,
             code: "too_large".into(),
@@ -109,7 +126,7 @@ impl GraphClient {
             .bearer_auth(token)
             .send()
             .await
-            .map_err(|e| GraphError::network(e))?;
+            .map_err(GraphError::network)?;
         if !response.status().is_success() {
             return Err(error_of(response).await);
         }
@@ -117,7 +134,7 @@ impl GraphClient {
             return Err(too_large());
         }
         let mut buffer = BytesMut::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| GraphError::network(e))? {
+        while let Some(chunk) = response.chunk().await.map_err(GraphError::network)? {
             if (buffer.len() + chunk.len()) as u64 > max_bytes {
                 return Err(too_large());
             }
@@ -136,9 +153,13 @@ impl GraphClient {
         filename: &str,
     ) -> Result<String, GraphError> {
         let part = reqwest::multipart::Part::bytes(bytes.to_vec())
-            .file_name(if filename.is_empty() { "file".to_string() } else { filename.to_string() })
+            .file_name(if filename.is_empty() {
+                "file".to_string()
+            } else {
+                filename.to_string()
+            })
             .mime_str(mime_type)
-            .map_err(|e| GraphError::network(e))?;
+            .map_err(GraphError::network)?;
         let form = reqwest::multipart::Form::new()
             .text("messaging_product", "whatsapp")
             .text("type", mime_type.to_string())
@@ -150,17 +171,25 @@ impl GraphClient {
             .multipart(form)
             .send()
             .await
-            .map_err(|e| GraphError::network(e))?;
+            .map_err(GraphError::network)?;
         let body: Value = serde_json::from_slice(&read_ok(response).await?).unwrap_or_default();
-        body["id"].as_str().map(str::to_string).ok_or_else(|| GraphError {
-            status: 200,
-            code: "bad_response".into(),
-            title: "upload answer has no id".into(),
-        })
+        body["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| GraphError {
+                status: 200,
+                code: "bad_response".into(),
+                title: "upload answer has no id".into(),
+            })
     }
 
     /// Posts a message body; returns the new wamid (empty for mark-as-read).
-    pub async fn send(&self, phone_number_id: &str, token: &str, body: &Value) -> Result<String, GraphError> {
+    pub async fn send(
+        &self,
+        phone_number_id: &str,
+        token: &str,
+        body: &Value,
+    ) -> Result<String, GraphError> {
         let response = self
             .http
             .post(self.url(&format!("{phone_number_id}/messages")))
@@ -168,9 +197,12 @@ impl GraphClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| GraphError::network(e))?;
+            .map_err(GraphError::network)?;
         let answer: Value = serde_json::from_slice(&read_ok(response).await?).unwrap_or_default();
-        Ok(answer["messages"][0]["id"].as_str().unwrap_or_default().to_string())
+        Ok(answer["messages"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
     }
 }
 
@@ -178,7 +210,7 @@ async fn read_ok(response: reqwest::Response) -> Result<Bytes, GraphError> {
     if !response.status().is_success() {
         return Err(error_of(response).await);
     }
-    response.bytes().await.map_err(|e| GraphError::network(e))
+    response.bytes().await.map_err(GraphError::network)
 }
 
 /// Reads Meta's error envelope `{"error": {"message", "code", …}}`.
@@ -196,7 +228,11 @@ async fn error_of(response: reqwest::Response) -> GraphError {
         .map(str::to_string)
         .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
     GraphError {
-        status: if status == StatusCode::OK { 0 } else { status.as_u16() },
+        status: if status == StatusCode::OK {
+            0
+        } else {
+            status.as_u16()
+        },
         code,
         title,
     }

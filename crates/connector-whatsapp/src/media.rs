@@ -5,7 +5,7 @@
 //! so the webhook answers fast and a crash mid-download only means the record is
 //! read again.
 
-use crate::{WorkError, Whatsapp, graph::GraphError, normalize::sha256_hex};
+use crate::{Whatsapp, WorkError, graph::GraphError, normalize::sha256_hex};
 use omnigate_core::{
     blob::content_key,
     publish::{Outgoing, Topic},
@@ -39,7 +39,14 @@ impl Whatsapp {
                 continue;
             }
             let mut updated = attachment.clone();
-            match self.download_with_retries(attachment, &channel.address, config.access_token.expose_secret()).await {
+            match self
+                .download_with_retries(
+                    attachment,
+                    &channel.address,
+                    config.access_token.expose_secret(),
+                )
+                .await
+            {
                 Ok(blob) => {
                     updated.state = pb::MediaState::Stored as i32;
                     updated.size = blob.size;
@@ -48,7 +55,8 @@ impl Whatsapp {
                         updated.mime_type = blob.mime_type.clone();
                     }
                     updated.blob = Some(blob);
-                    metrics::counter!("omnigate_whatsapp_media_total", "outcome" => "stored").increment(1);
+                    metrics::counter!("omnigate_whatsapp_media_total", "outcome" => "stored")
+                        .increment(1);
                 }
                 Err(err) => {
                     tracing::warn!(channel = %channel.channel_id, media_id = %attachment.provider_media_id, error = %err, "Media failed for good");
@@ -58,7 +66,8 @@ impl Whatsapp {
                         title: err.title.clone(),
                         details: String::new(),
                     });
-                    metrics::counter!("omnigate_whatsapp_media_total", "outcome" => "failed").increment(1);
+                    metrics::counter!("omnigate_whatsapp_media_total", "outcome" => "failed")
+                        .increment(1);
                 }
             }
             let kind = EventType::MessageMediaUpdated;
@@ -125,8 +134,12 @@ impl Whatsapp {
         token: &str,
     ) -> Result<pb::BlobRef, GraphError> {
         let graph = &self.inner.graph;
-        let info = graph.media_info(&attachment.provider_media_id, phone_number_id, token).await?;
-        let bytes = graph.download(&info.url, token, self.inner.config.media_max_bytes).await?;
+        let info = graph
+            .media_info(&attachment.provider_media_id, phone_number_id, token)
+            .await?;
+        let bytes = graph
+            .download(&info.url, token, self.inner.config.media_max_bytes)
+            .await?;
         let actual = hex::encode(Sha256::digest(&bytes));
         // Compare with whichever hash Meta gave us (webhook or lookup), in either encoding.
         for expected in [sha256_hex(&info.sha256), attachment.sha256.clone()] {
@@ -138,14 +151,23 @@ impl Whatsapp {
                 });
             }
         }
-        let mime = if info.mime_type.is_empty() { attachment.mime_type.clone() } else { info.mime_type };
+        let mime = if info.mime_type.is_empty() {
+            attachment.mime_type.clone()
+        } else {
+            info.mime_type
+        };
         let key = content_key("media/whatsapp", &actual, extension(&mime));
-        self.inner.ctx.blobs.put(&key, &mime, bytes).await.map_err(|e| GraphError {
-            // The store may come back: retriable like a network error.
-            status: 0,
-            code: "blob_store".into(),
-            title: e.to_string(),
-        })
+        self.inner
+            .ctx
+            .blobs
+            .put(&key, &mime, bytes)
+            .await
+            .map_err(|e| GraphError {
+                // The store may come back: retriable like a network error.
+                status: 0,
+                code: "blob_store".into(),
+                title: e.to_string(),
+            })
     }
 }
 

@@ -1,9 +1,7 @@
 //! Pure normalization of a verified webhook body into events. No I/O, no clock: the
 //! receive time comes in through [`NormalizeCtx`], so fixtures and fuzzers drive it.
 
-use crate::payload::{
-    ChangeValue, Envelope, Media, WaContact, WaError, WaMessage, WaStatus,
-};
+use crate::payload::{ChangeValue, Envelope, Media, WaContact, WaError, WaMessage, WaStatus};
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use omnigate_model::{
@@ -46,9 +44,13 @@ pub struct NormalizeError(pub String);
 
 /// Turns a verified POST body into events.
 pub fn normalize(body: &[u8], cx: &NormalizeCtx<'_>) -> Result<Normalized, NormalizeError> {
-    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| NormalizeError(e.to_string()))?;
+    let envelope: Envelope =
+        serde_json::from_slice(body).map_err(|e| NormalizeError(e.to_string()))?;
     if envelope.object != "whatsapp_business_account" {
-        return Err(NormalizeError(format!("unexpected object `{}`", envelope.object)));
+        return Err(NormalizeError(format!(
+            "unexpected object `{}`",
+            envelope.object
+        )));
     }
     let mut out = Normalized::default();
     for entry in &envelope.entry {
@@ -62,10 +64,16 @@ pub fn normalize(body: &[u8], cx: &NormalizeCtx<'_>) -> Result<Normalized, Norma
     Ok(out)
 }
 
-fn normalize_change(value: &ChangeValue, waba_id: &str, cx: &NormalizeCtx<'_>, out: &mut Normalized) {
+fn normalize_change(
+    value: &ChangeValue,
+    waba_id: &str,
+    cx: &NormalizeCtx<'_>,
+    out: &mut Normalized,
+) {
     let Some(metadata) = &value.metadata else {
         if !value.messages.is_empty() || !value.statuses.is_empty() {
-            out.rejected.push("a messages change without metadata.phone_number_id".into());
+            out.rejected
+                .push("a messages change without metadata.phone_number_id".into());
         }
         return;
     };
@@ -81,7 +89,10 @@ fn normalize_change(value: &ChangeValue, waba_id: &str, cx: &NormalizeCtx<'_>, o
     };
     for raw in &value.messages {
         match serde_json::from_value::<WaMessage>(raw.clone()) {
-            Ok(message) => out.events.push(message_event(&message, raw, &value.contacts, &business, cx)),
+            Ok(message) => {
+                out.events
+                    .push(message_event(&message, raw, &value.contacts, &business, cx))
+            }
             Err(err) => out.rejected.push(format!("message: {err}")),
         }
     }
@@ -107,7 +118,13 @@ fn envelope(
     payload: pb::event::Payload,
 ) -> pb::Event {
     pb::Event {
-        id: event_id(pb::ChannelKind::Whatsapp, cx.channel_id, provider_event_id, kind.as_str()).to_string(),
+        id: event_id(
+            pb::ChannelKind::Whatsapp,
+            cx.channel_id,
+            provider_event_id,
+            kind.as_str(),
+        )
+        .to_string(),
         r#type: kind.as_str().to_string(),
         source: format!("/omnigate/whatsapp/{}", cx.channel_id),
         time: Some(timestamp(cx.received_at)),
@@ -155,9 +172,11 @@ fn message_event(
             thumbnail_url: r.thumbnail_url.clone(),
             ctwa_clid: r.ctwa_clid.clone(),
         }),
-        referred_product: context.and_then(|c| c.referred_product.as_ref()).map(|p| pb::ReferredProduct {
-            catalog_id: p.catalog_id.clone(),
-            product_retailer_id: p.product_retailer_id.clone(),
+        referred_product: context.and_then(|c| c.referred_product.as_ref()).map(|p| {
+            pb::ReferredProduct {
+                catalog_id: p.catalog_id.clone(),
+                product_retailer_id: p.product_retailer_id.clone(),
+            }
         }),
         display_phone_number: business.display_phone_number.to_string(),
         waba_id: business.waba_id.to_string(),
@@ -244,12 +263,20 @@ fn parts(message: &WaMessage, raw: &Value) -> Vec<Part> {
             None => unsupported(),
         },
         "contacts" => match &message.contacts {
-            Some(cards) => cards.iter().map(|c| Part::ContactCard(contact_card(c))).collect(),
+            Some(cards) => cards
+                .iter()
+                .map(|c| Part::ContactCard(contact_card(c)))
+                .collect(),
             None => unsupported(),
         },
         "interactive" => match &message.interactive {
             Some(i) => {
-                let reply = match (i.kind.as_str(), &i.button_reply, &i.list_reply, &i.nfm_reply) {
+                let reply = match (
+                    i.kind.as_str(),
+                    &i.button_reply,
+                    &i.list_reply,
+                    &i.nfm_reply,
+                ) {
                     ("button_reply", Some(c), _, _) => Some(choice("button_reply", c)),
                     ("list_reply", _, Some(c), _) => Some(choice("list_reply", c)),
                     ("nfm_reply", _, _, Some(f)) => Some(pb::InteractiveReply {
@@ -261,7 +288,9 @@ fn parts(message: &WaMessage, raw: &Value) -> Vec<Part> {
                     }),
                     _ => None,
                 };
-                reply.map(|r| vec![Part::InteractiveReply(r)]).unwrap_or_else(unsupported)
+                reply
+                    .map(|r| vec![Part::InteractiveReply(r)])
+                    .unwrap_or_else(unsupported)
             }
             None => unsupported(),
         },
@@ -302,7 +331,11 @@ fn parts(message: &WaMessage, raw: &Value) -> Vec<Part> {
             Some(s) => vec![Part::System(pb::SystemNotice {
                 kind: s.kind.clone(),
                 body: s.body.clone(),
-                new_provider_id: if s.new_wa_id.is_empty() { s.wa_id.clone() } else { s.new_wa_id.clone() },
+                new_provider_id: if s.new_wa_id.is_empty() {
+                    s.wa_id.clone()
+                } else {
+                    s.new_wa_id.clone()
+                },
             })],
             None => unsupported(),
         },
@@ -364,8 +397,16 @@ fn contact_card(c: &crate::payload::ContactCard) -> pb::ContactCard {
         middle_name: c.name.middle_name.clone(),
         prefix: c.name.prefix.clone(),
         suffix: c.name.suffix.clone(),
-        phones: c.phones.iter().map(|p| typed(&p.phone, &p.kind, &p.wa_id)).collect(),
-        emails: c.emails.iter().map(|e| typed(&e.email, &e.kind, "")).collect(),
+        phones: c
+            .phones
+            .iter()
+            .map(|p| typed(&p.phone, &p.kind, &p.wa_id))
+            .collect(),
+        emails: c
+            .emails
+            .iter()
+            .map(|e| typed(&e.email, &e.kind, ""))
+            .collect(),
         urls: c.urls.iter().map(|u| typed(&u.url, &u.kind, "")).collect(),
         addresses: c
             .addresses

@@ -1,7 +1,7 @@
 //! Send commands: the 24-hour window check, the Graph API call with retries, and the
 //! `message.sent` or failed `message.status` event that reports the result.
 
-use crate::{WorkError, Whatsapp, graph::GraphError, normalize::SERVICE_WINDOW};
+use crate::{Whatsapp, WorkError, graph::GraphError, normalize::SERVICE_WINDOW};
 use chrono::{DateTime, Utc};
 use omnigate_core::publish::{Outgoing, Topic};
 use omnigate_model::{EventType, conversation_key, datetime, event_id, pb, timestamp};
@@ -60,7 +60,10 @@ const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl SentCommands {
     fn contains(&self, key: &str) -> bool {
-        self.seen.lock().map(|m| m.contains_key(key)).unwrap_or(false)
+        self.seen
+            .lock()
+            .map(|m| m.contains_key(key))
+            .unwrap_or(false)
     }
 
     fn insert(&self, key: String) {
@@ -103,7 +106,11 @@ impl Whatsapp {
         let idempotency = format!(
             "{}:{channel_id}:{}",
             command.tenant,
-            if command.idempotency_key.is_empty() { &command.command_id } else { &command.idempotency_key }
+            if command.idempotency_key.is_empty() {
+                &command.command_id
+            } else {
+                &command.idempotency_key
+            }
         );
         if self.inner.sent.contains(&idempotency) {
             tracing::info!(command_id = %command.command_id, "Command already sent; skipping");
@@ -114,12 +121,19 @@ impl Whatsapp {
             channel_id: channel_id.to_string(),
             address: config.phone_number_id.clone(),
         };
-        let outcome = self.execute(command, &config.phone_number_id, config.access_token.expose_secret()).await;
+        let outcome = self
+            .execute(
+                command,
+                &config.phone_number_id,
+                config.access_token.expose_secret(),
+            )
+            .await;
         let now = Utc::now();
         let key = conversation_key::whatsapp(&config.phone_number_id, &command.to);
         let (kind, provider_event, payload) = match outcome {
             Ok(wamid) => {
-                metrics::counter!("omnigate_whatsapp_sends_total", "outcome" => "sent").increment(1);
+                metrics::counter!("omnigate_whatsapp_sends_total", "outcome" => "sent")
+                    .increment(1);
                 (
                     EventType::MessageSent,
                     command.command_id.clone(),
@@ -133,7 +147,8 @@ impl Whatsapp {
                 )
             }
             Err(refusal) => {
-                metrics::counter!("omnigate_whatsapp_sends_total", "outcome" => "failed").increment(1);
+                metrics::counter!("omnigate_whatsapp_sends_total", "outcome" => "failed")
+                    .increment(1);
                 tracing::warn!(command_id = %command.command_id, code = %refusal.code, reason = %refusal.title, "Send failed");
                 (
                     EventType::MessageStatus,
@@ -156,7 +171,13 @@ impl Whatsapp {
             }
         };
         let event = pb::Event {
-            id: event_id(pb::ChannelKind::Whatsapp, channel_id, &provider_event, kind.as_str()).to_string(),
+            id: event_id(
+                pb::ChannelKind::Whatsapp,
+                channel_id,
+                &provider_event,
+                kind.as_str(),
+            )
+            .to_string(),
             r#type: kind.as_str().to_string(),
             source: format!("/omnigate/whatsapp/{channel_id}"),
             time: Some(timestamp(now)),
@@ -176,26 +197,44 @@ impl Whatsapp {
     }
 
     /// Checks the window, builds the Graph body and posts it with retries.
-    async fn execute(&self, command: &pb::SendCommand, phone_number_id: &str, token: &str) -> Result<String, Refusal> {
+    async fn execute(
+        &self,
+        command: &pb::SendCommand,
+        phone_number_id: &str,
+        token: &str,
+    ) -> Result<String, Refusal> {
         use pb::send_command::Content;
         let content = command.content.as_ref().ok_or_else(|| Refusal {
             code: "omnigate.invalid_command".into(),
             title: "the command has no content".into(),
         })?;
         let free_form = !matches!(content, Content::Template(_) | Content::MarkRead(_));
-        if free_form && self.inner.windows.is_open(phone_number_id, &command.to, Utc::now()) == Some(false) {
+        if free_form
+            && self
+                .inner
+                .windows
+                .is_open(phone_number_id, &command.to, Utc::now())
+                == Some(false)
+        {
             return Err(Refusal {
                 code: "omnigate.window_closed".into(),
-                title: "outside the 24-hour customer service window: only templates may be sent".into(),
+                title: "outside the 24-hour customer service window: only templates may be sent"
+                    .into(),
             });
         }
-        let body = self.graph_body(command, content, phone_number_id, token).await?;
+        let body = self
+            .graph_body(command, content, phone_number_id, token)
+            .await?;
         let delays = &self.inner.config.send_retry_delays_ms;
         let mut attempt = 0;
         loop {
             match self.inner.graph.send(phone_number_id, token, &body).await {
                 Ok(wamid) => {
-                    return Ok(if wamid.is_empty() { command.reply_to_provider_id.clone() } else { wamid });
+                    return Ok(if wamid.is_empty() {
+                        command.reply_to_provider_id.clone()
+                    } else {
+                        wamid
+                    });
                 }
                 Err(err) if err.is_retriable() && attempt < delays.len() => {
                     tracing::info!(command_id = %command.command_id, error = %err, attempt, "Send failed; retrying");
@@ -217,9 +256,13 @@ impl Whatsapp {
         use pb::send_command::Content;
         let mut body = match content {
             Content::MarkRead(wamid) => {
-                return Ok(json!({"messaging_product": "whatsapp", "status": "read", "message_id": wamid}));
+                return Ok(
+                    json!({"messaging_product": "whatsapp", "status": "read", "message_id": wamid}),
+                );
             }
-            Content::Text(text) => json!({"type": "text", "text": {"body": text, "preview_url": false}}),
+            Content::Text(text) => {
+                json!({"type": "text", "text": {"body": text, "preview_url": false}})
+            }
             Content::Template(template) => json!({
                 "type": "template",
                 "template": {
@@ -232,14 +275,26 @@ impl Whatsapp {
                 let mut object = match &media.source {
                     Some(pb::outbound_media::Source::Link(link)) => json!({"link": link}),
                     Some(pb::outbound_media::Source::Blob(blob)) => {
-                        let bytes = self.inner.ctx.blobs.get(&blob.key).await.map_err(|e| Refusal {
-                            code: "omnigate.blob_missing".into(),
-                            title: e.to_string(),
-                        })?;
+                        let bytes =
+                            self.inner
+                                .ctx
+                                .blobs
+                                .get(&blob.key)
+                                .await
+                                .map_err(|e| Refusal {
+                                    code: "omnigate.blob_missing".into(),
+                                    title: e.to_string(),
+                                })?;
                         let id = self
                             .inner
                             .graph
-                            .upload(phone_number_id, token, bytes, &blob.mime_type, &media.filename)
+                            .upload(
+                                phone_number_id,
+                                token,
+                                bytes,
+                                &blob.mime_type,
+                                &media.filename,
+                            )
                             .await?;
                         json!({"id": id})
                     }
@@ -251,7 +306,9 @@ impl Whatsapp {
                     }
                 };
                 // WhatsApp allows captions on image, video and document only.
-                if !media.caption.is_empty() && matches!(media.kind.as_str(), "image" | "video" | "document") {
+                if !media.caption.is_empty()
+                    && matches!(media.kind.as_str(), "image" | "video" | "document")
+                {
                     object["caption"] = json!(media.caption);
                 }
                 if !media.filename.is_empty() && media.kind == "document" {

@@ -30,11 +30,17 @@ pub fn parse_signature_header(header: &str) -> Result<[u8; 32], SignatureError> 
 }
 
 /// Verifies `header` against HMAC-SHA256(app_secret, raw body), in constant time.
-pub fn verify_signature(app_secret: &[u8], header: Option<&str>, body: &[u8]) -> Result<(), SignatureError> {
+pub fn verify_signature(
+    app_secret: &[u8],
+    header: Option<&str>,
+    body: &[u8],
+) -> Result<(), SignatureError> {
     let signature = parse_signature_header(header.ok_or(SignatureError::Missing)?)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(app_secret).map_err(|_| SignatureError::Mismatch)?;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(app_secret).map_err(|_| SignatureError::Mismatch)?;
     mac.update(body);
-    mac.verify_slice(&signature).map_err(|_| SignatureError::Mismatch)
+    mac.verify_slice(&signature)
+        .map_err(|_| SignatureError::Mismatch)
 }
 
 /// Computes the header value Meta would send for `body` (for tests and tools).
@@ -60,7 +66,11 @@ mod tests {
         assert_eq!(sign(b"secret", b"test"), expected);
         assert_eq!(verify_signature(b"secret", Some(expected), b"test"), Ok(()));
         assert_eq!(
-            verify_signature(b"secret", Some(&expected.to_uppercase().replace("SHA256", "sha256")), b"test"),
+            verify_signature(
+                b"secret",
+                Some(&expected.to_uppercase().replace("SHA256", "sha256")),
+                b"test"
+            ),
             Ok(()),
             "hex digits are case-insensitive"
         );
@@ -69,12 +79,33 @@ mod tests {
     #[test]
     fn refusals() {
         let good = sign(b"secret", b"test");
-        assert_eq!(verify_signature(b"secret", None, b"test"), Err(SignatureError::Missing));
-        assert_eq!(verify_signature(b"secret", Some("sha1=abc"), b"test"), Err(SignatureError::Malformed));
-        assert_eq!(verify_signature(b"secret", Some("sha256=zz"), b"test"), Err(SignatureError::Malformed));
-        assert_eq!(verify_signature(b"other", Some(&good), b"test"), Err(SignatureError::Mismatch));
-        assert_eq!(verify_signature(b"secret", Some(&good), b"test "), Err(SignatureError::Mismatch));
-        assert!(verify_token_matches("demo-verify-token", "demo-verify-token"));
-        assert!(!verify_token_matches("demo-verify-token", "demo-verify-toke"));
+        assert_eq!(
+            verify_signature(b"secret", None, b"test"),
+            Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            verify_signature(b"secret", Some("sha1=abc"), b"test"),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify_signature(b"secret", Some("sha256=zz"), b"test"),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify_signature(b"other", Some(&good), b"test"),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_signature(b"secret", Some(&good), b"test "),
+            Err(SignatureError::Mismatch)
+        );
+        assert!(verify_token_matches(
+            "demo-verify-token",
+            "demo-verify-token"
+        ));
+        assert!(!verify_token_matches(
+            "demo-verify-token",
+            "demo-verify-toke"
+        ));
     }
 }

@@ -35,7 +35,10 @@ async fn handshake(
         return ApiError::not_found("no such WhatsApp channel").into_response();
     };
     let mode = query.get("hub.mode").map(String::as_str);
-    let token = query.get("hub.verify_token").map(String::as_str).unwrap_or("");
+    let token = query
+        .get("hub.verify_token")
+        .map(String::as_str)
+        .unwrap_or("");
     let challenge = query.get("hub.challenge");
     match (mode, challenge) {
         (Some("subscribe"), Some(challenge))
@@ -46,8 +49,12 @@ async fn handshake(
         }
         _ => {
             tracing::warn!(channel, "WhatsApp verification refused");
-            ApiError::new(StatusCode::FORBIDDEN, "verification_failed", "hub.mode or hub.verify_token is wrong")
-                .into_response()
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "verification_failed",
+                "hub.mode or hub.verify_token is wrong",
+            )
+            .into_response()
         }
     }
 }
@@ -62,8 +69,14 @@ async fn receive(
     let Some(config) = wa.inner.config.channels.get(&channel) else {
         return Err(ApiError::not_found("no such WhatsApp channel"));
     };
-    let signature = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
-    if let Err(err) = verify::verify_signature(config.app_secret.expose_secret().as_bytes(), signature, &body) {
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if let Err(err) = verify::verify_signature(
+        config.app_secret.expose_secret().as_bytes(),
+        signature,
+        &body,
+    ) {
         metrics::counter!("omnigate_whatsapp_rejected_total", "reason" => "signature").increment(1);
         tracing::warn!(channel, reason = %err, "WhatsApp webhook signature refused");
         return Err(ApiError::unauthorized("invalid_signature", err.to_string()));
@@ -102,19 +115,31 @@ async fn receive(
         dead_letter(&wa, &cx, &body, &normalized.rejected.join("; ")).await?;
     }
     if normalized.ignored_changes > 0 {
-        metrics::counter!("omnigate_whatsapp_ignored_changes_total").increment(normalized.ignored_changes as u64);
+        metrics::counter!("omnigate_whatsapp_ignored_changes_total")
+            .increment(normalized.ignored_changes as u64);
     }
     metrics::counter!("omnigate_whatsapp_events_total").increment(count as u64);
     tracing::debug!(channel, events = count, "WhatsApp webhook accepted");
     Ok(StatusCode::OK)
 }
 
-async fn dead_letter(wa: &Whatsapp, cx: &NormalizeCtx<'_>, body: &Bytes, reason: &str) -> Result<(), ApiError> {
+async fn dead_letter(
+    wa: &Whatsapp,
+    cx: &NormalizeCtx<'_>,
+    body: &Bytes,
+    reason: &str,
+) -> Result<(), ApiError> {
     metrics::counter!("omnigate_whatsapp_dead_lettered_total").increment(1);
     tracing::warn!(channel = cx.channel_id, %reason, bytes = body.len(), "WhatsApp body dead-lettered");
     let digest = hex::encode(Sha256::digest(body));
     let letter = pb::DeadLetter {
-        id: event_id(pb::ChannelKind::Whatsapp, cx.channel_id, &digest, "deadletter").to_string(),
+        id: event_id(
+            pb::ChannelKind::Whatsapp,
+            cx.channel_id,
+            &digest,
+            "deadletter",
+        )
+        .to_string(),
         source: format!("/omnigate/whatsapp/{}", cx.channel_id),
         tenant: cx.tenant.to_string(),
         channel_kind: pb::ChannelKind::Whatsapp as i32,

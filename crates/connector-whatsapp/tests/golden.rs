@@ -17,11 +17,17 @@ fn every_fixture_matches_its_golden_file() {
     };
     let mut cases = 0;
     let mut failures = Vec::new();
-    let mut paths: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     paths.sort();
     for path in paths {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.ends_with(".json") || name.ends_with(".expected.json") || name.ends_with(".actual.json") {
+        if !name.ends_with(".json")
+            || name.ends_with(".expected.json")
+            || name.ends_with(".actual.json")
+        {
             continue;
         }
         cases += 1;
@@ -45,12 +51,18 @@ fn every_fixture_matches_its_golden_file() {
         }
     }
     assert!(cases >= 25, "only {cases} fixtures found");
-    assert!(failures.is_empty(), "golden mismatch (see *.actual.json): {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "golden mismatch (see *.actual.json): {failures:?}"
+    );
 }
 
 #[test]
 fn redelivery_gives_the_same_ids_and_bodies_that_are_not_webhooks_are_errors() {
-    let body = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/batch_multi_entry.json")).unwrap();
+    let body = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/batch_multi_entry.json"),
+    )
+    .unwrap();
     let first = NormalizeCtx {
         channel_id: "demo",
         tenant: "acme",
@@ -60,14 +72,31 @@ fn redelivery_gives_the_same_ids_and_bodies_that_are_not_webhooks_are_errors() {
         received_at: chrono::DateTime::from_timestamp(1_749_999_999, 0).unwrap(),
         ..first.clone()
     };
-    let ids = |cx: &NormalizeCtx<'_>| normalize(&body, cx).unwrap().events.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    let ids = |cx: &NormalizeCtx<'_>| {
+        normalize(&body, cx)
+            .unwrap()
+            .events
+            .into_iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>()
+    };
     let (a, b) = (ids(&first), ids(&later));
     assert_eq!(a.len(), 4);
     assert_eq!(a, b, "a redelivered POST yields the same event ids");
     let unique: std::collections::HashSet<_> = a.iter().collect();
     assert_eq!(unique.len(), 4);
 
-    for bad in [&b"not json"[..], b"{}", b"{\"object\":\"page\",\"entry\":[]}", b"[1,2]", b"\xff\xfe"] {
-        assert!(normalize(bad, &first).is_err(), "{:?} must not normalize", String::from_utf8_lossy(bad));
+    for bad in [
+        &b"not json"[..],
+        b"{}",
+        b"{\"object\":\"page\",\"entry\":[]}",
+        b"[1,2]",
+        b"\xff\xfe",
+    ] {
+        assert!(
+            normalize(bad, &first).is_err(),
+            "{:?} must not normalize",
+            String::from_utf8_lossy(bad)
+        );
     }
 }

@@ -54,7 +54,10 @@ impl From<crate::publish::PublishError> for ApiError {
     fn from(err: crate::publish::PublishError) -> Self {
         let retry_after = err.retry_after();
         Self::unavailable(
-            format!("the event could not be stored, retry later: {}", err.message),
+            format!(
+                "the event could not be stored, retry later: {}",
+                err.message
+            ),
             retry_after,
         )
     }

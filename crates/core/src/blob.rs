@@ -4,8 +4,8 @@
 use crate::config::{BlobConfig, ConfigError};
 use bytes::Bytes;
 use object_store::{
-    GetOptions, ObjectStore, PutOptions, PutPayload, aws::AmazonS3Builder,
-    local::LocalFileSystem, path::Path as StorePath, prefix::PrefixStore,
+    GetOptions, ObjectStore, PutOptions, PutPayload, aws::AmazonS3Builder, local::LocalFileSystem,
+    path::Path as StorePath, prefix::PrefixStore,
 };
 use omnigate_model::pb::BlobRef;
 use secrecy::ExposeSecret;
@@ -75,11 +75,20 @@ impl BlobStore {
     }
 
     /// Stores `bytes` under `key` and returns a reference with their size and SHA-256.
-    pub async fn put(&self, key: &str, mime_type: &str, bytes: Bytes) -> Result<BlobRef, BlobError> {
+    pub async fn put(
+        &self,
+        key: &str,
+        mime_type: &str,
+        bytes: Bytes,
+    ) -> Result<BlobRef, BlobError> {
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let size = bytes.len() as u64;
         self.store
-            .put_opts(&StorePath::from(key), PutPayload::from_bytes(bytes), PutOptions::default())
+            .put_opts(
+                &StorePath::from(key),
+                PutPayload::from_bytes(bytes),
+                PutOptions::default(),
+            )
             .await?;
         Ok(BlobRef {
             key: key.to_string(),

@@ -228,11 +228,21 @@ mod tests {
 
     #[test]
     fn secrets_never_reach_debug() {
-        let cfg = load_with("[blobs]\nurl = \"s3://b\"\ns3_secret_access_key = \"hunter2\"\n").unwrap();
+        let cfg =
+            load_with("[blobs]\nurl = \"s3://b\"\ns3_secret_access_key = \"hunter2\"\n").unwrap();
         let debug = format!("{cfg:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
-        assert_eq!(cfg.server.body_limit_bytes, 100, "defaults apply under the file");
-        assert!(require_secret("blobs.s3_secret_access_key", &cfg.blobs.s3_secret_access_key).is_ok());
+        assert_eq!(
+            cfg.server.body_limit_bytes, 100,
+            "defaults apply under the file"
+        );
+        assert!(
+            require_secret(
+                "blobs.s3_secret_access_key",
+                &cfg.blobs.s3_secret_access_key
+            )
+            .is_ok()
+        );
         let err = require_secret("a.b_c", &SecretString::from(" ")).unwrap_err();
         assert!(err.to_string().contains("OMNIGATE_A__B_C"), "{err}");
     }

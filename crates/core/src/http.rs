@@ -26,7 +26,12 @@ struct OpsState {
 }
 
 /// Wraps `app` with the operational endpoints and the shared layers.
-pub fn with_ops(app: Router, config: &ServerConfig, health: Health, metrics: PrometheusHandle) -> Router {
+pub fn with_ops(
+    app: Router,
+    config: &ServerConfig,
+    health: Health,
+    metrics: PrometheusHandle,
+) -> Router {
     let ops = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -73,7 +78,8 @@ async fn record_request(request: Request, next: Next) -> Response {
     let status = response.status().as_u16().to_string();
     metrics::histogram!("omnigate_http_request_duration_seconds", "route" => route.clone(), "status" => status.clone())
         .record(started.elapsed().as_secs_f64());
-    metrics::counter!("omnigate_http_requests_total", "route" => route, "status" => status).increment(1);
+    metrics::counter!("omnigate_http_requests_total", "route" => route, "status" => status)
+        .increment(1);
     response
 }
 

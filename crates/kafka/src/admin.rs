@@ -43,22 +43,23 @@ fn topic_config(topic: Topic) -> &'static [(&'static str, &'static str)] {
 /// Returns the names of the topics it created. Fails, naming each topic to create,
 /// when topics are missing and cannot be created.
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<Vec<String>, BootstrapError> {
-    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
-        config
-            .client_config()
-            .create()
-            .map_err(|source| BootstrapError::Unreachable {
+    let admin: Arc<AdminClient<DefaultClientContext>> =
+        Arc::new(config.client_config().create().map_err(|source| {
+            BootstrapError::Unreachable {
                 brokers: config.brokers.clone(),
                 source,
-            })?,
-    );
+            }
+        })?);
     let wanted: Vec<(Topic, String)> = Topic::ALL
         .into_iter()
         .map(|t| (t, t.name(&config.topic_prefix)))
         .collect();
 
     let existing = existing_topics(&admin, config).await?;
-    let missing: Vec<&(Topic, String)> = wanted.iter().filter(|(_, n)| !existing.contains(n)).collect();
+    let missing: Vec<&(Topic, String)> = wanted
+        .iter()
+        .filter(|(_, n)| !existing.contains(n))
+        .collect();
     if missing.is_empty() {
         return Ok(Vec::new());
     }
@@ -70,12 +71,17 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<Vec<String>, Bootstra
             .iter()
             .map(|(topic, name)| {
                 topic_config(*topic).iter().fold(
-                    NewTopic::new(name, config.partitions, TopicReplication::Fixed(config.replication_factor)),
+                    NewTopic::new(
+                        name,
+                        config.partitions,
+                        TopicReplication::Fixed(config.replication_factor),
+                    ),
                     |t, (k, v)| t.set(k, v),
                 )
             })
             .collect();
-        let options = AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(10))));
+        let options =
+            AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(10))));
         match admin.create_topics(&new_topics, &options).await {
             Ok(results) => {
                 for result in results {
@@ -90,7 +96,10 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<Vec<String>, Bootstra
         }
     }
 
-    let still_missing: Vec<&&(Topic, String)> = missing.iter().filter(|(_, n)| !created.contains(n)).collect();
+    let still_missing: Vec<&&(Topic, String)> = missing
+        .iter()
+        .filter(|(_, n)| !created.contains(n))
+        .collect();
     if still_missing.is_empty() {
         tracing::info!(topics = ?created, "Created missing Kafka topics");
         return Ok(created);
@@ -128,7 +137,12 @@ async fn existing_topics(
         admin
             .inner()
             .fetch_metadata(None, Timeout::After(Duration::from_secs(10)))
-            .map(|m| m.topics().iter().map(|t| t.name().to_string()).collect::<HashSet<_>>())
+            .map(|m| {
+                m.topics()
+                    .iter()
+                    .map(|t| t.name().to_string())
+                    .collect::<HashSet<_>>()
+            })
     })
     .await
     .unwrap_or(Err(KafkaError::Canceled));
@@ -141,9 +155,11 @@ async fn existing_topics(
 /// Names of every topic the broker reports, sorted.
 pub async fn list_topics(config: &KafkaConfig) -> Result<Vec<String>, BootstrapError> {
     let admin: Arc<AdminClient<DefaultClientContext>> =
-        Arc::new(config.client_config().create().map_err(|source| BootstrapError::Unreachable {
-            brokers: config.brokers.clone(),
-            source,
+        Arc::new(config.client_config().create().map_err(|source| {
+            BootstrapError::Unreachable {
+                brokers: config.brokers.clone(),
+                source,
+            }
         })?);
     let mut names: Vec<String> = existing_topics(&admin, config).await?.into_iter().collect();
     names.sort();

@@ -63,7 +63,10 @@ impl KafkaConfig {
     pub fn validate(&self) -> Result<(), omnigate_core::ConfigError> {
         use omnigate_core::ConfigError;
         if self.brokers.trim().is_empty() {
-            return Err(ConfigError::new("kafka.brokers", "must list at least one host:port"));
+            return Err(ConfigError::new(
+                "kafka.brokers",
+                "must list at least one host:port",
+            ));
         }
         for broker in self.brokers.split(',') {
             let ok = broker
@@ -78,13 +81,19 @@ impl KafkaConfig {
             }
         }
         if !matches!(self.compression.as_str(), "lz4" | "zstd" | "none") {
-            return Err(ConfigError::new("kafka.compression", "must be lz4, zstd or none"));
+            return Err(ConfigError::new(
+                "kafka.compression",
+                "must be lz4, zstd or none",
+            ));
         }
         if self.partitions < 1 {
             return Err(ConfigError::new("kafka.partitions", "must be at least 1"));
         }
         if self.message_timeout_ms < 100 {
-            return Err(ConfigError::new("kafka.message_timeout_ms", "must be at least 100"));
+            return Err(ConfigError::new(
+                "kafka.message_timeout_ms",
+                "must be at least 100",
+            ));
         }
         Ok(())
     }

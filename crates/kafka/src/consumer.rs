@@ -51,7 +51,11 @@ pub enum HandlerError {
 }
 
 /// Creates a consumer in `group` subscribed to `topics`, ready for [`run`].
-pub fn subscribe(config: &KafkaConfig, group: &str, topics: &[Topic]) -> Result<StreamConsumer, KafkaError> {
+pub fn subscribe(
+    config: &KafkaConfig,
+    group: &str,
+    topics: &[Topic],
+) -> Result<StreamConsumer, KafkaError> {
     let consumer: StreamConsumer = config
         .client_config()
         .set("group.id", group)
@@ -62,7 +66,10 @@ pub fn subscribe(config: &KafkaConfig, group: &str, topics: &[Topic]) -> Result<
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .create()?;
-    let names: Vec<String> = topics.iter().map(|t| t.name(&config.topic_prefix)).collect();
+    let names: Vec<String> = topics
+        .iter()
+        .map(|t| t.name(&config.topic_prefix))
+        .collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
     Ok(consumer)
@@ -72,7 +79,11 @@ pub fn subscribe(config: &KafkaConfig, group: &str, topics: &[Topic]) -> Result<
 ///
 /// A retriable failure retries the same record with backoff (up to 30 s between
 /// tries), so nothing is skipped; a permanent failure is logged and skipped.
-pub async fn run<H, F>(consumer: StreamConsumer, shutdown: CancellationToken, mut handler: H) -> Result<(), KafkaError>
+pub async fn run<H, F>(
+    consumer: StreamConsumer,
+    shutdown: CancellationToken,
+    mut handler: H,
+) -> Result<(), KafkaError>
 where
     H: FnMut(ConsumedRecord) -> F,
     F: Future<Output = Result<(), HandlerError>>,
@@ -101,7 +112,12 @@ where
                 .headers()
                 .map(|h| {
                     h.iter()
-                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),

@@ -60,14 +60,15 @@ impl CloudEvent {
         }
         pairs.push(("ce_tenant", self.tenant.as_str()));
         pairs.push(("content-type", self.content_type));
-        pairs
-            .into_iter()
-            .fold(OwnedHeaders::new_with_capacity(8), |headers, (key, value)| {
+        pairs.into_iter().fold(
+            OwnedHeaders::new_with_capacity(8),
+            |headers, (key, value)| {
                 headers.insert(Header {
                     key,
                     value: Some(value),
                 })
-            })
+            },
+        )
     }
 }
 

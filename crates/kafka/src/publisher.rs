@@ -38,7 +38,9 @@ pub struct KafkaPublisher {
 
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaPublisher").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("KafkaPublisher")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,7 +56,9 @@ impl KafkaPublisher {
             // A request must give up before the message does, or the timeout never fires.
             .set(
                 "request.timeout.ms",
-                (config.message_timeout_ms.saturating_sub(100)).max(100).to_string(),
+                (config.message_timeout_ms.saturating_sub(100))
+                    .max(100)
+                    .to_string(),
             )
             .set("linger.ms", config.linger_ms.to_string())
             .set("compression.type", &config.compression)
@@ -94,7 +98,10 @@ impl KafkaPublisher {
             let producer = self.producer.clone();
             let wait = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
             let reachable = tokio::task::spawn_blocking(move || {
-                producer.client().fetch_metadata(None, Timeout::After(wait)).is_ok()
+                producer
+                    .client()
+                    .fetch_metadata(None, Timeout::After(wait))
+                    .is_ok()
             })
             .await
             .unwrap_or(false);
@@ -108,7 +115,11 @@ impl KafkaPublisher {
 
     fn encode(&self, topic: Topic, record: &Outgoing) -> (String, Vec<u8>, CloudEvent) {
         let protobuf = self.protobuf_topics.contains(topic.suffix());
-        let content_type = if protobuf { headers::PROTOBUF } else { headers::JSON };
+        let content_type = if protobuf {
+            headers::PROTOBUF
+        } else {
+            headers::JSON
+        };
         match record {
             Outgoing::Event(event) => {
                 let value = if protobuf {
@@ -142,7 +153,11 @@ impl KafkaPublisher {
                 } else {
                     serde_json::to_vec(command.as_ref()).unwrap_or_default()
                 };
-                let channel = command.channel.as_ref().map(|c| c.channel_id.as_str()).unwrap_or("");
+                let channel = command
+                    .channel
+                    .as_ref()
+                    .map(|c| c.channel_id.as_str())
+                    .unwrap_or("");
                 let ce = CloudEvent {
                     id: command.command_id.clone(),
                     source: "/omnigate/api".into(),
@@ -185,7 +200,11 @@ impl Publish for KafkaPublisher {
         let started = Instant::now();
         let fail = |kind: ErrorKind, message: String| {
             metrics::counter!("omnigate_kafka_produce_errors_total", "topic" => topic.suffix(), "kind" => format!("{kind:?}").to_lowercase()).increment(1);
-            PublishError { kind, topic: name.clone(), message }
+            PublishError {
+                kind,
+                topic: name.clone(),
+                message,
+            }
         };
         let send = self.producer.send(
             FutureRecord::to(&name)
@@ -200,12 +219,16 @@ impl Publish for KafkaPublisher {
                 offset: delivery.offset,
             }),
             Ok(Err((err, _))) => Err(fail(classify(&err), err.to_string())),
-            Err(_) => Err(fail(ErrorKind::Retriable, "no acknowledgement within the bounded wait".into())),
+            Err(_) => Err(fail(
+                ErrorKind::Retriable,
+                "no acknowledgement within the bounded wait".into(),
+            )),
         };
         metrics::histogram!("omnigate_kafka_produce_duration_seconds", "topic" => topic.suffix())
             .record(started.elapsed().as_secs_f64());
         if result.is_ok() {
-            metrics::counter!("omnigate_kafka_produced_total", "topic" => topic.suffix()).increment(1);
+            metrics::counter!("omnigate_kafka_produced_total", "topic" => topic.suffix())
+                .increment(1);
         }
         result
     }

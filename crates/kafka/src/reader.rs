@@ -39,7 +39,10 @@ pub fn read_topic(
 ) -> Result<Vec<ReadRecord>, KafkaError> {
     let consumer: BaseConsumer = config
         .client_config()
-        .set("group.id", format!("omnigate-reader-{}", std::process::id()))
+        .set(
+            "group.id",
+            format!("omnigate-reader-{}", std::process::id()),
+        )
         .set("enable.auto.commit", "false")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;

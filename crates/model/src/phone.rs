@@ -30,7 +30,10 @@ mod tests {
     #[test]
     fn canonicalises_provider_forms() {
         assert_eq!(to_e164("16505551234").as_deref(), Some("+16505551234"));
-        assert_eq!(to_e164("+1 (650) 555-1234").as_deref(), Some("+16505551234"));
+        assert_eq!(
+            to_e164("+1 (650) 555-1234").as_deref(),
+            Some("+16505551234")
+        );
         assert_eq!(to_e164("0049 30 1234567").as_deref(), Some("+49301234567"));
         assert_eq!(to_e164("12345"), None);
         assert_eq!(to_e164("+1650555abcd"), None);

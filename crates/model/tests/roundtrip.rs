@@ -242,7 +242,10 @@ fn send_commands_round_trip() {
             ..Default::default()
         };
         let json = serde_json::to_vec(&cmd).unwrap();
-        assert_eq!(serde_json::from_slice::<pb::SendCommand>(&json).unwrap(), cmd);
+        assert_eq!(
+            serde_json::from_slice::<pb::SendCommand>(&json).unwrap(),
+            cmd
+        );
         assert_eq!(
             pb::SendCommand::decode(cmd.encode_to_vec().as_slice()).unwrap(),
             cmd
@@ -255,7 +258,10 @@ fn json_is_the_canonical_mapping() {
     let event = envelope(every_payload().remove(2));
     let json: serde_json::Value = serde_json::from_slice(&omnigate_model::to_json(&event)).unwrap();
     // lowerCamelCase names, enum names as strings, RFC 3339 timestamps, oneof flattened.
-    assert_eq!(json["conversationKey"], "whatsapp:106540352242922:16505551234");
+    assert_eq!(
+        json["conversationKey"],
+        "whatsapp:106540352242922:16505551234"
+    );
     assert_eq!(json["status"]["status"], "DELIVERY_STATUS_FAILED");
     assert_eq!(json["time"], "2025-06-08T20:59:44+00:00");
     assert_eq!(json["status"]["errors"][0]["code"], "131047");
@@ -280,8 +286,5 @@ fn json_from_a_newer_producer_still_decodes() {
         panic!("expected a message payload");
     };
     assert_eq!(message.provider_message_id, "wamid.1");
-    assert_eq!(
-        message.parts[0].part,
-        Some(Part::Text("hi".into()))
-    );
+    assert_eq!(message.parts[0].part, Some(Part::Text("hi".into())));
 }

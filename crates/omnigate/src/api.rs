@@ -1,12 +1,6 @@
 //! The `/v1` API: send commands.
 
-use axum::{
-    Extension, Json, Router,
-    extract::State,
-    http::StatusCode,
-    middleware,
-    routing::post,
-};
+use axum::{Extension, Json, Router, extract::State, http::StatusCode, middleware, routing::post};
 use omnigate_core::{
     api_error::ApiError,
     auth::{ApiKeys, Tenant, require_api_key},
@@ -43,8 +37,8 @@ async fn send_message(
     Extension(Tenant(tenant)): Extension<Tenant>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let mut command: pb::SendCommand =
-        serde_json::from_slice(&body).map_err(|e| unprocessable(format!("body is not a send command: {e}")))?;
+    let mut command: pb::SendCommand = serde_json::from_slice(&body)
+        .map_err(|e| unprocessable(format!("body is not a send command: {e}")))?;
     let channel = command
         .channel
         .as_mut()
@@ -59,7 +53,9 @@ async fn send_message(
         return Err(unprocessable("`to` is required"));
     }
     if command.content.is_none() {
-        return Err(unprocessable("one of `text`, `media`, `template` or `markRead` is required"));
+        return Err(unprocessable(
+            "one of `text`, `media`, `template` or `markRead` is required",
+        ));
     }
     command.tenant = tenant;
     if command.command_id.is_empty() {
@@ -67,7 +63,8 @@ async fn send_message(
         command.command_id = if command.idempotency_key.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
-            omnigate_model::event_id(kind, &channel_id, &command.idempotency_key, "send").to_string()
+            omnigate_model::event_id(kind, &channel_id, &command.idempotency_key, "send")
+                .to_string()
         };
     }
     let command_id = command.command_id.clone();
@@ -75,5 +72,8 @@ async fn send_message(
         .publisher
         .publish(Topic::Outbound, Outgoing::Command(Box::new(command)))
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "commandId": command_id }))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "commandId": command_id })),
+    ))
 }

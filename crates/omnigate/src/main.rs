@@ -69,8 +69,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Topics { config } => run_tool(config, |config| async move { tools::topics(&config).await }),
-        Command::Tail { config, topic } => run_tool(config, |config| async move { tools::tail(&config, &topic) }),
+        Command::Topics { config } => {
+            run_tool(config, |config| async move { tools::topics(&config).await })
+        }
+        Command::Tail { config, topic } => {
+            run_tool(config, |config| async move { tools::tail(&config, &topic) })
+        }
         Command::Serve { config, roles } => {
             let loaded = match Config::load(config.as_deref()) {
                 Ok(loaded) => loaded,
@@ -79,7 +83,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(err) => {
                     eprintln!("error: cannot start the async runtime: {err}");
@@ -103,12 +110,14 @@ where
     F: FnOnce(Config) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let result = Config::load(config.as_deref()).map_err(anyhow::Error::from).and_then(|config| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(tool(config))
-    });
+    let result = Config::load(config.as_deref())
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(tool(config))
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

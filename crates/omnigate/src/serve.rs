@@ -27,11 +27,16 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     telemetry::init_logs(&config.log);
     let metrics = telemetry::init_metrics();
-    let roles = if roles.is_empty() { config.roles.clone() } else { roles };
+    let roles = if roles.is_empty() {
+        config.roles.clone()
+    } else {
+        roles
+    };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), ?roles, brokers = %config.kafka.brokers, "Starting Omnigate");
 
     admin::ensure_topics(&config.kafka).await?;
-    let producer = KafkaPublisher::new(&config.kafka).context("cannot create the Kafka producer")?;
+    let producer =
+        KafkaPublisher::new(&config.kafka).context("cannot create the Kafka producer")?;
     let publisher = Publisher::new(producer.clone());
     let health = Health::default();
     let shutdown = shutdown::on_signal();
@@ -56,20 +61,40 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         let whatsapp = Whatsapp::new(config.whatsapp.clone(), ctx.clone());
         app = app.merge(whatsapp.routes());
         let media = whatsapp.clone();
-        spawn_consumer(&tasks, &config, "omnigate-whatsapp-media", Topic::Inbound, &shutdown, move |record| {
-            let media = media.clone();
-            async move {
-                let event: pb::Event = decoded(&record)?;
-                media.fetch_media(&event).await.map_err(|e| HandlerError::Retriable(e.to_string()))
-            }
-        })?;
-        spawn_consumer(&tasks, &config, "omnigate-whatsapp-sender", Topic::Outbound, &shutdown, move |record| {
-            let sender = whatsapp.clone();
-            async move {
-                let command: pb::SendCommand = decoded(&record)?;
-                sender.send(&command).await.map_err(|e| HandlerError::Retriable(e.to_string()))
-            }
-        })?;
+        spawn_consumer(
+            &tasks,
+            &config,
+            "omnigate-whatsapp-media",
+            Topic::Inbound,
+            &shutdown,
+            move |record| {
+                let media = media.clone();
+                async move {
+                    let event: pb::Event = decoded(&record)?;
+                    media
+                        .fetch_media(&event)
+                        .await
+                        .map_err(|e| HandlerError::Retriable(e.to_string()))
+                }
+            },
+        )?;
+        spawn_consumer(
+            &tasks,
+            &config,
+            "omnigate-whatsapp-sender",
+            Topic::Outbound,
+            &shutdown,
+            move |record| {
+                let sender = whatsapp.clone();
+                async move {
+                    let command: pb::SendCommand = decoded(&record)?;
+                    sender
+                        .send(&command)
+                        .await
+                        .map_err(|e| HandlerError::Retriable(e.to_string()))
+                }
+            },
+        )?;
     }
     if roles.contains(&Role::Api) {
         let channels: HashMap<String, pb::ChannelKind> = config
@@ -107,7 +132,9 @@ fn decoded<T>(record: &ConsumedRecord) -> Result<T, HandlerError>
 where
     T: prost::Message + Default + serde::de::DeserializeOwned,
 {
-    record.decode().map_err(|e| HandlerError::Permanent(e.to_string()))
+    record
+        .decode()
+        .map_err(|e| HandlerError::Permanent(e.to_string()))
 }
 
 fn spawn_consumer<H, F>(

@@ -19,10 +19,18 @@ pub fn tail(config: &Config, topic: &str) -> anyhow::Result<()> {
     } else {
         format!("{}{topic}", config.kafka.topic_prefix)
     };
-    let records = reader::read_topic(&config.kafka, &name, 0, Duration::from_secs(2), Duration::from_secs(30))?;
+    let records = reader::read_topic(
+        &config.kafka,
+        &name,
+        0,
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    )?;
     for record in records {
-        let value = serde_json::from_slice::<serde_json::Value>(&record.value)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&record.value).into_owned()));
+        let value =
+            serde_json::from_slice::<serde_json::Value>(&record.value).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&record.value).into_owned())
+            });
         let line = serde_json::json!({
             "partition": record.partition,
             "offset": record.offset,
