@@ -132,13 +132,20 @@ probe_interval_ms = 300
 message_timeout_ms = 3000
 [blobs]
 url = "file://{blobs}"
+[router]
+rules_file = "{rules}"
+database_url = "sqlite://{db}?mode=rwc"
 [[api_keys]]
 name = "test"
 tenant = "acme"
 sha256 = "bb2c3471b1d4f3a48f740bf10b04cc830d5cd528b47ba699f9f0d733dbc5e397"
 {extra}
 "#,
-            blobs = dir.path().join("blobs").display()
+            blobs = dir.path().join("blobs").display(),
+            rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config/routing.toml")
+                .display(),
+            db = dir.path().join("omnigate.db").display(),
         );
         let path = dir.path().join("omnigate.toml");
         std::fs::write(&path, config).unwrap();
@@ -182,6 +189,23 @@ sha256 = "bb2c3471b1d4f3a48f740bf10b04cc830d5cd528b47ba699f9f0d733dbc5e397"
             "{path} never answered {status} within {timeout:?}; log:\n{}",
             self.log()
         );
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit code, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// Sends SIGKILL.

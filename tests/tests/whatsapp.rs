@@ -27,6 +27,7 @@ struct Fake {
     sends: Vec<Value>,
     fail_next_sends: u32,
     media_lookups: u32,
+    uploads: Vec<Vec<u8>>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -87,6 +88,17 @@ async fn send(State(fake): State<Shared>, headers: HeaderMap, Json(body): Json<V
         )
             .into_response();
     }
+    if body["to"] == "16505559999" {
+        // Meta's synchronous refusal for a recipient outside the window.
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"message": "(#131047) Re-engagement message", "type": "OAuthException", "code": 131047, "fbtrace_id": "y"}})),
+        )
+            .into_response();
+    }
+    if body["status"] == "read" {
+        return Json(json!({"success": true})).into_response();
+    }
     let n = fake.sends.len();
     Json(json!({
         "messaging_product": "whatsapp",
@@ -96,11 +108,27 @@ async fn send(State(fake): State<Shared>, headers: HeaderMap, Json(body): Json<V
     .into_response()
 }
 
+async fn upload(
+    State(fake): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    assert!(authorized(&headers));
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("name=\"messaging_product\"") && text.contains("whatsapp"),
+        "multipart upload: {text}"
+    );
+    fake.lock().unwrap().uploads.push(body.to_vec());
+    Json(json!({"id": "uploaded-media-1"})).into_response()
+}
+
 async fn start_fake() -> (Shared, String) {
     let fake: Shared = Arc::default();
     let app = Router::new()
         .route("/{version}/{id}", get(media_info))
         .route("/{version}/{pnid}/messages", post(send))
+        .route("/{version}/{pnid}/media", post(upload))
         .route("/lookaside/{id}", get(download))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -554,4 +582,144 @@ async fn sends_check_the_window_retry_and_report() {
     );
     assert_eq!(stale[0]["type"], "template");
     assert_eq!(stale[0]["template"]["language"]["code"], "en_US");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_mark_read_and_provider_errors_round_trip() {
+    let (fake, graph) = start_fake().await;
+    let gateway = gateway("wa-send2", &graph).await;
+    // A blob to send: put it where the gateway's blob store reads.
+    let key = "outbound/invoice.pdf";
+    let path = gateway.dir.path().join("blobs").join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, b"%PDF-1.4 invoice").unwrap();
+
+    let commands = [
+        json!({"channel": {"channelId": "demo"}, "to": "16505551234",
+               "media": {"kind": "document", "blob": {"key": key, "mimeType": "application/pdf"}, "filename": "invoice.pdf", "caption": "Your invoice"}}),
+        json!({"channel": {"channelId": "demo"}, "to": "16505551234", "markRead": "wamid.IN9"}),
+        json!({"channel": {"channelId": "demo"}, "to": "16505559999", "text": "hello?"}),
+    ];
+    for command in commands {
+        assert_eq!(send_command(&gateway, command).await.status(), 202);
+    }
+    let records = inbound(&gateway, 3);
+    assert_eq!(records.len(), 3, "{}", gateway.log());
+    let events: Vec<Value> = records.iter().map(record_json).collect();
+    let failed = events
+        .iter()
+        .find(|e| e["type"] == "message.status")
+        .unwrap();
+    assert_eq!(
+        failed["status"]["errors"][0]["code"], "131047",
+        "the provider's code is kept"
+    );
+    assert_eq!(failed["status"]["recipient"], "16505559999");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "message.sent")
+            .count(),
+        2
+    );
+
+    let fake = fake.lock().unwrap();
+    assert_eq!(fake.uploads.len(), 1);
+    assert!(String::from_utf8_lossy(&fake.uploads[0]).contains("%PDF-1.4 invoice"));
+    let document = fake.sends.iter().find(|s| s["type"] == "document").unwrap();
+    assert_eq!(document["document"]["id"], "uploaded-media-1");
+    assert_eq!(document["document"]["filename"], "invoice.pdf");
+    assert_eq!(document["document"]["caption"], "Your invoice");
+    let read = fake.sends.iter().find(|s| s["status"] == "read").unwrap();
+    assert_eq!(read["message_id"], "wamid.IN9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_metrics_and_graceful_shutdown() {
+    let (_fake, graph) = start_fake().await;
+    let mut gateway = gateway("wa-ops", &graph).await;
+    let client = reqwest::Client::new();
+
+    let huge = format!(
+        "{{\"object\":\"whatsapp_business_account\",\"pad\":\"{}\"}}",
+        "x".repeat(4 * 1024 * 1024)
+    );
+    let response = post_signed(&gateway, &huge, b"demo-app-secret").await;
+    assert_eq!(
+        response.status(),
+        413,
+        "bodies over server.body_limit_bytes are refused"
+    );
+
+    // Requests in flight when SIGTERM arrives are finished, and every 200 is on Kafka.
+    let mut posts = Vec::new();
+    for i in 0..200 {
+        let body = text_from(
+            "16505551234",
+            &format!("wamid.SHUT{i}"),
+            1_749_416_383,
+            "bye",
+        );
+        let url = format!("{}/webhooks/whatsapp/demo", gateway.url);
+        let client = client.clone();
+        posts.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .header(
+                    "x-hub-signature-256",
+                    sign(b"demo-app-secret", body.as_bytes()),
+                )
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let metrics = client
+        .get(format!("{}/metrics", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("omnigate_http_requests_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("omnigate_kafka_reachable 1"), "{metrics}");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &gateway.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut ok = 0;
+    for post in posts {
+        if post.await.unwrap() == 200 {
+            ok += 1;
+        }
+    }
+    let exit = gateway.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        exit,
+        Some(0),
+        "clean exit after SIGTERM; log:\n{}",
+        gateway.log()
+    );
+    assert!(
+        gateway.log().contains("unacknowledged=0") || gateway.log().contains("unacknowledged: 0"),
+        "{}",
+        gateway.log()
+    );
+    let records = inbound(&gateway, ok);
+    assert!(ok > 0, "some requests were accepted before the shutdown");
+    let unique: std::collections::HashSet<_> =
+        records.iter().map(|r| r.headers["ce_id"].clone()).collect();
+    assert!(
+        unique.len() >= ok,
+        "every 200 is on Kafka: {} events for {ok} 200s",
+        unique.len()
+    );
 }

@@ -60,6 +60,15 @@ pub enum Outgoing {
     DeadLetter(Box<pb::DeadLetter>),
     /// A send command, keyed by its channel and recipient.
     Command(Box<pb::SendCommand>),
+    /// A state record (JSON) on a compacted topic, keyed by `key`.
+    State {
+        /// Record key, e.g. the conversation key.
+        key: String,
+        /// Record value.
+        value: Vec<u8>,
+        /// `ce_type` header, e.g. `io.omnigate.router.assignment.v1`.
+        ce_type: &'static str,
+    },
 }
 
 /// How a failed publish should be handled. Drives retries and HTTP status.

@@ -10,7 +10,9 @@ pub fn init_logs(config: &LogConfig) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(config.level.as_str()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only for a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // try_init: a second call (tests) keeps the first subscriber.
     let _ = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

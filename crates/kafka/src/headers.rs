@@ -78,3 +78,8 @@ pub fn rfc3339(ts: Option<&omnigate_model::Timestamp>) -> String {
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
+
+/// The current time, RFC 3339 UTC.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}

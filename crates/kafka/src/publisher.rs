@@ -162,13 +162,29 @@ impl KafkaPublisher {
                     id: command.command_id.clone(),
                     source: "/omnigate/api".into(),
                     ce_type: "io.omnigate.command.send.v1".into(),
-                    time: headers::rfc3339(None),
+                    time: headers::now(),
                     subject: String::new(),
                     tenant: command.tenant.clone(),
                     content_type,
                 };
                 // One recipient's commands stay in order in one partition.
                 (format!("{channel}:{}", command.to), value, ce)
+            }
+            Outgoing::State {
+                key,
+                value,
+                ce_type,
+            } => {
+                let ce = CloudEvent {
+                    id: key.clone(),
+                    source: "/omnigate/router".into(),
+                    ce_type: (*ce_type).into(),
+                    time: headers::now(),
+                    subject: key.clone(),
+                    tenant: String::new(),
+                    content_type: headers::JSON,
+                };
+                (key.clone(), value.clone(), ce)
             }
         }
     }

@@ -1,12 +1,19 @@
-//! The `/v1` API: send commands.
+//! The `/v1` API: send commands and look up conversations.
 
-use axum::{Extension, Json, Router, extract::State, http::StatusCode, middleware, routing::post};
+use axum::{
+    Extension, Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    middleware,
+    routing::{get, post},
+};
 use omnigate_core::{
     api_error::ApiError,
     auth::{ApiKeys, Tenant, require_api_key},
     publish::{Outgoing, Publisher, Topic},
 };
 use omnigate_model::pb;
+use omnigate_router::contacts::{ContactStore, ConversationView};
 use std::{collections::HashMap, sync::Arc};
 
 /// What the API needs to accept commands.
@@ -16,12 +23,15 @@ pub struct ApiState {
     pub publisher: Publisher,
     /// Channel name -> kind, for every configured channel.
     pub channels: Arc<HashMap<String, pb::ChannelKind>>,
+    /// The router's shared store of conversations.
+    pub contacts: Arc<ContactStore>,
 }
 
 /// The `/v1` routes behind the API-key middleware.
 pub fn routes(state: ApiState, keys: ApiKeys) -> Router {
     Router::new()
         .route("/v1/messages", post(send_message))
+        .route("/v1/conversations/{id}", get(conversation))
         .with_state(state)
         .layer(middleware::from_fn_with_state(keys, require_api_key))
 }
@@ -76,4 +86,25 @@ async fn send_message(
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "commandId": command_id })),
     ))
+}
+
+/// `GET /v1/conversations/{id}`: inbox, contact, channel and linked conversations.
+async fn conversation(
+    State(state): State<ApiState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(id): Path<String>,
+) -> Result<Json<ConversationView>, ApiError> {
+    let view = state
+        .contacts
+        .conversation(&tenant, &id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "Conversation lookup failed");
+            ApiError::unavailable(
+                "the conversation store is unavailable",
+                std::time::Duration::from_secs(5),
+            )
+        })?;
+    view.map(Json)
+        .ok_or_else(|| ApiError::not_found("no such conversation"))
 }

@@ -20,6 +20,8 @@ pub enum Role {
     Api,
     /// WhatsApp webhooks in, media fetching, and WhatsApp sends out.
     Whatsapp,
+    /// Conversations to inboxes: `omnigate.inbound.v1` to `omnigate.routed.v1`.
+    Router,
 }
 
 /// Top-level configuration.
@@ -41,6 +43,8 @@ pub struct Config {
     pub api_keys: Vec<ApiKeyConfig>,
     /// WhatsApp Business Cloud API channels.
     pub whatsapp: omnigate_connector_whatsapp::WhatsappConfig,
+    /// The router.
+    pub router: omnigate_router::RouterConfig,
 }
 
 impl Config {
@@ -57,6 +61,7 @@ impl Config {
             key.validate(&format!("api_keys[{i}]"))?;
         }
         self.whatsapp.validate()?;
+        self.router.validate()?;
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 
 mod api;
 mod config;
+mod router;
 mod serve;
 mod tools;
 
@@ -42,11 +43,29 @@ enum Command {
         /// The topic, without the prefix (`inbound.v1`) or in full.
         topic: String,
     },
+    /// Routing tools.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
     /// Loads and validates a config file, then exits: 0 when valid, 1 with the key at fault.
     CheckConfig {
         /// The config file.
         #[arg(long, short)]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RouteCommand {
+    /// Prints which rule routes an event (canonical JSON, as on Kafka) and why the
+    /// rules before it did not match.
+    Explain {
+        /// The config file (for `router.rules_file`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The event, as JSON.
+        event: PathBuf,
     },
 }
 
@@ -69,6 +88,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Route {
+            command: RouteCommand::Explain { config, event },
+        } => run_tool(
+            config,
+            |config| async move { tools::explain(&config, &event) },
+        ),
         Command::Topics { config } => {
             run_tool(config, |config| async move { tools::topics(&config).await })
         }

@@ -70,6 +70,10 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
             move |record| {
                 let media = media.clone();
                 async move {
+                    // Most events carry no pending media: skip them without decoding.
+                    if !has_pending_media(&record) {
+                        return Ok(());
+                    }
                     let event: pb::Event = decoded(&record)?;
                     media
                         .fetch_media(&event)
@@ -96,7 +100,26 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
             },
         )?;
     }
+    let router = if roles.contains(&Role::Router) {
+        Some(crate::router::start(&config, publisher.clone(), &tasks, &shutdown).await?)
+    } else {
+        None
+    };
     if roles.contains(&Role::Api) {
+        // The conversation API reads the router's shared store; open it when no router runs here.
+        let contacts = match &router {
+            Some(router) => router.contacts(),
+            None => Arc::new(
+                omnigate_router::contacts::ContactStore::connect(&config.router.database_url)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot open router.database_url {}",
+                            config.router.database_url
+                        )
+                    })?,
+            ),
+        };
         let channels: HashMap<String, pb::ChannelKind> = config
             .whatsapp
             .channels
@@ -106,6 +129,7 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         let state = api::ApiState {
             publisher: publisher.clone(),
             channels: Arc::new(channels),
+            contacts,
         };
         app = app.merge(api::routes(state, ApiKeys::new(&config.api_keys)));
     }
@@ -126,6 +150,20 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     let left = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await?;
     tracing::info!(unacknowledged = left, "Stopped");
     Ok(())
+}
+
+/// A cheap pre-filter: only `message.received` events naming a pending attachment.
+fn has_pending_media(record: &ConsumedRecord) -> bool {
+    const PENDING_JSON: &[u8] = b"MEDIA_STATE_PENDING";
+    let received = record.header("ce_type") == Some("io.omnigate.message.received.v1");
+    let json = record.header("content-type") != Some(omnigate_kafka::headers::PROTOBUF);
+    // Protobuf values are not searched; they are decoded and checked in full.
+    received
+        && (!json
+            || record
+                .value
+                .windows(PENDING_JSON.len())
+                .any(|w| w == PENDING_JSON))
 }
 
 fn decoded<T>(record: &ConsumedRecord) -> Result<T, HandlerError>

@@ -42,3 +42,36 @@ pub fn tail(config: &Config, topic: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `omnigate route explain EVENT.json`
+pub fn explain(config: &Config, event: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let rules = crate::router::load_rules(&config.router.rules_file)?;
+    let bytes = std::fs::read(event).with_context(|| format!("cannot read {}", event.display()))?;
+    let event = omnigate_model::from_json(&bytes)
+        .with_context(|| format!("{} is not an event", event.display()))?;
+    let facts = omnigate_router::Facts::of(&event);
+    let at = event
+        .time
+        .as_ref()
+        .and_then(omnigate_model::datetime)
+        .unwrap_or_else(chrono::Utc::now);
+    let choice = rules.choose(&facts, at);
+    println!(
+        "event {} ({}) at {at}: tenant={} channel={}/{} email={:?} phone={:?} language={:?}",
+        event.id,
+        event.r#type,
+        facts.tenant,
+        facts.channel_kind,
+        facts.channel_id,
+        facts.email,
+        facts.phone,
+        facts.language
+    );
+    for (rule, why) in &choice.skipped {
+        println!("  rule {rule}: no match ({why})");
+    }
+    println!("=> inbox {} by {}", choice.inbox, choice.rule);
+    println!("(a follow-up in an open conversation stays in that conversation's inbox)");
+    Ok(())
+}

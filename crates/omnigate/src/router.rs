@@ -1,0 +1,147 @@
+//! The router role: state from the compacted topic, rules with hot reload, the consumer.
+
+use crate::config::Config;
+use anyhow::Context as _;
+use omnigate_core::publish::{Publisher, Topic};
+use omnigate_kafka::{consumer, reader};
+use omnigate_router::{Rules, contacts::ContactStore, service::Router};
+use std::{path::Path, time::Duration};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// Loads and validates the rules file, naming the file, rule and field on failure.
+pub fn load_rules(path: &Path) -> anyhow::Result<Rules> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read router.rules_file {}", path.display()))?;
+    Rules::from_toml(&text).with_context(|| format!("router.rules_file {}", path.display()))
+}
+
+/// Starts the router's tasks on `tasks`; returns the contact store for the API.
+pub async fn start(
+    config: &Config,
+    publisher: Publisher,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Router> {
+    let rules = load_rules(&config.router.rules_file)?;
+    let contacts = ContactStore::connect(&config.router.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open router.database_url {}",
+                config.router.database_url
+            )
+        })?;
+    let router = Router::new(rules, contacts, publisher, config.router.policy());
+
+    // State first: every assignment on the compacted topic, before routing anything.
+    let kafka = config.kafka.clone();
+    let topic = Topic::Assignments.name(&kafka.topic_prefix);
+    let records = tokio::task::spawn_blocking(move || {
+        reader::read_topic(
+            &kafka,
+            &topic,
+            0,
+            Duration::from_millis(500),
+            Duration::from_secs(120),
+        )
+    })
+    .await??;
+    for record in &records {
+        router.apply_state(&as_consumed(record));
+    }
+    tracing::info!(conversations = router.state_len(), "Router state loaded");
+
+    // Then follow it, so assignments made by other instances arrive before a rebalance
+    // hands us their keys.
+    let follow_group = format!("{}-state-{}", config.router.group_id, uuid::Uuid::new_v4());
+    let follower = consumer::subscribe(&config.kafka, &follow_group, &[Topic::Assignments])?;
+    {
+        let (router, shutdown) = (router.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let result = consumer::run(follower, shutdown, move |record| {
+                router.apply_state(&record);
+                async { Ok(()) }
+            })
+            .await;
+            if let Err(err) = result {
+                tracing::error!(error = %err, "Router state follower stopped");
+            }
+        });
+    }
+
+    let main = consumer::subscribe(&config.kafka, &config.router.group_id, &[Topic::Inbound])?;
+    {
+        let (router, shutdown) = (router.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let result = consumer::run(main, shutdown, move |record| {
+                let router = router.clone();
+                async move { router.handle(record).await }
+            })
+            .await;
+            if let Err(err) = result {
+                tracing::error!(error = %err, "Router consumer stopped");
+            }
+        });
+    }
+
+    let (reloader, path, shutdown) = (
+        router.clone(),
+        config.router.rules_file.clone(),
+        shutdown.clone(),
+    );
+    tasks.spawn(async move { reload_rules(reloader, &path, shutdown).await });
+    Ok(router)
+}
+
+fn as_consumed(record: &reader::ReadRecord) -> consumer::ConsumedRecord {
+    consumer::ConsumedRecord {
+        topic: String::new(),
+        partition: record.partition,
+        offset: record.offset,
+        key: Some(record.key.clone().into_bytes()),
+        value: record.value.clone(),
+        headers: Vec::new(),
+    }
+}
+
+/// Re-reads the rules when the file changes or on SIGHUP; a broken file keeps the old rules.
+async fn reload_rules(router: Router, path: &Path, shutdown: CancellationToken) {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(path);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {
+                let now = modified(path);
+                if now == seen { continue; }
+                seen = now;
+            }
+            () = signalled => {}
+        }
+        match load_rules(path) {
+            Ok(rules) => {
+                router.replace_rules(rules);
+                metrics::counter!("omnigate_router_rule_reloads_total", "outcome" => "ok")
+                    .increment(1);
+                tracing::info!(file = %path.display(), "Routing rules reloaded");
+            }
+            Err(err) => {
+                metrics::counter!("omnigate_router_rule_reloads_total", "outcome" => "rejected")
+                    .increment(1);
+                tracing::error!(
+                    error = format!("{err:#}"),
+                    "Routing rules not reloaded; keeping the previous rules"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Contacts shared by every router instance: a SQL table of identifiers with a unique
+//! constraint, so two instances that see one person's email and phone agree on one
+//! contact. A read-through cache keeps SQL off the hot path.
+
+use crate::policy::{Assignment, OpenConversation};
+use sqlx::{AnyPool, Row, any::AnyPoolOptions};
+use std::{collections::HashMap, sync::Mutex};
+
+/// A contact-store failure (retriable: the database may come back).
+#[derive(Debug, thiserror::Error)]
+#[error("contact store: {0}")]
+pub struct StoreError(#[from] sqlx::Error);
+
+/// Two contacts found to be one person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    /// The contact that remains.
+    pub kept: String,
+    /// The contact merged into it.
+    pub merged: String,
+    /// The identifier they share.
+    pub identifier: String,
+}
+
+/// The contact of an event, and any merges its identifiers caused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The contact id.
+    pub contact_id: String,
+    /// Merges, for `contact.linked` events.
+    pub merges: Vec<Merge>,
+}
+
+/// A conversation as `GET /v1/conversations/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationView {
+    /// Id.
+    pub conversation_id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Its key.
+    pub conversation_key: String,
+    /// Inbox.
+    pub inbox: String,
+    /// Contact.
+    pub contact_id: String,
+    /// Channel kind.
+    pub channel_kind: String,
+    /// The contact's other conversations (other channels), newest first.
+    pub linked_conversation_ids: Vec<String>,
+}
+
+/// The shared contact store.
+#[derive(Debug)]
+pub struct ContactStore {
+    pool: AnyPool,
+    cache: Mutex<HashMap<String, String>>,
+}
+
+const SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS router_contact_identifiers (
+        identifier TEXT PRIMARY KEY,
+        contact_id TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS router_conversations (
+        conversation_id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        conversation_key TEXT NOT NULL,
+        contact_id TEXT NOT NULL,
+        inbox TEXT NOT NULL,
+        channel_kind TEXT NOT NULL,
+        last_event_at BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS router_conversations_contact ON router_conversations (contact_id, last_event_at)",
+];
+
+/// A deterministic contact id for an identifier, so racing instances pick the same one.
+fn contact_id_for(identifier: &str) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f6d_6e69_6761_5e00_8000_0000_0000_0003);
+    uuid::Uuid::new_v5(&NAMESPACE, identifier.as_bytes()).to_string()
+}
+
+impl ContactStore {
+    /// Connects (`sqlite://path?mode=rwc` or `postgres://…`) and creates the tables.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .connect(url)
+            .await?;
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&pool).await?;
+        }
+        Ok(Self {
+            pool,
+            cache: Mutex::default(),
+        })
+    }
+
+    fn cached(&self, identifier: &str) -> Option<String> {
+        self.cache.lock().ok()?.get(identifier).cloned()
+    }
+
+    fn remember(&self, identifier: &str, contact_id: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() > 500_000 {
+                cache.clear();
+            }
+            cache.insert(identifier.to_string(), contact_id.to_string());
+        }
+    }
+
+    /// Finds or creates the contact of `identifiers`, merging contacts they join.
+    /// `fallback` names the contact when there is no identifier (e.g. a status event).
+    pub async fn resolve(
+        &self,
+        identifiers: &[String],
+        fallback: &str,
+    ) -> Result<Resolution, StoreError> {
+        if identifiers.is_empty() {
+            return Ok(Resolution {
+                contact_id: contact_id_for(fallback),
+                merges: Vec::new(),
+            });
+        }
+        let cached: Vec<Option<String>> = identifiers.iter().map(|i| self.cached(i)).collect();
+        if let Some(Some(first)) = cached.first() {
+            if cached.iter().all(|c| c.as_ref() == Some(first)) {
+                return Ok(Resolution {
+                    contact_id: first.clone(),
+                    merges: Vec::new(),
+                });
+            }
+        }
+        // Claim each identifier for the contact its own id names; existing rows win.
+        let mut owners = Vec::with_capacity(identifiers.len());
+        for identifier in identifiers {
+            sqlx::query("INSERT INTO router_contact_identifiers (identifier, contact_id) VALUES ($1, $2) ON CONFLICT (identifier) DO NOTHING")
+                .bind(identifier)
+                .bind(contact_id_for(identifier))
+                .execute(&self.pool)
+                .await?;
+            let row = sqlx::query(
+                "SELECT contact_id FROM router_contact_identifiers WHERE identifier = $1",
+            )
+            .bind(identifier)
+            .fetch_one(&self.pool)
+            .await?;
+            owners.push((identifier.clone(), row.try_get::<String, _>(0)?));
+        }
+        // The smallest id survives, so every instance merges the same way.
+        let kept = owners
+            .iter()
+            .map(|(_, c)| c.clone())
+            .min()
+            .unwrap_or_default();
+        let mut merges = Vec::new();
+        for (identifier, owner) in &owners {
+            if *owner != kept && !merges.iter().any(|m: &Merge| m.merged == *owner) {
+                sqlx::query(
+                    "UPDATE router_contact_identifiers SET contact_id = $1 WHERE contact_id = $2",
+                )
+                .bind(&kept)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+                sqlx::query(
+                    "UPDATE router_conversations SET contact_id = $1 WHERE contact_id = $2",
+                )
+                .bind(&kept)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+                merges.push(Merge {
+                    kept: kept.clone(),
+                    merged: owner.clone(),
+                    identifier: identifier.clone(),
+                });
+            }
+        }
+        if !merges.is_empty() {
+            // Other identifiers of merged contacts may be cached with the old id.
+            if let Ok(mut cache) = self.cache.lock() {
+                cache.retain(|_, c| !merges.iter().any(|m| m.merged == *c));
+            }
+        }
+        for identifier in identifiers {
+            self.remember(identifier, &kept);
+        }
+        Ok(Resolution {
+            contact_id: kept,
+            merges,
+        })
+    }
+
+    /// The contact's most recent conversation on another key.
+    pub async fn open_elsewhere(
+        &self,
+        contact_id: &str,
+        conversation_key: &str,
+    ) -> Result<Option<OpenConversation>, StoreError> {
+        let row = sqlx::query(
+            "SELECT conversation_id, inbox, last_event_at FROM router_conversations
+             WHERE contact_id = $1 AND conversation_key <> $2 ORDER BY last_event_at DESC LIMIT 1",
+        )
+        .bind(contact_id)
+        .bind(conversation_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(OpenConversation {
+                conversation_id: row.try_get(0)?,
+                inbox: row.try_get(1)?,
+                last_event_at: row.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records a conversation's inbox, contact and latest activity.
+    pub async fn save(&self, tenant: &str, assignment: &Assignment) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO router_conversations (conversation_id, tenant, conversation_key, contact_id, inbox, channel_kind, last_event_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (conversation_id) DO UPDATE SET contact_id = $4, inbox = $5, last_event_at = $7",
+        )
+        .bind(&assignment.conversation_id)
+        .bind(tenant)
+        .bind(&assignment.conversation_key)
+        .bind(&assignment.contact_id)
+        .bind(&assignment.inbox)
+        .bind(&assignment.channel_kind)
+        .bind(assignment.last_event_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A conversation and its contact's other conversations, for the API.
+    pub async fn conversation(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+    ) -> Result<Option<ConversationView>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT conversation_key, contact_id, inbox, channel_kind FROM router_conversations WHERE conversation_id = $1 AND tenant = $2",
+        )
+        .bind(conversation_id)
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let contact_id: String = row.try_get(1)?;
+        let linked = sqlx::query(
+            "SELECT conversation_id FROM router_conversations WHERE contact_id = $1 AND conversation_id <> $2 ORDER BY last_event_at DESC",
+        )
+        .bind(&contact_id)
+        .bind(conversation_id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(ConversationView {
+            conversation_id: conversation_id.to_string(),
+            tenant: tenant.to_string(),
+            conversation_key: row.try_get(0)?,
+            inbox: row.try_get(2)?,
+            contact_id,
+            channel_kind: row.try_get(3)?,
+            linked_conversation_ids: linked,
+        }))
+    }
+}

@@ -1,0 +1,307 @@
+//! The router's Kafka shell: consume `omnigate.inbound.v1` in a group, decide, publish
+//! the routed event, conversation and contact events, and the new state; store the
+//! offset only after all of it is acknowledged.
+
+use crate::{
+    Facts, Input, Outcome, PolicySettings, Rules,
+    contacts::{ContactStore, Resolution},
+    decide,
+    policy::Assignment,
+};
+use chrono::{DateTime, Utc};
+use omnigate_core::publish::{Outgoing, Publisher, Topic};
+use omnigate_kafka::consumer::{ConsumedRecord, HandlerError};
+use omnigate_model::{EventType, event_id, pb, timestamp};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+};
+
+/// `ce_type` of assignment records.
+pub const ASSIGNMENT_TYPE: &str = "io.omnigate.router.assignment.v1";
+
+/// The router: rules (hot-swappable), per-key state, the contact store, the publisher.
+#[derive(Debug, Clone)]
+pub struct Router {
+    rules: Arc<RwLock<Arc<Rules>>>,
+    state: Arc<Mutex<HashMap<String, Assignment>>>,
+    contacts: Arc<ContactStore>,
+    publisher: Publisher,
+    settings: PolicySettings,
+}
+
+impl Router {
+    /// Builds a router with loaded rules and an empty state.
+    pub fn new(
+        rules: Rules,
+        contacts: ContactStore,
+        publisher: Publisher,
+        settings: PolicySettings,
+    ) -> Self {
+        Self {
+            rules: Arc::new(RwLock::new(Arc::new(rules))),
+            state: Arc::default(),
+            contacts: Arc::new(contacts),
+            publisher,
+            settings,
+        }
+    }
+
+    /// Swaps in new rules; conversations already open keep their inbox.
+    pub fn replace_rules(&self, rules: Rules) {
+        if let Ok(mut current) = self.rules.write() {
+            *current = Arc::new(rules);
+        }
+    }
+
+    /// The contact store (for the conversation API).
+    pub fn contacts(&self) -> Arc<ContactStore> {
+        Arc::clone(&self.contacts)
+    }
+
+    /// Applies a record of the assignments topic to the state: keeps whichever of the
+    /// stored and the incoming assignment saw the later event.
+    pub fn apply_state(&self, record: &ConsumedRecord) {
+        let Ok(incoming) = serde_json::from_slice::<Assignment>(&record.value) else {
+            return;
+        };
+        if let Ok(mut state) = self.state.lock() {
+            let newer = state.get(&incoming.conversation_key).is_none_or(|current| {
+                incoming.last_event_at >= current.last_event_at
+                    && incoming.recent_event_ids.len() >= current.recent_event_ids.len().min(1)
+            });
+            if newer {
+                state.insert(incoming.conversation_key.clone(), incoming);
+            }
+        }
+    }
+
+    /// How many conversation keys the state holds.
+    pub fn state_len(&self) -> usize {
+        self.state.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Routes one record of `omnigate.inbound.v1`.
+    pub async fn handle(&self, record: ConsumedRecord) -> Result<(), HandlerError> {
+        let event: pb::Event = match record.decode() {
+            Ok(event) => event,
+            Err(err) => return self.dead_letter(&record, &err.to_string()).await,
+        };
+        let key = event.conversation_key.clone();
+        let at = event
+            .time
+            .as_ref()
+            .and_then(omnigate_model::datetime)
+            .unwrap_or_else(Utc::now);
+        let facts = Facts::of(&event);
+        let retriable = |e: &dyn std::fmt::Display| HandlerError::Retriable(e.to_string());
+        let Resolution { contact_id, merges } = self
+            .contacts
+            .resolve(&facts.identifiers(), &key)
+            .await
+            .map_err(|e| retriable(&e))?;
+        let existing = self.state.lock().ok().and_then(|s| s.get(&key).cloned());
+        let still_open = existing.as_ref().is_some_and(|e| {
+            at.timestamp() - e.last_event_at <= self.settings.reopen_after.num_seconds()
+        });
+        let elsewhere = if still_open || !self.settings.continuity {
+            None
+        } else {
+            self.contacts
+                .open_elsewhere(&contact_id, &key)
+                .await
+                .map_err(|e| retriable(&e))?
+        };
+        let rules = self
+            .rules
+            .read()
+            .map(|r| Arc::clone(&r))
+            .map_err(|e| retriable(&e))?;
+        let decision = decide(
+            &Input {
+                event_id: &event.id,
+                conversation_key: &key,
+                at,
+                facts: &facts,
+                contact_id: &contact_id,
+                existing: existing.as_ref(),
+                open_elsewhere: elsewhere.as_ref(),
+            },
+            &rules,
+            self.settings,
+        );
+        if decision.outcome == Outcome::Duplicate {
+            metrics::counter!("omnigate_router_events_total", "outcome" => "duplicate")
+                .increment(1);
+            return Ok(());
+        }
+        let assignment = decision.assignment;
+        let mut records = vec![(
+            Topic::Routed,
+            Outgoing::Event(Box::new(routed(&event, &assignment))),
+        )];
+        let outcome_label = match &decision.outcome {
+            Outcome::Opened => {
+                records.push((
+                    Topic::Routed,
+                    assignment_event(&event, &assignment, EventType::ConversationAssigned, "", at),
+                ));
+                "opened"
+            }
+            Outcome::Reassigned { previous_inbox } => {
+                records.push((
+                    Topic::Routed,
+                    assignment_event(
+                        &event,
+                        &assignment,
+                        EventType::ConversationReassigned,
+                        previous_inbox,
+                        at,
+                    ),
+                ));
+                "reassigned"
+            }
+            Outcome::Continued | Outcome::Duplicate => "continued",
+        };
+        for merge in &merges {
+            records.push((Topic::Routed, linked_event(&event, merge, at)));
+        }
+        records.push((
+            Topic::Assignments,
+            Outgoing::State {
+                key: key.clone(),
+                value: serde_json::to_vec(&assignment).unwrap_or_default(),
+                ce_type: ASSIGNMENT_TYPE,
+            },
+        ));
+        self.publisher
+            .publish_all(records)
+            .await
+            .map_err(|e| retriable(&e))?;
+        // The SQL copy feeds continuity and the API; refresh it when it matters.
+        let stale = existing.as_ref().is_none_or(|e| {
+            e.inbox != assignment.inbox
+                || e.contact_id != assignment.contact_id
+                || assignment.last_event_at - e.last_event_at > 600
+        });
+        if decision.outcome != Outcome::Continued || stale {
+            self.contacts
+                .save(&event.tenant, &assignment)
+                .await
+                .map_err(|e| retriable(&e))?;
+        }
+        if let Ok(mut state) = self.state.lock() {
+            state.insert(key, assignment);
+        }
+        metrics::counter!("omnigate_router_events_total", "outcome" => outcome_label).increment(1);
+        Ok(())
+    }
+
+    async fn dead_letter(&self, record: &ConsumedRecord, reason: &str) -> Result<(), HandlerError> {
+        let letter = pb::DeadLetter {
+            id: format!("{}/{}/{}", record.topic, record.partition, record.offset),
+            source: "/omnigate/router".into(),
+            reason: reason.to_string(),
+            raw: record.value.clone(),
+            content_type: record.header("content-type").unwrap_or("").to_string(),
+            time: Some(timestamp(Utc::now())),
+            ..Default::default()
+        };
+        metrics::counter!("omnigate_router_events_total", "outcome" => "dead_lettered")
+            .increment(1);
+        self.publisher
+            .publish(Topic::Deadletter, Outgoing::DeadLetter(Box::new(letter)))
+            .await
+            .map_err(|e| HandlerError::Retriable(e.to_string()))?;
+        Ok(())
+    }
+}
+
+fn routed(event: &pb::Event, assignment: &Assignment) -> pb::Event {
+    let mut routed = event.clone();
+    routed.routing = Some(pb::Routing {
+        conversation_id: assignment.conversation_id.clone(),
+        contact_id: assignment.contact_id.clone(),
+        inbox: assignment.inbox.clone(),
+    });
+    routed
+}
+
+fn channel_of(event: &pb::Event) -> (pb::ChannelKind, String) {
+    use pb::event::Payload;
+    let channel = match &event.payload {
+        Some(Payload::Message(m)) => m.channel.as_ref(),
+        Some(Payload::Status(s)) => s.channel.as_ref(),
+        Some(Payload::Sent(s)) => s.channel.as_ref(),
+        Some(Payload::Call(c)) => c.channel.as_ref(),
+        Some(Payload::MediaUpdated(u)) => u.channel.as_ref(),
+        _ => None,
+    };
+    channel
+        .map(|c| {
+            (
+                pb::ChannelKind::try_from(c.kind).unwrap_or_default(),
+                c.channel_id.clone(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+fn assignment_event(
+    event: &pb::Event,
+    a: &Assignment,
+    kind: EventType,
+    previous: &str,
+    at: DateTime<Utc>,
+) -> Outgoing {
+    let (channel_kind, channel_id) = channel_of(event);
+    let provider_id = format!("{}:{}", a.conversation_id, event.id);
+    Outgoing::Event(Box::new(pb::Event {
+        id: event_id(channel_kind, &channel_id, &provider_id, kind.as_str()).to_string(),
+        r#type: kind.as_str().into(),
+        source: "/omnigate/router".into(),
+        time: Some(timestamp(at)),
+        tenant: event.tenant.clone(),
+        conversation_key: a.conversation_key.clone(),
+        payload: Some(pb::event::Payload::Assignment(pb::ConversationAssignment {
+            conversation_id: a.conversation_id.clone(),
+            conversation_key: a.conversation_key.clone(),
+            inbox: a.inbox.clone(),
+            previous_inbox: previous.to_string(),
+            contact_id: a.contact_id.clone(),
+            rule: a.rule.clone(),
+            channel_kind: channel_kind as i32,
+            linked_conversation_ids: a.linked.clone(),
+        })),
+        routing: Some(pb::Routing {
+            conversation_id: a.conversation_id.clone(),
+            contact_id: a.contact_id.clone(),
+            inbox: a.inbox.clone(),
+        }),
+    }))
+}
+
+fn linked_event(event: &pb::Event, merge: &crate::contacts::Merge, at: DateTime<Utc>) -> Outgoing {
+    let (channel_kind, channel_id) = channel_of(event);
+    let provider_id = format!("{}:{}", merge.kept, merge.merged);
+    Outgoing::Event(Box::new(pb::Event {
+        id: event_id(
+            channel_kind,
+            &channel_id,
+            &provider_id,
+            EventType::ContactLinked.as_str(),
+        )
+        .to_string(),
+        r#type: EventType::ContactLinked.as_str().into(),
+        source: "/omnigate/router".into(),
+        time: Some(timestamp(at)),
+        tenant: event.tenant.clone(),
+        conversation_key: event.conversation_key.clone(),
+        payload: Some(pb::event::Payload::ContactLinked(pb::ContactLinked {
+            contact_id: merge.kept.clone(),
+            merged_contact_id: merge.merged.clone(),
+            shared_identifier: merge.identifier.clone(),
+        })),
+        routing: None,
+    }))
+}

@@ -1,0 +1,301 @@
+//! `make bench`: signed WhatsApp webhook POSTs (about 1.5 KB) at the real gateway,
+//! each answered only after Kafka acknowledged its event, beside two baselines
+//! measured in the same run:
+//!   1. a bare hyper server that reads the body and answers 200;
+//!   2. rdkafka producing the same event bytes with no HTTP at all.
+//! Prints requests/s, p50/p99 latency and peak memory, and the gateway's ratio to the
+//! lower baseline. Needs the broker `make bench` starts (Tansu, memory storage).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use omnigate_connector_whatsapp::{NormalizeCtx, normalize, verify::sign};
+use omnigate_core::publish::{Publisher, Topic};
+use omnigate_e2e::{brokers, free_port, kafka_config, unique_prefix};
+use omnigate_kafka::{KafkaPublisher, admin};
+use std::{
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+const CONCURRENCY: usize = 64;
+const BODIES: usize = 50_000;
+
+fn seconds() -> u64 {
+    std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+}
+
+/// Realistic bodies: a text message with a contact and a 1 KB text, unique wamids.
+fn bodies() -> Vec<(String, String)> {
+    let text =
+        "Hello, I ordered a blue jacket last week (order #48213) and it still has not shipped. "
+            .repeat(12);
+    (0..BODIES)
+        .map(|i| {
+            let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+                "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": format!("1650555{:04}", i % 5000)}],
+                "messages": [{"from": format!("1650555{:04}", i % 5000), "id": format!("wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAz{i:08}"),
+                              "timestamp": "1749416383", "type": "text", "text": {"body": text}}]
+            }}]}]})
+            .to_string();
+            let signature = sign(b"bench-secret", body.as_bytes());
+            (body, signature)
+        })
+        .collect()
+}
+
+struct Run {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[index]) / 1000.0
+    }
+}
+
+/// POSTs bodies with `CONCURRENCY` keep-alive clients for `duration`; `rate` paces the
+/// total to that many requests per second when set.
+async fn load(
+    url: String,
+    bodies: Arc<Vec<(String, String)>>,
+    duration: Duration,
+    rate: Option<f64>,
+) -> Run {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|worker| {
+            let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                let mut n = 0usize;
+                let interval = rate.map(|r| Duration::from_secs_f64(CONCURRENCY as f64 / r));
+                while started.elapsed() < duration {
+                    if let Some(interval) = interval {
+                        let due = started
+                            + interval.mul_f64(n as f64)
+                            + interval.mul_f64(worker as f64 / CONCURRENCY as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let (body, signature) = &bodies[(worker + n * CONCURRENCY) % bodies.len()];
+                    n += 1;
+                    let sent = Instant::now();
+                    let response = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("x-hub-signature-256", signature)
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    match response {
+                        Ok(r) if r.status().is_success() => {
+                            latencies.push(sent.elapsed().as_micros() as u32)
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut run = Run {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+    };
+    for task in tasks {
+        let (latencies, errors) = task.await.unwrap();
+        run.requests += latencies.len();
+        run.errors += errors;
+        run.latencies_us.extend(latencies);
+    }
+    run.elapsed = started.elapsed();
+    run.latencies_us.sort_unstable();
+    run
+}
+
+/// Produces the normalized event of every body, 256 in flight, for `duration`.
+async fn produce_baseline(bodies: &[(String, String)], duration: Duration) -> Run {
+    let prefix = unique_prefix("bench-produce");
+    let config = kafka_config(&brokers(), &prefix);
+    admin::ensure_topics(&config).await.unwrap();
+    let cx = NormalizeCtx {
+        channel_id: "bench",
+        tenant: "bench",
+        received_at: chrono_now(),
+    };
+    let events: Arc<Vec<_>> = Arc::new(
+        bodies
+            .iter()
+            .map(|(b, _)| normalize(b.as_bytes(), &cx).unwrap().events.remove(0))
+            .collect(),
+    );
+    let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..256)
+        .map(|worker| {
+            let (publisher, events) = (publisher.clone(), events.clone());
+            tokio::spawn(async move {
+                let (mut latencies, mut errors, mut n) = (Vec::new(), 0, 0usize);
+                while started.elapsed() < duration {
+                    let event = events[(worker + n * 256) % events.len()].clone();
+                    n += 1;
+                    let sent = Instant::now();
+                    match publisher.event(Topic::Inbound, event).await {
+                        Ok(_) => latencies.push(sent.elapsed().as_micros() as u32),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut run = Run {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+    };
+    for task in tasks {
+        let (latencies, errors) = task.await.unwrap();
+        run.requests += latencies.len();
+        run.errors += errors;
+        run.latencies_us.extend(latencies);
+    }
+    run.elapsed = started.elapsed();
+    run.latencies_us.sort_unstable();
+    run
+}
+
+fn chrono_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+fn release_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} missing: make bench builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// Peak resident memory of a process, in MiB (VmHWM).
+fn peak_mib(child: &Child) -> f64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+async fn wait_http(url: &str) {
+    for _ in 0..300 {
+        if reqwest::get(url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} never came up");
+}
+
+fn print(name: &str, run: &Run, memory: f64) {
+    println!(
+        "{name:<34} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:>5}  peak RSS {:>6.1} MiB",
+        run.rate(),
+        run.percentile(0.50),
+        run.percentile(0.99),
+        run.errors,
+        memory
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let duration = Duration::from_secs(seconds());
+        let bodies = Arc::new(bodies());
+        let mean = bodies.iter().map(|(b, _)| b.len()).sum::<usize>() / bodies.len();
+        println!("webhook_ingest: {CONCURRENCY} connections, {}s per run, bodies of {mean} bytes\n", duration.as_secs());
+
+        // Baseline 1: bare hyper.
+        let port = free_port();
+        let mut hyper = Command::new(release_bin("bench-bare-hyper")).arg(port.to_string()).stdout(Stdio::null()).spawn().unwrap();
+        let url = format!("http://127.0.0.1:{port}/");
+        wait_http(&url).await;
+        let bare = load(url, bodies.clone(), duration, None).await;
+        let bare_mem = peak_mib(&hyper);
+        let _ = hyper.kill();
+        print("baseline: bare hyper, 200", &bare, bare_mem);
+
+        // Baseline 2: rdkafka producing the same event bytes, no HTTP.
+        let produce = produce_baseline(&bodies, duration).await;
+        print("baseline: rdkafka produce, acked", &produce, f64::NAN);
+
+        // The gateway.
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            "roles = [\"whatsapp\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\npartitions = 6\n[blobs]\nurl = \"file://{}\"\n[whatsapp.channels.bench]\nphone_number_id = \"106540352242922\"\nverify_token = \"v\"\napp_secret = \"bench-secret\"\naccess_token = \"t\"\n",
+            brokers(),
+            unique_prefix("bench-gateway"),
+            dir.path().join("blobs").display()
+        );
+        let path = dir.path().join("bench.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut gateway = Command::new(release_bin("omnigate"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_http(&format!("http://127.0.0.1:{port}/readyz")).await;
+        let url = format!("http://127.0.0.1:{port}/webhooks/whatsapp/bench");
+        let full = load(url.clone(), bodies.clone(), duration, None).await;
+        print("omnigate: signed POST -> Kafka ack", &full, peak_mib(&gateway));
+        let half_rate = full.rate() / 2.0;
+        let half = load(url, bodies.clone(), duration, Some(half_rate)).await;
+        print(&format!("omnigate at half rate ({half_rate:.0}/s)"), &half, peak_mib(&gateway));
+        let _ = gateway.kill();
+
+        let lower = bare.rate().min(produce.rate());
+        println!(
+            "\nratio: omnigate / lower baseline = {:.2} (target >= 0.50); acknowledged events/s = {:.0} (target >= 10000); p99 at half rate = {:.2} ms (target < 25)",
+            full.rate() / lower,
+            full.rate(),
+            half.percentile(0.99)
+        );
+    });
+}
