@@ -17,7 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-const CONCURRENCY: usize = 64;
+/// Requests in flight, for the HTTP runs and the produce baseline alike. Meta delivers
+/// webhooks over many connections at once; 256 keeps the broker's batching busy.
+fn concurrency() -> usize {
+    std::env::var("BENCH_CONCURRENCY").ok().and_then(|s| s.parse().ok()).unwrap_or(256)
+}
 const BODIES: usize = 50_000;
 
 fn seconds() -> u64 {
@@ -68,7 +72,7 @@ impl Run {
     }
 }
 
-/// POSTs bodies with `CONCURRENCY` keep-alive clients for `duration`; `rate` paces the
+/// POSTs bodies with `concurrency()` keep-alive connections for `duration`; `rate` paces the
 /// total to that many requests per second when set.
 async fn load(
     url: String,
@@ -77,26 +81,26 @@ async fn load(
     rate: Option<f64>,
 ) -> Run {
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CONCURRENCY)
+        .pool_max_idle_per_host(concurrency())
         .build()
         .unwrap();
     let started = Instant::now();
-    let tasks: Vec<_> = (0..CONCURRENCY)
+    let tasks: Vec<_> = (0..concurrency())
         .map(|worker| {
             let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0;
                 let mut n = 0usize;
-                let interval = rate.map(|r| Duration::from_secs_f64(CONCURRENCY as f64 / r));
+                let interval = rate.map(|r| Duration::from_secs_f64(concurrency() as f64 / r));
                 while started.elapsed() < duration {
                     if let Some(interval) = interval {
                         let due = started
                             + interval.mul_f64(n as f64)
-                            + interval.mul_f64(worker as f64 / CONCURRENCY as f64);
+                            + interval.mul_f64(worker as f64 / concurrency() as f64);
                         tokio::time::sleep_until(due.into()).await;
                     }
-                    let (body, signature) = &bodies[(worker + n * CONCURRENCY) % bodies.len()];
+                    let (body, signature) = &bodies[(worker + n * concurrency()) % bodies.len()];
                     n += 1;
                     let sent = Instant::now();
                     let response = client
@@ -134,7 +138,7 @@ async fn load(
     run
 }
 
-/// Produces the normalized event of every body, 256 in flight, for `duration`.
+/// Produces the normalized event of every body, the same number in flight, for `duration`.
 async fn produce_baseline(bodies: &[(String, String)], duration: Duration) -> Run {
     let prefix = unique_prefix("bench-produce");
     let config = kafka_config(&brokers(), &prefix);
@@ -152,13 +156,13 @@ async fn produce_baseline(bodies: &[(String, String)], duration: Duration) -> Ru
     );
     let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());
     let started = Instant::now();
-    let tasks: Vec<_> = (0..256)
+    let tasks: Vec<_> = (0..concurrency())
         .map(|worker| {
             let (publisher, events) = (publisher.clone(), events.clone());
             tokio::spawn(async move {
                 let (mut latencies, mut errors, mut n) = (Vec::new(), 0, 0usize);
                 while started.elapsed() < duration {
-                    let event = events[(worker + n * 256) % events.len()].clone();
+                    let event = events[(worker + n * concurrency()) % events.len()].clone();
                     n += 1;
                     let sent = Instant::now();
                     match publisher.event(Topic::Inbound, event).await {
@@ -248,7 +252,7 @@ fn main() {
         let duration = Duration::from_secs(seconds());
         let bodies = Arc::new(bodies());
         let mean = bodies.iter().map(|(b, _)| b.len()).sum::<usize>() / bodies.len();
-        println!("webhook_ingest: {CONCURRENCY} connections, {}s per run, bodies of {mean} bytes\n", duration.as_secs());
+        println!("webhook_ingest: {} connections, {}s per run, bodies of {mean} bytes\n", concurrency(), duration.as_secs());
 
         // Baseline 1: bare hyper.
         let port = free_port();

@@ -115,10 +115,23 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the binary with `extra` TOML appended to a test config; waits for `/healthz`.
     pub async fn start(brokers: &str, prefix: &str, extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_roles(brokers, prefix, &["api", "whatsapp", "router"], extra, None, &[]).await
+    }
+
+    /// Starts the binary with `roles`, `extra` TOML, and a data folder (a fresh one when `None`).
+    pub async fn start_roles(
+        brokers: &str,
+        prefix: &str,
+        roles: &[&str],
+        extra: &str,
+        dir: Option<tempfile::TempDir>,
+        env: &[(&str, String)],
+    ) -> Self {
+        let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let port = free_port();
         let config = format!(
             r#"
+roles = {roles:?}
 [server]
 listen = "127.0.0.1:{port}"
 [log]
@@ -149,10 +162,15 @@ sha256 = "bb2c3471b1d4f3a48f740bf10b04cc830d5cd528b47ba699f9f0d733dbc5e397"
         );
         let path = dir.path().join("omnigate.toml");
         std::fs::write(&path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("omnigate.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("omnigate.log"))
+            .unwrap();
         let child = Command::new(omnigate_bin())
             .args(["serve", "--config"])
             .arg(&path)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -206,6 +224,13 @@ sha256 = "bb2c3471b1d4f3a48f740bf10b04cc830d5cd528b47ba699f9f0d733dbc5e397"
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    /// Kills the process and hands back its data folder, for a restart.
+    pub fn kill_keep_dir(mut self) -> tempfile::TempDir {
+        self.kill();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
     }
 
     /// Sends SIGKILL.

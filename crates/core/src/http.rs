@@ -44,10 +44,15 @@ pub fn with_ops(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_millis(config.request_timeout_ms),
         ))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            // The path only: query strings can carry secrets (hub.verify_token).
-            tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    // The path only: query strings can carry secrets (hub.verify_token).
+                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+                })
+                // 5xx answers here are expected (503 while Kafka is away), not crashes.
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN)),
+        )
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {

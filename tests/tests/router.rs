@@ -1,0 +1,316 @@
+//! The router end to end: the `omnigate` binary with the router role, Tansu, and the
+//! contact store (SQLite, and PostgreSQL for the two-instance test).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use omnigate_core::publish::{Publisher, Topic};
+use omnigate_e2e::{Gateway, Record, brokers, json, kafka_config, read_topic, unique_prefix};
+use omnigate_kafka::{KafkaPublisher, admin};
+use omnigate_model::{EventType, event_id, pb};
+use serde_json::Value;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+/// Wednesday 2026-06-10 10:00 UTC (12:00 in Berlin: billing is open).
+const T0: i64 = 1_781_085_600;
+
+struct Msg<'a> {
+    kind: pb::ChannelKind,
+    channel: &'a str,
+    key: String,
+    email: &'a str,
+    phone: &'a str,
+    verified: bool,
+    subject: &'a str,
+    text: &'a str,
+    id: String,
+    at: i64,
+}
+
+fn event(m: Msg<'_>) -> pb::Event {
+    pb::Event {
+        id: event_id(m.kind, m.channel, &m.id, "message.received").to_string(),
+        r#type: EventType::MessageReceived.as_str().into(),
+        source: format!("/omnigate/{}/{}", m.kind.short_name(), m.channel),
+        time: Some(omnigate_model::Timestamp { seconds: m.at, nanos: 0 }),
+        tenant: "acme".into(),
+        conversation_key: m.key,
+        payload: Some(pb::event::Payload::Message(pb::Message {
+            channel: Some(pb::Channel {
+                kind: m.kind as i32,
+                channel_id: m.channel.into(),
+                address: String::new(),
+            }),
+            contact: Some(pb::Contact {
+                email: m.email.into(),
+                phone_e164: m.phone.into(),
+                provider_id: if m.kind == pb::ChannelKind::Livechat { "visitor-7".into() } else { String::new() },
+                verified: m.verified,
+                ..Default::default()
+            }),
+            provider_message_id: m.id,
+            parts: vec![pb::ContentPart {
+                part: Some(pb::content_part::Part::Text(m.text.into())),
+            }],
+            metadata: (!m.subject.is_empty()).then(|| {
+                pb::message::Metadata::Email(pb::EmailMetadata {
+                    subject: m.subject.into(),
+                    ..Default::default()
+                })
+            }),
+            ..Default::default()
+        })),
+        routing: None,
+    }
+}
+
+fn email(from: &str, subject: &str, root: &str, n: usize) -> pb::Event {
+    event(Msg {
+        kind: pb::ChannelKind::Email,
+        channel: "support-mail",
+        key: format!("email:support-mail:{root}"),
+        email: from,
+        phone: "",
+        verified: false,
+        subject,
+        text: "Hello, a question about my account.",
+        id: format!("{root}-{n}"),
+        at: T0 + n as i64,
+    })
+}
+
+fn whatsapp(phone: &str, text: &str, n: usize) -> pb::Event {
+    event(Msg {
+        kind: pb::ChannelKind::Whatsapp,
+        channel: "wa",
+        key: format!("whatsapp:1065:{}", phone.trim_start_matches('+')),
+        email: "",
+        phone,
+        verified: false,
+        subject: "",
+        text,
+        id: format!("wamid.{phone}.{n}"),
+        at: T0 + n as i64,
+    })
+}
+
+fn call(phone: &str, n: usize) -> pb::Event {
+    event(Msg {
+        kind: pb::ChannelKind::Voice,
+        channel: "pbx",
+        key: format!("voice:pbx:{phone}"),
+        email: "",
+        phone,
+        verified: false,
+        subject: "",
+        text: "",
+        id: format!("call-{phone}-{n}"),
+        at: T0 + n as i64,
+    })
+}
+
+fn chat(email: &str, phone: &str, n: usize) -> pb::Event {
+    event(Msg {
+        kind: pb::ChannelKind::Livechat,
+        channel: "web",
+        key: "livechat:web:visitor-7".into(),
+        email,
+        phone,
+        verified: true,
+        subject: "",
+        text: "hi there, quick question",
+        id: format!("chat-{n}"),
+        at: T0 + n as i64,
+    })
+}
+
+async fn publish(prefix: &str, events: Vec<pb::Event>) {
+    let config = kafka_config(&brokers(), prefix);
+    admin::ensure_topics(&config).await.unwrap();
+    let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());
+    for event in events {
+        publisher.event(Topic::Inbound, event).await.unwrap();
+    }
+}
+
+fn routed(prefix: &str, expected: usize) -> Vec<Value> {
+    read_topic(&brokers(), &format!("{prefix}routed.v1"), expected, Duration::from_secs(60))
+        .iter()
+        .map(|r: &Record| json(r))
+        .collect()
+}
+
+/// conversation key -> inbox, from the routed message events.
+fn inboxes(events: &[Value]) -> HashMap<String, HashSet<String>> {
+    let mut map: HashMap<String, HashSet<String>> = HashMap::new();
+    for e in events.iter().filter(|e| e["type"] == "message.received") {
+        map.entry(e["conversationKey"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(e["routing"]["inbox"].as_str().unwrap().to_string());
+    }
+    map
+}
+
+fn one(map: &HashMap<String, HashSet<String>>, key: &str) -> String {
+    let set = &map[key];
+    assert_eq!(set.len(), 1, "{key} in several inboxes: {set:?}");
+    set.iter().next().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_stream_lands_in_the_expected_inboxes() {
+    let prefix = unique_prefix("router-mixed");
+    let events = vec![
+        email("ceo@bigcustomer.example", "Invoice 7", "<vip@x>", 0),
+        email("alice@example.com", "Refund for order 12", "<refund@x>", 1),
+        email("alice@example.com", "Re: Refund for order 12", "<refund@x>", 2),
+        whatsapp("+491701234567", "hallo", 3),
+        whatsapp("+16505551234", "do you ship to Canada?", 4),
+        call("+16505551234", 5),
+        email("bob@example.com", "Hello", "<bob@x>", 6),
+        whatsapp("+14155550000", "hi", 7),
+        chat("bob@example.com", "+14155550000", 8),
+        email("alice@example.com", "Refund for order 12", "<refund@x>", 1),
+    ];
+    publish(&prefix, events).await;
+    let gateway = Gateway::start_roles(&brokers(), &prefix, &["router", "api"], "", None, &[]).await;
+    // 9 routed messages (the last is a duplicate), 8 conversations, 1 contact link.
+    let routed = routed(&prefix, 9 + 8 + 1);
+    let map = inboxes(&routed);
+    assert_eq!(one(&map, "email:support-mail:<vip@x>"), "vip");
+    assert_eq!(one(&map, "email:support-mail:<refund@x>"), "billing");
+    assert_eq!(one(&map, "whatsapp:1065:491701234567"), "germany");
+    assert_eq!(one(&map, "whatsapp:1065:16505551234"), "whatsapp-sales");
+    assert_eq!(one(&map, "voice:pbx:+16505551234"), "whatsapp-sales", "the caller's open WhatsApp conversation pulls the call");
+    assert_eq!(one(&map, "email:support-mail:<bob@x>"), "general");
+    let messages = routed.iter().filter(|e| e["type"] == "message.received").count();
+    assert_eq!(messages, 9, "the duplicate is dropped; log:\n{}", gateway.log());
+
+    let assigned: Vec<&Value> = routed.iter().filter(|e| e["type"] == "conversation.assigned").collect();
+    assert_eq!(assigned.len(), 8);
+    let call_assignment = assigned.iter().find(|e| e["conversationKey"] == "voice:pbx:+16505551234").unwrap();
+    assert_eq!(call_assignment["assignment"]["rule"], "continuity");
+    let whatsapp_conversation = assigned.iter().find(|e| e["conversationKey"] == "whatsapp:1065:16505551234").unwrap()["assignment"]["conversationId"].clone();
+    assert_eq!(call_assignment["assignment"]["linkedConversationIds"][0], whatsapp_conversation);
+
+    let linked: Vec<&Value> = routed.iter().filter(|e| e["type"] == "contact.linked").collect();
+    assert_eq!(linked.len(), 1, "bob's email and phone are one person");
+
+    // The API shows a conversation with its contact's other conversations.
+    let id = call_assignment["assignment"]["conversationId"].as_str().unwrap();
+    let view: Value = reqwest::Client::new()
+        .get(format!("{}/v1/conversations/{id}", gateway.url))
+        .bearer_auth("omnigate-dev-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["inbox"], "whatsapp-sales");
+    assert_eq!(view["channelKind"], "voice");
+    assert!(view["linkedConversationIds"].as_array().unwrap().contains(&whatsapp_conversation), "{view}");
+    let missing = reqwest::Client::new()
+        .get(format!("{}/v1/conversations/nope", gateway.url))
+        .bearer_auth("omnigate-dev-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+fn stream(keys: usize, per_key: usize) -> Vec<pb::Event> {
+    let mut events = Vec::new();
+    for n in 0..per_key {
+        for k in 0..keys {
+            events.push(match k % 3 {
+                0 => email(&format!("user{k}@example.com"), if k % 2 == 0 { "refund" } else { "hi" }, &format!("<k{k}@x>"), n),
+                1 => whatsapp(&format!("+49170000{k:04}"), "hallo", n),
+                _ => call(&format!("+1650555{k:04}"), n),
+            });
+        }
+    }
+    events
+}
+
+/// key -> (conversation ids, inboxes) over every routed message.
+fn assignments(events: &[Value]) -> HashMap<String, (HashSet<String>, HashSet<String>)> {
+    let mut map: HashMap<String, (HashSet<String>, HashSet<String>)> = HashMap::new();
+    for e in events.iter().filter(|e| e["type"] == "message.received") {
+        let entry = map.entry(e["conversationKey"].as_str().unwrap().to_string()).or_default();
+        entry.0.insert(e["routing"]["conversationId"].as_str().unwrap().to_string());
+        entry.1.insert(e["routing"]["inbox"].as_str().unwrap().to_string());
+    }
+    map
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_killed_mid_stream_loses_and_reassigns_nothing() {
+    let prefix = unique_prefix("router-kill");
+    let (keys, per_key) = (30, 40);
+    let events = stream(keys, per_key);
+    let ids: HashSet<String> = events.iter().map(|e| e.id.clone()).collect();
+    publish(&prefix, events).await;
+
+    let first = Gateway::start_roles(&brokers(), &prefix, &["router"], "", None, &[]).await;
+    // Let it route part of the stream, then kill -9.
+    let partial = read_topic(&brokers(), &format!("{prefix}routed.v1"), 200, Duration::from_secs(60));
+    assert!(partial.len() >= 200);
+    let dir = first.kill_keep_dir();
+    let routed_before_restart = read_topic(&brokers(), &format!("{prefix}routed.v1"), 0, Duration::from_secs(5)).len();
+    let second = Gateway::start_roles(&brokers(), &prefix, &["router"], "", Some(dir), &[]).await;
+
+    let total = keys * per_key + keys;
+    let routed = routed(&prefix, total);
+    let found: HashSet<String> = routed.iter().filter(|e| e["type"] == "message.received").map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    let missing = ids.difference(&found).count();
+    let messages = routed.iter().filter(|e| e["type"] == "message.received").count();
+    println!(
+        "router kill -9: {} inbound, {routed_before_restart} routed records before restart, {messages} routed messages after, {missing} missing, {} duplicates",
+        ids.len(),
+        messages - found.len()
+    );
+    assert_eq!(missing, 0, "log:\n{}", second.log());
+    for (key, (conversations, inboxes)) in assignments(&routed) {
+        assert_eq!(conversations.len(), 1, "{key} got two conversation ids: {conversations:?}");
+        assert_eq!(inboxes.len(), 1, "{key} got two inboxes: {inboxes:?}");
+    }
+    let assigned: HashSet<String> = routed
+        .iter()
+        .filter(|e| e["type"] == "conversation.assigned")
+        .map(|e| e["assignment"]["conversationId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(assigned.len(), keys, "one conversation per key, even with replays");
+}
+
+fn fresh_postgres_database() -> String {
+    let name = format!("omnigate_test_{}_{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let status = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-q", "-c", &format!("CREATE DATABASE {name}")])
+        .status()
+        .expect("psql runs (make test relies on the machine's PostgreSQL)");
+    assert!(status.success(), "cannot create database {name}");
+    format!("postgres://postgres@127.0.0.1:5432/{name}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routers_agree_with_one() {
+    let (keys, per_key) = (24, 10);
+    let events = stream(keys, per_key);
+    let single = unique_prefix("router-one");
+    let pair = unique_prefix("router-two");
+    publish(&single, events.clone()).await;
+    publish(&pair, events).await;
+
+    let one = Gateway::start_roles(&brokers(), &single, &["router"], "", None, &[("OMNIGATE_ROUTER__DATABASE_URL", fresh_postgres_database())]).await;
+    let shared = fresh_postgres_database();
+    let a = Gateway::start_roles(&brokers(), &pair, &["router"], "", None, &[("OMNIGATE_ROUTER__DATABASE_URL", shared.clone())]).await;
+    let b = Gateway::start_roles(&brokers(), &pair, &["router"], "", None, &[("OMNIGATE_ROUTER__DATABASE_URL", shared)]).await;
+
+    let total = keys * per_key + keys;
+    let alone = assignments(&routed(&single, total));
+    let together = assignments(&routed(&pair, total));
+    assert_eq!(alone.len(), keys, "{}", one.log());
+    assert_eq!(together, alone, "two instances decide exactly like one;\nA:\n{}\nB:\n{}", a.log(), b.log());
+}
