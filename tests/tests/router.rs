@@ -167,14 +167,17 @@ async fn a_mixed_stream_lands_in_the_expected_inboxes() {
         email("alice@example.com", "Re: Refund for order 12", "<refund@x>", 2),
         whatsapp("+491701234567", "hallo", 3),
         whatsapp("+16505551234", "do you ship to Canada?", 4),
-        call("+16505551234", 5),
         email("bob@example.com", "Hello", "<bob@x>", 6),
         whatsapp("+14155550000", "hi", 7),
-        chat("bob@example.com", "+14155550000", 8),
         email("alice@example.com", "Refund for order 12", "<refund@x>", 1),
     ];
     publish(&prefix, events).await;
     let gateway = Gateway::start_roles(&brokers(), &prefix, &["router", "api"], "", None, &[]).await;
+    // Keys sit in different partitions, so the router sees them in any order. Later,
+    // the WhatsApp customer calls, and Bob, known by email and by phone, opens a
+    // verified chat that carries both.
+    assert_eq!(routed(&prefix, 7 + 6).len(), 7 + 6);
+    publish(&prefix, vec![call("+16505551234", 5), chat("bob@example.com", "+14155550000", 8)]).await;
     // 9 routed messages (the last is a duplicate), 8 conversations, 1 contact link.
     let routed = routed(&prefix, 9 + 8 + 1);
     let map = inboxes(&routed);

@@ -134,48 +134,54 @@ impl ContactStore {
         // Claim each identifier for the contact its own id names; existing rows win.
         let mut owners = Vec::with_capacity(identifiers.len());
         for identifier in identifiers {
-            sqlx::query("INSERT INTO router_contact_identifiers (identifier, contact_id) VALUES ($1, $2) ON CONFLICT (identifier) DO NOTHING")
-                .bind(identifier)
-                .bind(contact_id_for(identifier))
-                .execute(&self.pool)
-                .await?;
-            let row = sqlx::query(
-                "SELECT contact_id FROM router_contact_identifiers WHERE identifier = $1",
+            let inserted = sqlx::query(
+                "INSERT INTO router_contact_identifiers (identifier, contact_id) VALUES ($1, $2) ON CONFLICT (identifier) DO NOTHING",
             )
             .bind(identifier)
-            .fetch_one(&self.pool)
-            .await?;
-            owners.push((identifier.clone(), row.try_get::<String, _>(0)?));
+            .bind(contact_id_for(identifier))
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+                == 1;
+            let row = sqlx::query("SELECT contact_id FROM router_contact_identifiers WHERE identifier = $1")
+                .bind(identifier)
+                .fetch_one(&self.pool)
+                .await?;
+            owners.push((identifier.clone(), row.try_get::<String, _>(0)?, inserted));
         }
-        // The smallest id survives, so every instance merges the same way.
-        let kept = owners
+        // Contacts that existed before this event; the smallest id survives, so every
+        // instance merges the same way. New identifiers just join it.
+        let existing: Vec<&String> = owners.iter().filter(|(_, _, new)| !new).map(|(_, c, _)| c).collect();
+        let kept = existing
             .iter()
-            .map(|(_, c)| c.clone())
+            .copied()
             .min()
+            .or_else(|| owners.iter().map(|(_, c, _)| c).min())
+            .cloned()
             .unwrap_or_default();
         let mut merges = Vec::new();
-        for (identifier, owner) in &owners {
-            if *owner != kept && !merges.iter().any(|m: &Merge| m.merged == *owner) {
-                sqlx::query(
-                    "UPDATE router_contact_identifiers SET contact_id = $1 WHERE contact_id = $2",
-                )
-                .bind(&kept)
-                .bind(owner)
-                .execute(&self.pool)
-                .await?;
-                sqlx::query(
-                    "UPDATE router_conversations SET contact_id = $1 WHERE contact_id = $2",
-                )
-                .bind(&kept)
-                .bind(owner)
-                .execute(&self.pool)
-                .await?;
-                merges.push(Merge {
-                    kept: kept.clone(),
-                    merged: owner.clone(),
-                    identifier: identifier.clone(),
-                });
+        for (identifier, owner, new) in &owners {
+            if *owner == kept || merges.iter().any(|m: &Merge| m.merged == *owner) {
+                continue;
             }
+            sqlx::query("UPDATE router_contact_identifiers SET contact_id = $1 WHERE contact_id = $2")
+                .bind(&kept)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+            if *new {
+                continue;
+            }
+            sqlx::query("UPDATE router_conversations SET contact_id = $1 WHERE contact_id = $2")
+                .bind(&kept)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+            merges.push(Merge {
+                kept: kept.clone(),
+                merged: owner.clone(),
+                identifier: identifier.clone(),
+            });
         }
         if !merges.is_empty() {
             // Other identifiers of merged contacts may be cached with the old id.
