@@ -44,6 +44,7 @@ pub fn kafka_config(brokers: &str, prefix: &str) -> KafkaConfig {
         compression: "lz4".into(),
         client_id: "omnigate-test".into(),
         probe_interval_ms: 500,
+        instance_id: String::new(),
         protobuf_topics: vec![],
         properties: BTreeMap::new(),
     }
@@ -252,6 +253,13 @@ pub type Record = omnigate_kafka::reader::ReadRecord;
 /// The value of a record as JSON.
 pub fn json(record: &Record) -> serde_json::Value {
     serde_json::from_slice(&record.value).unwrap()
+}
+
+/// Reads `topic` until at least `n` records arrived, without waiting for quiet.
+pub fn read_at_least(brokers: &str, topic: &str, n: usize, timeout: Duration) -> Vec<Record> {
+    let config = kafka_config(brokers, "");
+    omnigate_kafka::reader::read_topic(&config, topic, n, Duration::ZERO, timeout)
+        .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
 }
 
 /// Reads `topic` from the beginning of every partition until `expected` records

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use omnigate_core::publish::{Publisher, Topic};
-use omnigate_e2e::{Gateway, Record, brokers, json, kafka_config, read_topic, unique_prefix};
+use omnigate_e2e::{Gateway, Record, brokers, json, kafka_config, read_at_least, read_topic, unique_prefix};
 use omnigate_kafka::{KafkaPublisher, admin};
 use omnigate_model::{EventType, event_id, pb};
 use serde_json::Value;
@@ -251,18 +251,22 @@ fn assignments(events: &[Value]) -> HashMap<String, (HashSet<String>, HashSet<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_killed_mid_stream_loses_and_reassigns_nothing() {
     let prefix = unique_prefix("router-kill");
-    let (keys, per_key) = (30, 40);
+    let (keys, per_key) = (30, 100);
     let events = stream(keys, per_key);
     let ids: HashSet<String> = events.iter().map(|e| e.id.clone()).collect();
     publish(&prefix, events).await;
 
-    let first = Gateway::start_roles(&brokers(), &prefix, &["router"], "", None, &[]).await;
+    // The restarted process is the same instance: static group membership hands it the
+    // partitions of the one that died.
+    let instance = [("OMNIGATE_KAFKA__INSTANCE_ID", "router-0".to_string())];
+    let first = Gateway::start_roles(&brokers(), &prefix, &["router"], "", None, &instance).await;
     // Let it route part of the stream, then kill -9.
-    let partial = read_topic(&brokers(), &format!("{prefix}routed.v1"), 200, Duration::from_secs(60));
-    assert!(partial.len() >= 200);
+    let partial = read_at_least(&brokers(), &format!("{prefix}routed.v1"), 300, Duration::from_secs(60));
+    assert!(partial.len() >= 300);
     let dir = first.kill_keep_dir();
     let routed_before_restart = read_topic(&brokers(), &format!("{prefix}routed.v1"), 0, Duration::from_secs(5)).len();
-    let second = Gateway::start_roles(&brokers(), &prefix, &["router"], "", Some(dir), &[]).await;
+    assert!(routed_before_restart < keys * per_key, "killed mid-stream, not after: {routed_before_restart} routed");
+    let second = Gateway::start_roles(&brokers(), &prefix, &["router"], "", Some(dir), &instance).await;
 
     let total = keys * per_key + keys;
     let routed = routed(&prefix, total);

@@ -31,6 +31,12 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// How often readiness checks the broker, in milliseconds. Default 2000.
     pub probe_interval_ms: u64,
+    /// A stable id of this instance (e.g. the pod name) for static consumer-group
+    /// membership: a restarted instance takes its partitions back at once instead of
+    /// waiting for the group to notice the old one is gone. Empty: dynamic membership.
+    /// Must differ between instances running at the same time.
+    #[serde(default)]
+    pub instance_id: String,
     /// Topic suffixes (e.g. `inbound.v1`) whose values are protobuf instead of JSON.
     #[serde(default)]
     pub protobuf_topics: Vec<String>,
@@ -52,6 +58,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("linger_ms", &self.linger_ms)
             .field("compression", &self.compression)
             .field("client_id", &self.client_id)
+            .field("instance_id", &self.instance_id)
             .field("protobuf_topics", &self.protobuf_topics)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()

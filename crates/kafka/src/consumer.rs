@@ -50,21 +50,27 @@ pub enum HandlerError {
     Permanent(String),
 }
 
-/// Creates a consumer in `group` subscribed to `topics`, ready for [`run`].
+/// Creates a consumer in group `<topic_prefix><group>` subscribed to `topics`, ready
+/// for [`run`]. The prefix keeps deployments that share a cluster (and tests) apart.
 pub fn subscribe(
     config: &KafkaConfig,
     group: &str,
     topics: &[Topic],
 ) -> Result<StreamConsumer, KafkaError> {
-    let consumer: StreamConsumer = config
-        .client_config()
-        .set("group.id", group)
+    let mut client = config.client_config();
+    if !config.instance_id.is_empty() {
+        client.set("group.instance.id", format!("{}-{group}", config.instance_id));
+    }
+    let consumer: StreamConsumer = client
+        .set("group.id", format!("{}{group}", config.topic_prefix))
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         // Offsets are stored by hand, after the handler succeeded.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
+        // Bounds how long a rebalance waits for a member that died without leaving.
+        .set("max.poll.interval.ms", "30000")
         .create()?;
     let names: Vec<String> = topics
         .iter()

@@ -64,7 +64,7 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         spawn_consumer(
             &tasks,
             &config,
-            "omnigate-whatsapp-media",
+            "whatsapp-media",
             Topic::Inbound,
             &shutdown,
             move |record| {
@@ -85,7 +85,7 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         spawn_consumer(
             &tasks,
             &config,
-            "omnigate-whatsapp-sender",
+            "whatsapp-sender",
             Topic::Outbound,
             &shutdown,
             move |record| {

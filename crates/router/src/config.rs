@@ -19,7 +19,7 @@ pub struct RouterConfig {
     /// Cross-channel continuity: a customer's new conversation joins the inbox of their
     /// open conversation on another channel. Default true.
     pub continuity: bool,
-    /// Consumer group of the router instances. Default `omnigate-router`.
+    /// Consumer group of the router instances, after the topic prefix. Default `router`.
     pub group_id: String,
 }
 
