@@ -108,26 +108,7 @@ where
                 continue;
             }
         };
-        let record = ConsumedRecord {
-            topic: message.topic().to_string(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            headers: message
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_string(),
-                                h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
+        let record = copy(&message);
         let mut backoff = Duration::from_millis(100);
         loop {
             match handler(record.clone()).await {
@@ -191,5 +172,107 @@ impl ConsumedRecord {
             offset: self.offset,
             reason,
         })
+    }
+}
+
+/// The second stage of a pipelined handler: resolves when the record's outputs are
+/// acknowledged. It should retry on its own; it is awaited in consumption order.
+pub type Completion = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Like [`run`], but overlaps the waits for acknowledgements: `decide` runs for each
+/// record in order and returns a [`Completion`]; up to `max_in_flight` completions run
+/// at once, and offsets are stored strictly in consumption order as they finish.
+pub async fn run_pipelined<H, F>(
+    consumer: StreamConsumer,
+    shutdown: CancellationToken,
+    max_in_flight: usize,
+    mut decide: H,
+) -> Result<(), KafkaError>
+where
+    H: FnMut(ConsumedRecord) -> F,
+    F: Future<Output = Result<Completion, HandlerError>>,
+{
+    use futures::{StreamExt, stream::FuturesOrdered};
+    let mut in_flight: FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>> =
+        FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some((topic, partition, offset)) = in_flight.next(), if !in_flight.is_empty() => {
+                consumer.store_offset(&topic, partition, offset)?;
+                metrics::counter!("omnigate_kafka_consumed_total").increment(1);
+            }
+            message = consumer.recv(), if in_flight.len() < max_in_flight => {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "Kafka consumer error");
+                        metrics::counter!("omnigate_kafka_consume_errors_total").increment(1);
+                        continue;
+                    }
+                };
+                let record = copy(&message);
+                let position = (record.topic.clone(), record.partition, record.offset);
+                let mut backoff = Duration::from_millis(100);
+                let completion = loop {
+                    match decide(record.clone()).await {
+                        Ok(completion) => break Some(completion),
+                        Err(HandlerError::Permanent(reason)) => {
+                            tracing::error!(topic = %position.0, partition = position.1, offset = position.2, %reason, "Skipping record");
+                            break None;
+                        }
+                        Err(HandlerError::Retriable(reason)) => {
+                            tracing::warn!(topic = %position.0, partition = position.1, offset = position.2, %reason, "Retrying record");
+                            tokio::select! {
+                                () = shutdown.cancelled() => return finish(&consumer, in_flight).await,
+                                () = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                        }
+                    }
+                };
+                in_flight.push_back(Box::pin(async move {
+                    if let Some(completion) = completion {
+                        completion.await;
+                    }
+                    position
+                }));
+            }
+        }
+    }
+    finish(&consumer, in_flight).await
+}
+
+/// Lets acknowledged work finish (bounded), stores its offsets, and commits.
+async fn finish(
+    consumer: &StreamConsumer,
+    mut in_flight: futures::stream::FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>>,
+) -> Result<(), KafkaError> {
+    use futures::StreamExt;
+    let drain = async {
+        while let Some((topic, partition, offset)) = in_flight.next().await {
+            let _ = consumer.store_offset(&topic, partition, offset);
+        }
+    };
+    // Unfinished work is simply re-read after the restart; its outputs are idempotent.
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    commit(consumer)
+}
+
+fn copy(message: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
+    ConsumedRecord {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers: message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }

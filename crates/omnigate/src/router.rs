@@ -73,7 +73,7 @@ pub async fn start(
     {
         let (router, shutdown) = (router.clone(), shutdown.clone());
         tasks.spawn(async move {
-            let result = consumer::run(main, shutdown, move |record| {
+            let result = consumer::run_pipelined(main, shutdown, 2000, move |record| {
                 let router = router.clone();
                 async move { router.handle(record).await }
             })

@@ -10,7 +10,7 @@ use crate::{
 };
 use chrono::{DateTime, Utc};
 use omnigate_core::publish::{Outgoing, Publisher, Topic};
-use omnigate_kafka::consumer::{ConsumedRecord, HandlerError};
+use omnigate_kafka::consumer::{Completion, ConsumedRecord, HandlerError};
 use omnigate_model::{EventType, event_id, pb, timestamp};
 use std::{
     collections::HashMap,
@@ -81,11 +81,16 @@ impl Router {
         self.state.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    /// Routes one record of `omnigate.inbound.v1`.
-    pub async fn handle(&self, record: ConsumedRecord) -> Result<(), HandlerError> {
+    /// Routes one record of `omnigate.inbound.v1`: decides now (in order, updating the
+    /// state), and returns the completion that publishes the outputs, retrying until
+    /// they are acknowledged.
+    pub async fn handle(&self, record: ConsumedRecord) -> Result<Completion, HandlerError> {
         let event: pb::Event = match record.decode() {
             Ok(event) => event,
-            Err(err) => return self.dead_letter(&record, &err.to_string()).await,
+            Err(err) => {
+                self.dead_letter(&record, &err.to_string()).await?;
+                return Ok(Box::pin(async {}));
+            }
         };
         let key = event.conversation_key.clone();
         let at = event
@@ -133,7 +138,7 @@ impl Router {
         if decision.outcome == Outcome::Duplicate {
             metrics::counter!("omnigate_router_events_total", "outcome" => "duplicate")
                 .increment(1);
-            return Ok(());
+            return Ok(Box::pin(async {}));
         }
         let assignment = decision.assignment;
         let mut records = vec![(
@@ -174,10 +179,6 @@ impl Router {
                 ce_type: ASSIGNMENT_TYPE,
             },
         ));
-        self.publisher
-            .publish_all(records)
-            .await
-            .map_err(|e| retriable(&e))?;
         // The SQL copy feeds continuity and the API; refresh it when it matters.
         let stale = existing.as_ref().is_none_or(|e| {
             e.inbox != assignment.inbox
@@ -194,7 +195,16 @@ impl Router {
             state.insert(key, assignment);
         }
         metrics::counter!("omnigate_router_events_total", "outcome" => outcome_label).increment(1);
-        Ok(())
+        let publisher = self.publisher.clone();
+        Ok(Box::pin(async move {
+            // The records are deterministic, so publishing them again is harmless.
+            let mut backoff = std::time::Duration::from_millis(100);
+            while let Err(err) = publisher.publish_all(records.clone()).await {
+                tracing::warn!(error = %err, "Routed records not acknowledged; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+            }
+        }))
     }
 
     async fn dead_letter(&self, record: &ConsumedRecord, reason: &str) -> Result<(), HandlerError> {
