@@ -34,3 +34,4 @@ lint: deps
 bench: test-services
 	cargo build --release --workspace --benches --bins
 	cargo bench -p omnigate-e2e --bench webhook_ingest
+	cargo bench -p omnigate-e2e --bench router_throughput

@@ -9,10 +9,13 @@
 
 use omnigate_connector_whatsapp::{NormalizeCtx, normalize, verify::sign};
 use omnigate_core::publish::{Publisher, Topic};
-use omnigate_e2e::{brokers, free_port, kafka_config, unique_prefix};
+use omnigate_e2e::{
+    bench::{Run, peak_mib, release_bin},
+    brokers, free_port, kafka_config, unique_prefix,
+};
 use omnigate_kafka::{KafkaPublisher, admin};
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,7 +23,10 @@ use std::{
 /// Requests in flight, for the HTTP runs and the produce baseline alike. Meta delivers
 /// webhooks over many connections at once; 256 keeps the broker's batching busy.
 fn concurrency() -> usize {
-    std::env::var("BENCH_CONCURRENCY").ok().and_then(|s| s.parse().ok()).unwrap_or(256)
+    std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256)
 }
 const BODIES: usize = 50_000;
 
@@ -50,26 +56,6 @@ fn bodies() -> Vec<(String, String)> {
             (body, signature)
         })
         .collect()
-}
-
-struct Run {
-    requests: usize,
-    errors: usize,
-    elapsed: Duration,
-    latencies_us: Vec<u32>,
-}
-
-impl Run {
-    fn rate(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-    fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let index = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(self.latencies_us[index]) / 1000.0
-    }
 }
 
 /// POSTs bodies with `concurrency()` keep-alive connections for `duration`; `rate` paces the
@@ -195,30 +181,6 @@ fn chrono_now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
 
-fn release_bin(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} missing: make bench builds it",
-        bin.display()
-    );
-    bin
-}
-
-/// Peak resident memory of a process, in MiB (VmHWM).
-fn peak_mib(child: &Child) -> f64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 async fn wait_http(url: &str) {
     for _ in 0..300 {
         if reqwest::get(url)
@@ -230,17 +192,6 @@ async fn wait_http(url: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{url} never came up");
-}
-
-fn print(name: &str, run: &Run, memory: f64) {
-    println!(
-        "{name:<34} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:>5}  peak RSS {:>6.1} MiB",
-        run.rate(),
-        run.percentile(0.50),
-        run.percentile(0.99),
-        run.errors,
-        memory
-    );
 }
 
 fn main() {
@@ -262,11 +213,11 @@ fn main() {
         let bare = load(url, bodies.clone(), duration, None).await;
         let bare_mem = peak_mib(&hyper);
         let _ = hyper.kill();
-        print("baseline: bare hyper, 200", &bare, bare_mem);
+        bare.print("baseline: bare hyper, 200", bare_mem);
 
         // Baseline 2: rdkafka producing the same event bytes, no HTTP.
         let produce = produce_baseline(&bodies, duration).await;
-        print("baseline: rdkafka produce, acked", &produce, f64::NAN);
+        produce.print("baseline: rdkafka produce, acked", f64::NAN);
 
         // The gateway.
         let dir = tempfile::tempdir().unwrap();
@@ -288,10 +239,10 @@ fn main() {
         wait_http(&format!("http://127.0.0.1:{port}/readyz")).await;
         let url = format!("http://127.0.0.1:{port}/webhooks/whatsapp/bench");
         let full = load(url.clone(), bodies.clone(), duration, None).await;
-        print("omnigate: signed POST -> Kafka ack", &full, peak_mib(&gateway));
+        full.print("omnigate: signed POST -> Kafka ack", peak_mib(&gateway));
         let half_rate = full.rate() / 2.0;
         let half = load(url, bodies.clone(), duration, Some(half_rate)).await;
-        print(&format!("omnigate at half rate ({half_rate:.0}/s)"), &half, peak_mib(&gateway));
+        half.print(&format!("omnigate at half rate ({half_rate:.0}/s)"), peak_mib(&gateway));
         let _ = gateway.kill();
 
         let lower = bare.rate().min(produce.rate());

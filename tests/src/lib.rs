@@ -2,6 +2,8 @@
 //! run as a real process, and readers that collect what landed on a topic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bench;
+
 use omnigate_kafka::KafkaConfig;
 use std::{
     collections::BTreeMap,
@@ -116,7 +118,15 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the binary with `extra` TOML appended to a test config; waits for `/healthz`.
     pub async fn start(brokers: &str, prefix: &str, extra: &str) -> Self {
-        Self::start_roles(brokers, prefix, &["api", "whatsapp", "router"], extra, None, &[]).await
+        Self::start_roles(
+            brokers,
+            prefix,
+            &["api", "whatsapp", "router"],
+            extra,
+            None,
+            &[],
+        )
+        .await
     }
 
     /// Starts the binary with `roles`, `extra` TOML, and a data folder (a fresh one when `None`).

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use omnigate_core::publish::{Publisher, Topic};
-use omnigate_e2e::{Gateway, Record, brokers, json, kafka_config, read_at_least, read_topic, unique_prefix};
+use omnigate_e2e::{
+    Gateway, Record, brokers, json, kafka_config, read_at_least, read_topic, unique_prefix,
+};
 use omnigate_kafka::{KafkaPublisher, admin};
 use omnigate_model::{EventType, event_id, pb};
 use serde_json::Value;
@@ -33,7 +35,10 @@ fn event(m: Msg<'_>) -> pb::Event {
         id: event_id(m.kind, m.channel, &m.id, "message.received").to_string(),
         r#type: EventType::MessageReceived.as_str().into(),
         source: format!("/omnigate/{}/{}", m.kind.short_name(), m.channel),
-        time: Some(omnigate_model::Timestamp { seconds: m.at, nanos: 0 }),
+        time: Some(omnigate_model::Timestamp {
+            seconds: m.at,
+            nanos: 0,
+        }),
         tenant: "acme".into(),
         conversation_key: m.key,
         payload: Some(pb::event::Payload::Message(pb::Message {
@@ -45,7 +50,11 @@ fn event(m: Msg<'_>) -> pb::Event {
             contact: Some(pb::Contact {
                 email: m.email.into(),
                 phone_e164: m.phone.into(),
-                provider_id: if m.kind == pb::ChannelKind::Livechat { "visitor-7".into() } else { String::new() },
+                provider_id: if m.kind == pb::ChannelKind::Livechat {
+                    "visitor-7".into()
+                } else {
+                    String::new()
+                },
                 verified: m.verified,
                 ..Default::default()
             }),
@@ -135,10 +144,15 @@ async fn publish(prefix: &str, events: Vec<pb::Event>) {
 }
 
 fn routed(prefix: &str, expected: usize) -> Vec<Value> {
-    read_topic(&brokers(), &format!("{prefix}routed.v1"), expected, Duration::from_secs(60))
-        .iter()
-        .map(|r: &Record| json(r))
-        .collect()
+    read_topic(
+        &brokers(),
+        &format!("{prefix}routed.v1"),
+        expected,
+        Duration::from_secs(60),
+    )
+    .iter()
+    .map(|r: &Record| json(r))
+    .collect()
 }
 
 /// conversation key -> inbox, from the routed message events.
@@ -164,7 +178,12 @@ async fn a_mixed_stream_lands_in_the_expected_inboxes() {
     let events = vec![
         email("ceo@bigcustomer.example", "Invoice 7", "<vip@x>", 0),
         email("alice@example.com", "Refund for order 12", "<refund@x>", 1),
-        email("alice@example.com", "Re: Refund for order 12", "<refund@x>", 2),
+        email(
+            "alice@example.com",
+            "Re: Refund for order 12",
+            "<refund@x>",
+            2,
+        ),
         whatsapp("+491701234567", "hallo", 3),
         whatsapp("+16505551234", "do you ship to Canada?", 4),
         email("bob@example.com", "Hello", "<bob@x>", 6),
@@ -172,12 +191,20 @@ async fn a_mixed_stream_lands_in_the_expected_inboxes() {
         email("alice@example.com", "Refund for order 12", "<refund@x>", 1),
     ];
     publish(&prefix, events).await;
-    let gateway = Gateway::start_roles(&brokers(), &prefix, &["router", "api"], "", None, &[]).await;
+    let gateway =
+        Gateway::start_roles(&brokers(), &prefix, &["router", "api"], "", None, &[]).await;
     // Keys sit in different partitions, so the router sees them in any order. Later,
     // the WhatsApp customer calls, and Bob, known by email and by phone, opens a
     // verified chat that carries both.
     assert_eq!(routed(&prefix, 7 + 6).len(), 7 + 6);
-    publish(&prefix, vec![call("+16505551234", 5), chat("bob@example.com", "+14155550000", 8)]).await;
+    publish(
+        &prefix,
+        vec![
+            call("+16505551234", 5),
+            chat("bob@example.com", "+14155550000", 8),
+        ],
+    )
+    .await;
     // 9 routed messages (the last is a duplicate), 8 conversations, 1 contact link.
     let routed = routed(&prefix, 9 + 8 + 1);
     let map = inboxes(&routed);
@@ -185,23 +212,53 @@ async fn a_mixed_stream_lands_in_the_expected_inboxes() {
     assert_eq!(one(&map, "email:support-mail:<refund@x>"), "billing");
     assert_eq!(one(&map, "whatsapp:1065:491701234567"), "germany");
     assert_eq!(one(&map, "whatsapp:1065:16505551234"), "whatsapp-sales");
-    assert_eq!(one(&map, "voice:pbx:+16505551234"), "whatsapp-sales", "the caller's open WhatsApp conversation pulls the call");
+    assert_eq!(
+        one(&map, "voice:pbx:+16505551234"),
+        "whatsapp-sales",
+        "the caller's open WhatsApp conversation pulls the call"
+    );
     assert_eq!(one(&map, "email:support-mail:<bob@x>"), "general");
-    let messages = routed.iter().filter(|e| e["type"] == "message.received").count();
-    assert_eq!(messages, 9, "the duplicate is dropped; log:\n{}", gateway.log());
+    let messages = routed
+        .iter()
+        .filter(|e| e["type"] == "message.received")
+        .count();
+    assert_eq!(
+        messages,
+        9,
+        "the duplicate is dropped; log:\n{}",
+        gateway.log()
+    );
 
-    let assigned: Vec<&Value> = routed.iter().filter(|e| e["type"] == "conversation.assigned").collect();
+    let assigned: Vec<&Value> = routed
+        .iter()
+        .filter(|e| e["type"] == "conversation.assigned")
+        .collect();
     assert_eq!(assigned.len(), 8);
-    let call_assignment = assigned.iter().find(|e| e["conversationKey"] == "voice:pbx:+16505551234").unwrap();
+    let call_assignment = assigned
+        .iter()
+        .find(|e| e["conversationKey"] == "voice:pbx:+16505551234")
+        .unwrap();
     assert_eq!(call_assignment["assignment"]["rule"], "continuity");
-    let whatsapp_conversation = assigned.iter().find(|e| e["conversationKey"] == "whatsapp:1065:16505551234").unwrap()["assignment"]["conversationId"].clone();
-    assert_eq!(call_assignment["assignment"]["linkedConversationIds"][0], whatsapp_conversation);
+    let whatsapp_conversation = assigned
+        .iter()
+        .find(|e| e["conversationKey"] == "whatsapp:1065:16505551234")
+        .unwrap()["assignment"]["conversationId"]
+        .clone();
+    assert_eq!(
+        call_assignment["assignment"]["linkedConversationIds"][0],
+        whatsapp_conversation
+    );
 
-    let linked: Vec<&Value> = routed.iter().filter(|e| e["type"] == "contact.linked").collect();
+    let linked: Vec<&Value> = routed
+        .iter()
+        .filter(|e| e["type"] == "contact.linked")
+        .collect();
     assert_eq!(linked.len(), 1, "bob's email and phone are one person");
 
     // The API shows a conversation with its contact's other conversations.
-    let id = call_assignment["assignment"]["conversationId"].as_str().unwrap();
+    let id = call_assignment["assignment"]["conversationId"]
+        .as_str()
+        .unwrap();
     let view: Value = reqwest::Client::new()
         .get(format!("{}/v1/conversations/{id}", gateway.url))
         .bearer_auth("omnigate-dev-key")
@@ -213,7 +270,13 @@ async fn a_mixed_stream_lands_in_the_expected_inboxes() {
         .unwrap();
     assert_eq!(view["inbox"], "whatsapp-sales");
     assert_eq!(view["channelKind"], "voice");
-    assert!(view["linkedConversationIds"].as_array().unwrap().contains(&whatsapp_conversation), "{view}");
+    assert!(
+        view["linkedConversationIds"]
+            .as_array()
+            .unwrap()
+            .contains(&whatsapp_conversation),
+        "{view}"
+    );
     let missing = reqwest::Client::new()
         .get(format!("{}/v1/conversations/nope", gateway.url))
         .bearer_auth("omnigate-dev-key")
@@ -228,7 +291,12 @@ fn stream(keys: usize, per_key: usize) -> Vec<pb::Event> {
     for n in 0..per_key {
         for k in 0..keys {
             events.push(match k % 3 {
-                0 => email(&format!("user{k}@example.com"), if k % 2 == 0 { "refund" } else { "hi" }, &format!("<k{k}@x>"), n),
+                0 => email(
+                    &format!("user{k}@example.com"),
+                    if k % 2 == 0 { "refund" } else { "hi" },
+                    &format!("<k{k}@x>"),
+                    n,
+                ),
                 1 => whatsapp(&format!("+49170000{k:04}"), "hallo", n),
                 _ => call(&format!("+1650555{k:04}"), n),
             });
@@ -241,9 +309,15 @@ fn stream(keys: usize, per_key: usize) -> Vec<pb::Event> {
 fn assignments(events: &[Value]) -> HashMap<String, (HashSet<String>, HashSet<String>)> {
     let mut map: HashMap<String, (HashSet<String>, HashSet<String>)> = HashMap::new();
     for e in events.iter().filter(|e| e["type"] == "message.received") {
-        let entry = map.entry(e["conversationKey"].as_str().unwrap().to_string()).or_default();
-        entry.0.insert(e["routing"]["conversationId"].as_str().unwrap().to_string());
-        entry.1.insert(e["routing"]["inbox"].as_str().unwrap().to_string());
+        let entry = map
+            .entry(e["conversationKey"].as_str().unwrap().to_string())
+            .or_default();
+        entry
+            .0
+            .insert(e["routing"]["conversationId"].as_str().unwrap().to_string());
+        entry
+            .1
+            .insert(e["routing"]["inbox"].as_str().unwrap().to_string());
     }
     map
 }
@@ -261,18 +335,40 @@ async fn a_router_killed_mid_stream_loses_and_reassigns_nothing() {
     let instance = [("OMNIGATE_KAFKA__INSTANCE_ID", "router-0".to_string())];
     let first = Gateway::start_roles(&brokers(), &prefix, &["router"], "", None, &instance).await;
     // Let it route part of the stream, then kill -9.
-    let partial = read_at_least(&brokers(), &format!("{prefix}routed.v1"), 300, Duration::from_secs(60));
+    let partial = read_at_least(
+        &brokers(),
+        &format!("{prefix}routed.v1"),
+        300,
+        Duration::from_secs(60),
+    );
     assert!(partial.len() >= 300);
     let dir = first.kill_keep_dir();
-    let routed_before_restart = read_topic(&brokers(), &format!("{prefix}routed.v1"), 0, Duration::from_secs(5)).len();
-    assert!(routed_before_restart < keys * per_key, "killed mid-stream, not after: {routed_before_restart} routed");
-    let second = Gateway::start_roles(&brokers(), &prefix, &["router"], "", Some(dir), &instance).await;
+    let routed_before_restart = read_topic(
+        &brokers(),
+        &format!("{prefix}routed.v1"),
+        0,
+        Duration::from_secs(5),
+    )
+    .len();
+    assert!(
+        routed_before_restart < keys * per_key,
+        "killed mid-stream, not after: {routed_before_restart} routed"
+    );
+    let second =
+        Gateway::start_roles(&brokers(), &prefix, &["router"], "", Some(dir), &instance).await;
 
     let total = keys * per_key + keys;
     let routed = routed(&prefix, total);
-    let found: HashSet<String> = routed.iter().filter(|e| e["type"] == "message.received").map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    let found: HashSet<String> = routed
+        .iter()
+        .filter(|e| e["type"] == "message.received")
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
     let missing = ids.difference(&found).count();
-    let messages = routed.iter().filter(|e| e["type"] == "message.received").count();
+    let messages = routed
+        .iter()
+        .filter(|e| e["type"] == "message.received")
+        .count();
     println!(
         "router kill -9: {} inbound, {routed_before_restart} routed records before restart, {messages} routed messages after, {missing} missing, {} duplicates",
         ids.len(),
@@ -280,21 +376,48 @@ async fn a_router_killed_mid_stream_loses_and_reassigns_nothing() {
     );
     assert_eq!(missing, 0, "log:\n{}", second.log());
     for (key, (conversations, inboxes)) in assignments(&routed) {
-        assert_eq!(conversations.len(), 1, "{key} got two conversation ids: {conversations:?}");
+        assert_eq!(
+            conversations.len(),
+            1,
+            "{key} got two conversation ids: {conversations:?}"
+        );
         assert_eq!(inboxes.len(), 1, "{key} got two inboxes: {inboxes:?}");
     }
     let assigned: HashSet<String> = routed
         .iter()
         .filter(|e| e["type"] == "conversation.assigned")
-        .map(|e| e["assignment"]["conversationId"].as_str().unwrap().to_string())
+        .map(|e| {
+            e["assignment"]["conversationId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    assert_eq!(assigned.len(), keys, "one conversation per key, even with replays");
+    assert_eq!(
+        assigned.len(),
+        keys,
+        "one conversation per key, even with replays"
+    );
 }
 
 fn fresh_postgres_database() -> String {
-    let name = format!("omnigate_test_{}_{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let name = format!(
+        "omnigate_test_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
     let status = std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-q", "-c", &format!("CREATE DATABASE {name}")])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-q",
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
         .status()
         .expect("psql runs (make test relies on the machine's PostgreSQL)");
     assert!(status.success(), "cannot create database {name}");
@@ -310,14 +433,44 @@ async fn two_routers_agree_with_one() {
     publish(&single, events.clone()).await;
     publish(&pair, events).await;
 
-    let one = Gateway::start_roles(&brokers(), &single, &["router"], "", None, &[("OMNIGATE_ROUTER__DATABASE_URL", fresh_postgres_database())]).await;
+    let one = Gateway::start_roles(
+        &brokers(),
+        &single,
+        &["router"],
+        "",
+        None,
+        &[("OMNIGATE_ROUTER__DATABASE_URL", fresh_postgres_database())],
+    )
+    .await;
     let shared = fresh_postgres_database();
-    let a = Gateway::start_roles(&brokers(), &pair, &["router"], "", None, &[("OMNIGATE_ROUTER__DATABASE_URL", shared.clone())]).await;
-    let b = Gateway::start_roles(&brokers(), &pair, &["router"], "", None, &[("OMNIGATE_ROUTER__DATABASE_URL", shared)]).await;
+    let a = Gateway::start_roles(
+        &brokers(),
+        &pair,
+        &["router"],
+        "",
+        None,
+        &[("OMNIGATE_ROUTER__DATABASE_URL", shared.clone())],
+    )
+    .await;
+    let b = Gateway::start_roles(
+        &brokers(),
+        &pair,
+        &["router"],
+        "",
+        None,
+        &[("OMNIGATE_ROUTER__DATABASE_URL", shared)],
+    )
+    .await;
 
     let total = keys * per_key + keys;
     let alone = assignments(&routed(&single, total));
     let together = assignments(&routed(&pair, total));
     assert_eq!(alone.len(), keys, "{}", one.log());
-    assert_eq!(together, alone, "two instances decide exactly like one;\nA:\n{}\nB:\n{}", a.log(), b.log());
+    assert_eq!(
+        together,
+        alone,
+        "two instances decide exactly like one;\nA:\n{}\nB:\n{}",
+        a.log(),
+        b.log()
+    );
 }

@@ -68,6 +68,8 @@ pub enum Outgoing {
         value: Vec<u8>,
         /// `ce_type` header, e.g. `io.omnigate.router.assignment.v1`.
         ce_type: &'static str,
+        /// `ce_source` header: who wrote it, e.g. `/omnigate/router/<instance>`.
+        source: String,
     },
 }
 

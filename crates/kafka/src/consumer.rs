@@ -59,12 +59,15 @@ pub fn subscribe(
 ) -> Result<StreamConsumer, KafkaError> {
     let mut client = config.client_config();
     if !config.instance_id.is_empty() {
-        client.set("group.instance.id", format!("{}-{group}", config.instance_id));
+        client.set(
+            "group.instance.id",
+            format!("{}-{group}", config.instance_id),
+        );
     }
     let consumer: StreamConsumer = client
         .set("group.id", format!("{}{group}", config.topic_prefix))
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        .set("auto.commit.interval.ms", "500")
         // Offsets are stored by hand, after the handler succeeded.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -193,8 +196,9 @@ where
     F: Future<Output = Result<Completion, HandlerError>>,
 {
     use futures::{StreamExt, stream::FuturesOrdered};
-    let mut in_flight: FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>> =
-        FuturesOrdered::new();
+    let mut in_flight: FuturesOrdered<
+        std::pin::Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>,
+    > = FuturesOrdered::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -231,9 +235,12 @@ where
                         }
                     }
                 };
+                // Spawned, so completions progress while the next record is decided
+                // (a completion holding a pooled connection must never wait on this loop).
+                let task = completion.map(tokio::spawn);
                 in_flight.push_back(Box::pin(async move {
-                    if let Some(completion) = completion {
-                        completion.await;
+                    if let Some(task) = task {
+                        let _ = task.await;
                     }
                     position
                 }));
@@ -246,7 +253,9 @@ where
 /// Lets acknowledged work finish (bounded), stores its offsets, and commits.
 async fn finish(
     consumer: &StreamConsumer,
-    mut in_flight: futures::stream::FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>>,
+    mut in_flight: futures::stream::FuturesOrdered<
+        std::pin::Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>,
+    >,
 ) -> Result<(), KafkaError> {
     use futures::StreamExt;
     let drain = async {
@@ -270,7 +279,12 @@ fn copy(message: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default(),

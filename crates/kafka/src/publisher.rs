@@ -174,10 +174,11 @@ impl KafkaPublisher {
                 key,
                 value,
                 ce_type,
+                source,
             } => {
                 let ce = CloudEvent {
                     id: key.clone(),
-                    source: "/omnigate/router".into(),
+                    source: source.clone(),
                     ce_type: (*ce_type).into(),
                     time: headers::now(),
                     subject: key.clone(),

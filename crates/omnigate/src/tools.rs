@@ -66,7 +66,7 @@ pub fn explain(config: &Config, event: &std::path::Path) -> anyhow::Result<()> {
         facts.channel_id,
         facts.email,
         facts.phone,
-        facts.language
+        facts.language()
     );
     for (rule, why) in &choice.skipped {
         println!("  rule {rule}: no match ({why})");

@@ -29,6 +29,8 @@ pub struct Resolution {
     pub contact_id: String,
     /// Merges, for `contact.linked` events.
     pub merges: Vec<Merge>,
+    /// Every identifier was unknown until now: the contact has no other conversation.
+    pub new_contact: bool,
 }
 
 /// A conversation as `GET /v1/conversations/{id}` shows it.
@@ -120,6 +122,7 @@ impl ContactStore {
             return Ok(Resolution {
                 contact_id: contact_id_for(fallback),
                 merges: Vec::new(),
+                new_contact: false,
             });
         }
         let cached: Vec<Option<String>> = identifiers.iter().map(|i| self.cached(i)).collect();
@@ -128,30 +131,45 @@ impl ContactStore {
                 return Ok(Resolution {
                     contact_id: first.clone(),
                     merges: Vec::new(),
+                    new_contact: false,
                 });
             }
         }
         // Claim each identifier for the contact its own id names; existing rows win.
         let mut owners = Vec::with_capacity(identifiers.len());
         for identifier in identifiers {
+            // RETURNING yields a row only when this call inserted it: one round trip
+            // for a new identifier, a second read only for a known one.
+            let own = contact_id_for(identifier);
             let inserted = sqlx::query(
-                "INSERT INTO router_contact_identifiers (identifier, contact_id) VALUES ($1, $2) ON CONFLICT (identifier) DO NOTHING",
+                "INSERT INTO router_contact_identifiers (identifier, contact_id) VALUES ($1, $2)
+                 ON CONFLICT (identifier) DO NOTHING RETURNING contact_id",
             )
             .bind(identifier)
-            .bind(contact_id_for(identifier))
-            .execute(&self.pool)
+            .bind(&own)
+            .fetch_optional(&self.pool)
             .await?
-            .rows_affected()
-                == 1;
-            let row = sqlx::query("SELECT contact_id FROM router_contact_identifiers WHERE identifier = $1")
+            .is_some();
+            let owner = if inserted {
+                own
+            } else {
+                sqlx::query(
+                    "SELECT contact_id FROM router_contact_identifiers WHERE identifier = $1",
+                )
                 .bind(identifier)
                 .fetch_one(&self.pool)
-                .await?;
-            owners.push((identifier.clone(), row.try_get::<String, _>(0)?, inserted));
+                .await?
+                .try_get::<String, _>(0)?
+            };
+            owners.push((identifier.clone(), owner, inserted));
         }
         // Contacts that existed before this event; the smallest id survives, so every
         // instance merges the same way. New identifiers just join it.
-        let existing: Vec<&String> = owners.iter().filter(|(_, _, new)| !new).map(|(_, c, _)| c).collect();
+        let existing: Vec<&String> = owners
+            .iter()
+            .filter(|(_, _, new)| !new)
+            .map(|(_, c, _)| c)
+            .collect();
         let kept = existing
             .iter()
             .copied()
@@ -164,11 +182,13 @@ impl ContactStore {
             if *owner == kept || merges.iter().any(|m: &Merge| m.merged == *owner) {
                 continue;
             }
-            sqlx::query("UPDATE router_contact_identifiers SET contact_id = $1 WHERE contact_id = $2")
-                .bind(&kept)
-                .bind(owner)
-                .execute(&self.pool)
-                .await?;
+            sqlx::query(
+                "UPDATE router_contact_identifiers SET contact_id = $1 WHERE contact_id = $2",
+            )
+            .bind(&kept)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
             if *new {
                 continue;
             }
@@ -195,6 +215,7 @@ impl ContactStore {
         Ok(Resolution {
             contact_id: kept,
             merges,
+            new_contact: existing.is_empty(),
         })
     }
 

@@ -23,8 +23,8 @@ pub struct Facts {
     pub subject: String,
     /// Plain text of the message.
     pub text: String,
-    /// ISO 639-1 code of the detected language, when the text is long enough to tell.
-    pub language: Option<String>,
+    /// The detected language, computed on first use: only rules that ask pay for it.
+    language: std::sync::OnceLock<Option<String>>,
 }
 
 impl Facts {
@@ -73,8 +73,15 @@ impl Facts {
             facts.provider_id = contact.provider_id.clone();
             facts.verified = contact.verified;
         }
-        facts.language = detect_language(&format!("{} {}", facts.subject, facts.text));
         facts
+    }
+
+    /// ISO 639-1 code of the language of subject and text, when the text is long enough
+    /// to tell; detected on first call.
+    pub fn language(&self) -> Option<&str> {
+        self.language
+            .get_or_init(|| detect_language(&format!("{} {}", self.subject, self.text)))
+            .as_deref()
     }
 
     /// The sender's identifiers as rules compare them: email and phone.

@@ -7,8 +7,16 @@ use crate::{facts::Facts, rules::Rules};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-/// How many recent event ids a conversation remembers, to drop redeliveries.
-pub const RECENT_EVENT_IDS: usize = 64;
+/// How many recent events a conversation remembers, to drop redeliveries.
+pub const RECENT_EVENTS: usize = 32;
+
+/// A compact, stable fingerprint of an event id (FNV-1a, 64 bits): the state record
+/// carries these instead of full ids to stay small.
+pub fn fingerprint(event_id: &str) -> u64 {
+    event_id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 /// The router's state for one conversation key: the value on the compacted
 /// `omnigate.router.assignments.v1` topic.
@@ -33,9 +41,14 @@ pub struct Assignment {
     /// Conversations of the same contact on other channels, linked at open.
     #[serde(default)]
     pub linked: Vec<String>,
-    /// The latest event ids routed into it, newest last.
+    /// Fingerprints of the latest events routed into it, newest last (provider
+    /// redeliveries carry the same id at a new offset).
     #[serde(default)]
-    pub recent_event_ids: Vec<String>,
+    pub recent_events: Vec<u64>,
+    /// Partition and offset on `omnigate.inbound.v1` of the latest event routed into it:
+    /// a record read again after a restart is recognised by its position.
+    #[serde(default)]
+    pub inbound_position: Option<(i32, i64)>,
 }
 
 /// Another open conversation of the same contact.
@@ -100,16 +113,22 @@ pub struct Input<'a> {
     pub existing: Option<&'a Assignment>,
     /// The contact's most recent conversation on another key.
     pub open_elsewhere: Option<&'a OpenConversation>,
+    /// The event's partition and offset on the inbound topic, when read from Kafka.
+    pub position: Option<(i32, i64)>,
 }
 
 /// Decides where an event goes.
 pub fn decide(input: &Input<'_>, rules: &Rules, settings: PolicySettings) -> Decision {
     let at = input.at.timestamp();
     if let Some(existing) = input.existing {
-        if existing
-            .recent_event_ids
-            .iter()
-            .any(|id| id == input.event_id)
+        let replayed = matches!(
+            (existing.inbound_position, input.position),
+            (Some((p, last)), Some((q, offset))) if p == q && offset <= last
+        );
+        if replayed
+            || existing
+                .recent_events
+                .contains(&fingerprint(input.event_id))
         {
             return Decision {
                 outcome: Outcome::Duplicate,
@@ -120,7 +139,7 @@ pub fn decide(input: &Input<'_>, rules: &Rules, settings: PolicySettings) -> Dec
             let mut next = existing.clone();
             next.last_event_at = next.last_event_at.max(at);
             next.contact_id = input.contact_id.to_string();
-            remember(&mut next, input.event_id);
+            remember(&mut next, input.event_id, input.position);
             if rules.has_inbox(&existing.inbox) {
                 return Decision {
                     outcome: Outcome::Continued,
@@ -164,22 +183,23 @@ pub fn decide(input: &Input<'_>, rules: &Rules, settings: PolicySettings) -> Dec
         opened_at: at,
         last_event_at: at,
         linked,
-        recent_event_ids: Vec::new(),
+        recent_events: Vec::new(),
+        inbound_position: None,
     };
-    remember(&mut assignment, input.event_id);
+    remember(&mut assignment, input.event_id, input.position);
     Decision {
         outcome: Outcome::Opened,
         assignment,
     }
 }
 
-fn remember(assignment: &mut Assignment, event_id: &str) {
-    assignment.recent_event_ids.push(event_id.to_string());
-    let excess = assignment
-        .recent_event_ids
-        .len()
-        .saturating_sub(RECENT_EVENT_IDS);
-    assignment.recent_event_ids.drain(..excess);
+fn remember(assignment: &mut Assignment, event_id: &str, position: Option<(i32, i64)>) {
+    if position.is_some() {
+        assignment.inbound_position = position;
+    }
+    assignment.recent_events.push(fingerprint(event_id));
+    let excess = assignment.recent_events.len().saturating_sub(RECENT_EVENTS);
+    assignment.recent_events.drain(..excess);
 }
 
 /// A conversation's id: deterministic from its key and opening event, so two router

@@ -382,13 +382,13 @@ impl Rule {
         }
         if !self.languages.is_empty()
             && !f
-                .language
-                .as_ref()
-                .is_some_and(|l| self.languages.contains(l))
+                .language()
+                .is_some_and(|l| self.languages.iter().any(|x| x == l))
         {
             return Some(format!(
                 "language {:?} not in {:?}",
-                f.language, self.languages
+                f.language(),
+                self.languages
             ));
         }
         if !self.keywords.is_empty() {

@@ -23,6 +23,8 @@ pub const ASSIGNMENT_TYPE: &str = "io.omnigate.router.assignment.v1";
 /// The router: rules (hot-swappable), per-key state, the contact store, the publisher.
 #[derive(Debug, Clone)]
 pub struct Router {
+    /// `ce_source` of this process's state records, so its follower can skip them.
+    source: Arc<str>,
     rules: Arc<RwLock<Arc<Rules>>>,
     state: Arc<Mutex<HashMap<String, Assignment>>>,
     contacts: Arc<ContactStore>,
@@ -39,6 +41,7 @@ impl Router {
         settings: PolicySettings,
     ) -> Self {
         Self {
+            source: format!("/omnigate/router/{}", uuid::Uuid::new_v4()).into(),
             rules: Arc::new(RwLock::new(Arc::new(rules))),
             state: Arc::default(),
             contacts: Arc::new(contacts),
@@ -62,13 +65,17 @@ impl Router {
     /// Applies a record of the assignments topic to the state: keeps whichever of the
     /// stored and the incoming assignment saw the later event.
     pub fn apply_state(&self, record: &ConsumedRecord) {
+        if record.header("ce_source") == Some(&*self.source) {
+            // Our own decision: the state already has it (and maybe newer ones).
+            return;
+        }
         let Ok(incoming) = serde_json::from_slice::<Assignment>(&record.value) else {
             return;
         };
         if let Ok(mut state) = self.state.lock() {
             let newer = state.get(&incoming.conversation_key).is_none_or(|current| {
                 incoming.last_event_at >= current.last_event_at
-                    && incoming.recent_event_ids.len() >= current.recent_event_ids.len().min(1)
+                    && !incoming.recent_events.is_empty()
             });
             if newer {
                 state.insert(incoming.conversation_key.clone(), incoming);
@@ -100,7 +107,11 @@ impl Router {
             .unwrap_or_else(Utc::now);
         let facts = Facts::of(&event);
         let retriable = |e: &dyn std::fmt::Display| HandlerError::Retriable(e.to_string());
-        let Resolution { contact_id, merges } = self
+        let Resolution {
+            contact_id,
+            merges,
+            new_contact,
+        } = self
             .contacts
             .resolve(&facts.identifiers(), &key)
             .await
@@ -109,7 +120,7 @@ impl Router {
         let still_open = existing.as_ref().is_some_and(|e| {
             at.timestamp() - e.last_event_at <= self.settings.reopen_after.num_seconds()
         });
-        let elsewhere = if still_open || !self.settings.continuity {
+        let elsewhere = if still_open || new_contact || !self.settings.continuity {
             None
         } else {
             self.contacts
@@ -131,6 +142,7 @@ impl Router {
                 contact_id: &contact_id,
                 existing: existing.as_ref(),
                 open_elsewhere: elsewhere.as_ref(),
+                position: Some((record.partition, record.offset)),
             },
             &rules,
             self.settings,
@@ -177,6 +189,7 @@ impl Router {
                 key: key.clone(),
                 value: serde_json::to_vec(&assignment).unwrap_or_default(),
                 ce_type: ASSIGNMENT_TYPE,
+                source: self.source.to_string(),
             },
         ));
         // The SQL copy feeds continuity and the API; refresh it when it matters.
@@ -185,18 +198,22 @@ impl Router {
                 || e.contact_id != assignment.contact_id
                 || assignment.last_event_at - e.last_event_at > 600
         });
-        if decision.outcome != Outcome::Continued || stale {
-            self.contacts
-                .save(&event.tenant, &assignment)
-                .await
-                .map_err(|e| retriable(&e))?;
-        }
+        let save = (decision.outcome != Outcome::Continued || stale).then(|| assignment.clone());
         if let Ok(mut state) = self.state.lock() {
             state.insert(key, assignment);
         }
         metrics::counter!("omnigate_router_events_total", "outcome" => outcome_label).increment(1);
-        let publisher = self.publisher.clone();
+        let (publisher, contacts, tenant) = (self.publisher.clone(), self.contacts(), event.tenant);
         Ok(Box::pin(async move {
+            // Off the ordered path: the SQL copy only feeds continuity and the API.
+            if let Some(assignment) = &save {
+                let mut backoff = std::time::Duration::from_millis(100);
+                while let Err(err) = contacts.save(&tenant, assignment).await {
+                    tracing::warn!(error = %err, "Conversation not saved; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                }
+            }
             // The records are deterministic, so publishing them again is harmless.
             let mut backoff = std::time::Duration::from_millis(100);
             while let Err(err) = publisher.publish_all(records.clone()).await {

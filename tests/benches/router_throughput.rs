@@ -1,0 +1,221 @@
+//! `make bench`: the router (release binary, SQLite contact store) over a backlog of
+//! inbound events, beside a baseline measured in the same run that consumes and
+//! re-produces the same records with no routing logic. Prints events/s and memory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use omnigate_core::publish::{Outgoing, Publisher, Topic};
+use omnigate_e2e::{
+    bench::{own_peak_mib, peak_mib, release_bin},
+    brokers, free_port, kafka_config, unique_prefix,
+};
+use omnigate_kafka::{
+    KafkaPublisher, admin,
+    consumer::{self, Completion},
+};
+use omnigate_model::{EventType, event_id, pb};
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+use tokio_util::sync::CancellationToken;
+
+fn events() -> usize {
+    std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000)
+}
+
+const CONVERSATIONS: usize = 5_000;
+
+/// A realistic mix: email, WhatsApp, live chat and calls, ten events per conversation.
+fn event(n: usize) -> pb::Event {
+    let k = n % CONVERSATIONS;
+    let (kind, key, email, phone) = match k % 4 {
+        0 => (
+            pb::ChannelKind::Email,
+            format!("email:mail:<t{k}@x>"),
+            format!("user{k}@example.com"),
+            String::new(),
+        ),
+        1 => (
+            pb::ChannelKind::Whatsapp,
+            format!("whatsapp:1065:49170{k:07}"),
+            String::new(),
+            format!("+49170{k:07}"),
+        ),
+        2 => (
+            pb::ChannelKind::Livechat,
+            format!("livechat:web:v{k}"),
+            format!("user{k}@example.com"),
+            String::new(),
+        ),
+        _ => (
+            pb::ChannelKind::Voice,
+            format!("voice:pbx:+1650{k:07}"),
+            String::new(),
+            format!("+1650{k:07}"),
+        ),
+    };
+    let text = if n % 7 == 0 {
+        "I need a refund for my last invoice"
+    } else {
+        "Where is my order? It has not arrived yet."
+    };
+    pb::Event {
+        id: event_id(kind, "bench", &format!("m{n}"), "message.received").to_string(),
+        r#type: EventType::MessageReceived.as_str().into(),
+        source: "/omnigate/bench".into(),
+        time: Some(omnigate_model::Timestamp {
+            seconds: 1_781_085_600 + n as i64 / 100,
+            nanos: 0,
+        }),
+        tenant: "acme".into(),
+        conversation_key: key,
+        payload: Some(pb::event::Payload::Message(pb::Message {
+            channel: Some(pb::Channel {
+                kind: kind as i32,
+                channel_id: "bench".into(),
+                address: String::new(),
+            }),
+            contact: Some(pb::Contact {
+                email,
+                phone_e164: phone,
+                ..Default::default()
+            }),
+            provider_message_id: format!("m{n}"),
+            parts: vec![pb::ContentPart {
+                part: Some(pb::content_part::Part::Text(text.into())),
+            }],
+            ..Default::default()
+        })),
+        routing: None,
+    }
+}
+
+async fn backlog(prefix: &str, n: usize) {
+    let config = kafka_config(&brokers(), prefix);
+    admin::ensure_topics(&config).await.unwrap();
+    let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());
+    let workers: Vec<_> = (0..64)
+        .map(|w| {
+            let publisher = publisher.clone();
+            tokio::spawn(async move {
+                for i in (w..n).step_by(64) {
+                    publisher.event(Topic::Inbound, event(i)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+}
+
+/// Consumes the backlog in a group and re-produces every record unchanged.
+async fn passthrough(prefix: &str, n: usize) -> Duration {
+    let config = kafka_config(&brokers(), prefix);
+    let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());
+    let consumer = consumer::subscribe(&config, "bench-passthrough", &[Topic::Inbound]).unwrap();
+    let shutdown = CancellationToken::new();
+    let done = shutdown.clone();
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let run = tokio::spawn(consumer::run_pipelined(
+        consumer,
+        shutdown,
+        2000,
+        move |record| {
+            let (publisher, tx) = (publisher.clone(), tx.clone());
+            async move {
+                let key =
+                    String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
+                let completion: Completion = Box::pin(async move {
+                    let out = Outgoing::State {
+                        key,
+                        value: record.value,
+                        ce_type: "io.omnigate.bench.v1",
+                        source: "/bench".into(),
+                    };
+                    while publisher.publish(Topic::Routed, out.clone()).await.is_err() {}
+                    let _ = tx.send(());
+                });
+                Ok(completion)
+            }
+        },
+    ));
+    for _ in 0..n {
+        rx.recv().await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    done.cancel();
+    let _ = run.await;
+    elapsed
+}
+
+async fn routed_so_far(metrics: &str) -> i64 {
+    let Ok(response) = reqwest::get(metrics).await else {
+        return 0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("omnigate_kafka_produced_total{topic=\"routed.v1\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as i64)
+        .unwrap_or(0)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let n = events();
+        println!("router_throughput: {n} events over {CONVERSATIONS} conversations\n");
+        let baseline_prefix = unique_prefix("bench-pass");
+        let router_prefix = unique_prefix("bench-router");
+        backlog(&baseline_prefix, n).await;
+        backlog(&router_prefix, n).await;
+
+        let elapsed = passthrough(&baseline_prefix, n).await;
+        let baseline = n as f64 / elapsed.as_secs_f64();
+        println!("{:<38} {baseline:>9.0} /s  ({:.1} s)  peak RSS {:>6.1} MiB (bench process)", "baseline: consume + re-produce", elapsed.as_secs_f64(), own_peak_mib());
+
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            "roles = [\"router\"]\n[server]\nlisten = \"127.0.0.1:{}\"\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{router_prefix}\"\npartitions = 3\n[blobs]\nurl = \"file://{}\"\n[router]\nrules_file = \"{}\"\ndatabase_url = \"sqlite://{}?mode=rwc\"\n",
+            port,
+            brokers(),
+            dir.path().join("blobs").display(),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/routing.toml").display(),
+            dir.path().join("router.db").display(),
+        );
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut router = Command::new(release_bin("omnigate")).args(["serve", "--config"]).arg(&path).stdout(Stdio::null()).spawn().unwrap();
+        // Routed records: one per event plus one conversation.assigned per conversation,
+        // counted by the router's own acknowledged-produce metric.
+        let target = (n + CONVERSATIONS) as i64;
+        let metrics = format!("http://127.0.0.1:{port}/metrics");
+        let mut first: Option<Instant> = None;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let size = loop {
+            let size = routed_so_far(&metrics).await;
+            if size > 0 && first.is_none() {
+                first = Some(Instant::now());
+            }
+            if size >= target || Instant::now() > deadline {
+                break size;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let elapsed = first.map(|f| f.elapsed()).unwrap_or_default();
+        let rate = n as f64 * (size as f64 / target as f64) / elapsed.as_secs_f64();
+        println!("{:<38} {rate:>9.0} /s  ({:.1} s)  peak RSS {:>6.1} MiB", "omnigate router", elapsed.as_secs_f64(), peak_mib(&router));
+        let _ = router.kill();
+        println!("\nratio: router / baseline = {:.2} (target >= 0.70); routed events/s = {rate:.0} (target >= 20000)", rate / baseline);
+    });
+}

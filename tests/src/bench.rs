@@ -1,0 +1,81 @@
+//! Shared pieces of the `make bench` programs.
+
+use std::{path::PathBuf, process::Child, time::Duration};
+
+/// Throughput and latency of one measured run.
+#[derive(Debug, Default)]
+pub struct Run {
+    /// Successful operations.
+    pub requests: usize,
+    /// Failed operations.
+    pub errors: usize,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Latency of each successful operation, sorted, in microseconds.
+    pub latencies_us: Vec<u32>,
+}
+
+impl Run {
+    /// Operations per second.
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// A latency percentile in milliseconds (`p` in 0..=1); NaN without samples.
+    pub fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[index]) / 1000.0
+    }
+
+    /// Prints one line of the report.
+    pub fn print(&self, name: &str, memory_mib: f64) {
+        println!(
+            "{name:<38} {:>9.0} /s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:>5}  peak RSS {:>6.1} MiB",
+            self.rate(),
+            self.percentile(0.50),
+            self.percentile(0.99),
+            self.errors,
+            memory_mib
+        );
+    }
+}
+
+/// A binary built beside the running bench (`make bench` builds them in release).
+pub fn release_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|dir| dir.join(name))
+        .expect("target folder");
+    assert!(
+        bin.exists(),
+        "{} missing: make bench builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// Peak resident memory of a child process, in MiB (VmHWM); NaN when unknown.
+pub fn peak_mib(child: &Child) -> f64 {
+    peak_mib_of(&format!("/proc/{}/status", child.id()))
+}
+
+/// Peak resident memory of this process, in MiB.
+pub fn own_peak_mib() -> f64 {
+    peak_mib_of("/proc/self/status")
+}
+
+fn peak_mib_of(path: &str) -> f64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
