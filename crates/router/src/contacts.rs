@@ -85,8 +85,26 @@ impl ContactStore {
     /// Connects (`sqlite://path?mode=rwc` or `postgres://…`) and creates the tables.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
-            .max_connections(4)
+            // SQLite has one writer: several connections only fight over its lock.
+            .max_connections(if sqlite { 1 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL lets readers run beside the writer; NORMAL syncs at
+                        // checkpoints (safe in WAL mode) instead of at every insert.
+                        for pragma in [
+                            "PRAGMA journal_mode=WAL",
+                            "PRAGMA synchronous=NORMAL",
+                            "PRAGMA busy_timeout=5000",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?;
         for statement in SCHEMA {
