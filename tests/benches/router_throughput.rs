@@ -5,7 +5,7 @@
 
 use omnigate_core::publish::{Outgoing, Publisher, Topic};
 use omnigate_e2e::{
-    bench::{own_peak_mib, peak_mib, release_bin},
+    bench::{own_peak_mib, peak_mib, release_bin, stop},
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{
@@ -57,7 +57,7 @@ fn event(n: usize) -> pb::Event {
             format!("+1650{k:07}"),
         ),
     };
-    let text = if n % 7 == 0 {
+    let text = if n.is_multiple_of(7) {
         "I need a refund for my last invoice"
     } else {
         "Where is my order? It has not arrived yet."
@@ -195,7 +195,7 @@ fn main() {
         );
         let path = dir.path().join("router.toml");
         std::fs::write(&path, config).unwrap();
-        let mut router = Command::new(release_bin("omnigate")).args(["serve", "--config"]).arg(&path).stdout(Stdio::null()).spawn().unwrap();
+        let router = Command::new(release_bin("omnigate")).args(["serve", "--config"]).arg(&path).stdout(Stdio::null()).spawn().unwrap();
         // Routed records: one per event plus one conversation.assigned per conversation,
         // counted by the router's own acknowledged-produce metric.
         let target = (n + CONVERSATIONS) as i64;
@@ -215,7 +215,7 @@ fn main() {
         let elapsed = first.map(|f| f.elapsed()).unwrap_or_default();
         let rate = n as f64 * (size as f64 / target as f64) / elapsed.as_secs_f64();
         println!("{:<38} {rate:>9.0} /s  ({:.1} s)  peak RSS {:>6.1} MiB", "omnigate router", elapsed.as_secs_f64(), peak_mib(&router));
-        let _ = router.kill();
+        stop(router);
         println!("\nratio: router / baseline = {:.2} (target >= 0.70); routed events/s = {rate:.0} (target >= 20000)", rate / baseline);
     });
 }

@@ -3,6 +3,7 @@
 //! measured in the same run:
 //!   1. a bare hyper server that reads the body and answers 200;
 //!   2. rdkafka producing the same event bytes with no HTTP at all.
+//!
 //! Prints requests/s, p50/p99 latency and peak memory, and the gateway's ratio to the
 //! lower baseline. Needs the broker `make bench` starts (Tansu, memory storage).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,7 +11,7 @@
 use omnigate_connector_whatsapp::{NormalizeCtx, normalize, verify::sign};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
-    bench::{Run, peak_mib, release_bin},
+    bench::{Run, peak_mib, release_bin, stop},
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{KafkaPublisher, admin};
@@ -207,12 +208,12 @@ fn main() {
 
         // Baseline 1: bare hyper.
         let port = free_port();
-        let mut hyper = Command::new(release_bin("bench-bare-hyper")).arg(port.to_string()).stdout(Stdio::null()).spawn().unwrap();
+        let hyper = Command::new(release_bin("bench-bare-hyper")).arg(port.to_string()).stdout(Stdio::null()).spawn().unwrap();
         let url = format!("http://127.0.0.1:{port}/");
         wait_http(&url).await;
         let bare = load(url, bodies.clone(), duration, None).await;
         let bare_mem = peak_mib(&hyper);
-        let _ = hyper.kill();
+        stop(hyper);
         bare.print("baseline: bare hyper, 200", bare_mem);
 
         // Baseline 2: rdkafka producing the same event bytes, no HTTP.
@@ -230,7 +231,7 @@ fn main() {
         );
         let path = dir.path().join("bench.toml");
         std::fs::write(&path, config).unwrap();
-        let mut gateway = Command::new(release_bin("omnigate"))
+        let gateway = Command::new(release_bin("omnigate"))
             .args(["serve", "--config"])
             .arg(&path)
             .stdout(Stdio::null())
@@ -243,7 +244,7 @@ fn main() {
         let half_rate = full.rate() / 2.0;
         let half = load(url, bodies.clone(), duration, Some(half_rate)).await;
         half.print(&format!("omnigate at half rate ({half_rate:.0}/s)"), peak_mib(&gateway));
-        let _ = gateway.kill();
+        stop(gateway);
 
         let lower = bare.rate().min(produce.rate());
         println!(

@@ -178,6 +178,12 @@ impl ConsumedRecord {
     }
 }
 
+/// Records whose completion is pending, in consumption order, each resolving to its
+/// (topic, partition, offset).
+type InFlight = futures::stream::FuturesOrdered<
+    std::pin::Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>,
+>;
+
 /// The second stage of a pipelined handler: resolves when the record's outputs are
 /// acknowledged. It should retry on its own; it is awaited in consumption order.
 pub type Completion = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -196,9 +202,7 @@ where
     F: Future<Output = Result<Completion, HandlerError>>,
 {
     use futures::{StreamExt, stream::FuturesOrdered};
-    let mut in_flight: FuturesOrdered<
-        std::pin::Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>,
-    > = FuturesOrdered::new();
+    let mut in_flight: InFlight = FuturesOrdered::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -251,12 +255,7 @@ where
 }
 
 /// Lets acknowledged work finish (bounded), stores its offsets, and commits.
-async fn finish(
-    consumer: &StreamConsumer,
-    mut in_flight: futures::stream::FuturesOrdered<
-        std::pin::Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>,
-    >,
-) -> Result<(), KafkaError> {
+async fn finish(consumer: &StreamConsumer, mut in_flight: InFlight) -> Result<(), KafkaError> {
     use futures::StreamExt;
     let drain = async {
         while let Some((topic, partition, offset)) = in_flight.next().await {

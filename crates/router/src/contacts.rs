@@ -144,14 +144,14 @@ impl ContactStore {
             });
         }
         let cached: Vec<Option<String>> = identifiers.iter().map(|i| self.cached(i)).collect();
-        if let Some(Some(first)) = cached.first() {
-            if cached.iter().all(|c| c.as_ref() == Some(first)) {
-                return Ok(Resolution {
-                    contact_id: first.clone(),
-                    merges: Vec::new(),
-                    new_contact: false,
-                });
-            }
+        if let Some(Some(first)) = cached.first()
+            && cached.iter().all(|c| c.as_ref() == Some(first))
+        {
+            return Ok(Resolution {
+                contact_id: first.clone(),
+                merges: Vec::new(),
+                new_contact: false,
+            });
         }
         // Claim each identifier for the contact its own id names; existing rows win.
         let mut owners = Vec::with_capacity(identifiers.len());

@@ -184,15 +184,14 @@ impl Rules {
                 }
                 hours.push(Hours { days, from, to });
             }
-            if let Some(fallback) = &inbox.after_hours {
-                if fallback == name
-                    || !(file.inboxes.contains_key(fallback) || *fallback == file.default_inbox)
-                {
-                    return Err(err(
-                        place("after_hours"),
-                        format!("`{fallback}` is not another declared inbox"),
-                    ));
-                }
+            if let Some(fallback) = &inbox.after_hours
+                && (fallback == name
+                    || !(file.inboxes.contains_key(fallback) || *fallback == file.default_inbox))
+            {
+                return Err(err(
+                    place("after_hours"),
+                    format!("`{fallback}` is not another declared inbox"),
+                ));
             }
             inboxes.insert(
                 name.clone(),
@@ -397,15 +396,15 @@ impl Rule {
                 return Some("no keyword in subject or text".into());
             }
         }
-        if let Some(regex) = &self.regex {
-            if !regex.is_match(&f.searchable_text()) {
-                return Some(format!("regex `{}` does not match", regex.as_str()));
-            }
+        if let Some(regex) = &self.regex
+            && !regex.is_match(&f.searchable_text())
+        {
+            return Some(format!("regex `{}` does not match", regex.as_str()));
         }
-        if let Some(vip) = &self.vip {
-            if !f.senders().any(|s| vip.contains(&s)) {
-                return Some("sender not on the VIP list".into());
-            }
+        if let Some(vip) = &self.vip
+            && !f.senders().any(|s| vip.contains(&s))
+        {
+            return Some("sender not on the VIP list".into());
         }
         None
     }
