@@ -108,21 +108,7 @@ async fn load(
             })
         })
         .collect();
-    let mut run = Run {
-        requests: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::new(),
-    };
-    for task in tasks {
-        let (latencies, errors) = task.await.unwrap();
-        run.requests += latencies.len();
-        run.errors += errors;
-        run.latencies_us.extend(latencies);
-    }
-    run.elapsed = started.elapsed();
-    run.latencies_us.sort_unstable();
-    run
+    Run::collect(tasks, started).await
 }
 
 /// Produces the normalized event of every body, the same number in flight, for `duration`.
@@ -161,21 +147,7 @@ async fn produce_baseline(bodies: &[(String, String)], duration: Duration) -> Ru
             })
         })
         .collect();
-    let mut run = Run {
-        requests: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::new(),
-    };
-    for task in tasks {
-        let (latencies, errors) = task.await.unwrap();
-        run.requests += latencies.len();
-        run.errors += errors;
-        run.latencies_us.extend(latencies);
-    }
-    run.elapsed = started.elapsed();
-    run.latencies_us.sort_unstable();
-    run
+    Run::collect(tasks, started).await
 }
 
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {

@@ -16,6 +16,23 @@ pub struct Run {
 }
 
 impl Run {
+    /// Gathers the (latencies, errors) of every worker task into one run.
+    pub async fn collect(
+        tasks: Vec<tokio::task::JoinHandle<(Vec<u32>, usize)>>,
+        started: std::time::Instant,
+    ) -> Self {
+        let mut run = Self::default();
+        for task in tasks {
+            let (latencies, errors) = task.await.expect("bench worker");
+            run.requests += latencies.len();
+            run.errors += errors;
+            run.latencies_us.extend(latencies);
+        }
+        run.elapsed = started.elapsed();
+        run.latencies_us.sort_unstable();
+        run
+    }
+
     /// Operations per second.
     pub fn rate(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()

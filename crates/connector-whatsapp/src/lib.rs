@@ -65,6 +65,20 @@ impl Whatsapp {
         }
     }
 
+    /// Publishes an event this connector made after the webhook (media, send results).
+    async fn publish_inbound(&self, event: omnigate_model::pb::Event) -> Result<(), WorkError> {
+        self.inner
+            .ctx
+            .publisher
+            .publish(
+                omnigate_core::publish::Topic::Inbound,
+                omnigate_core::publish::Outgoing::Event(Box::new(event)),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| WorkError::Retriable(e.to_string()))
+    }
+
     /// True when `channel_id` is one of this connector's channels.
     pub fn has_channel(&self, channel_id: &str) -> bool {
         self.inner.config.channels.contains_key(channel_id)

@@ -5,12 +5,13 @@
 //! so the webhook answers fast and a crash mid-download only means the record is
 //! read again.
 
-use crate::{Whatsapp, WorkError, graph::GraphError, normalize::sha256_hex};
-use omnigate_core::{
-    blob::content_key,
-    publish::{Outgoing, Topic},
+use crate::{
+    NormalizeCtx, Whatsapp, WorkError,
+    graph::GraphError,
+    normalize::{envelope, sha256_hex},
 };
-use omnigate_model::{EventType, event_id, pb, timestamp};
+use omnigate_core::blob::content_key;
+use omnigate_model::{EventType, pb};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -70,34 +71,24 @@ impl Whatsapp {
                         .increment(1);
                 }
             }
-            let kind = EventType::MessageMediaUpdated;
-            let update = pb::Event {
-                id: event_id(
-                    pb::ChannelKind::Whatsapp,
-                    &channel.channel_id,
-                    &format!("{}:{index}", message.provider_message_id),
-                    kind.as_str(),
-                )
-                .to_string(),
-                r#type: kind.as_str().to_string(),
-                source: event.source.clone(),
-                time: Some(timestamp(chrono::Utc::now())),
-                tenant: event.tenant.clone(),
-                conversation_key: event.conversation_key.clone(),
-                payload: Some(pb::event::Payload::MediaUpdated(pb::MediaUpdated {
+            let cx = NormalizeCtx {
+                channel_id: &channel.channel_id,
+                tenant: &event.tenant,
+                received_at: chrono::Utc::now(),
+            };
+            let update = envelope(
+                EventType::MessageMediaUpdated,
+                &format!("{}:{index}", message.provider_message_id),
+                event.conversation_key.clone(),
+                &cx,
+                pb::event::Payload::MediaUpdated(pb::MediaUpdated {
                     channel: Some(channel.clone()),
                     provider_message_id: message.provider_message_id.clone(),
                     part_index: index as u32,
                     attachment: Some(updated),
-                })),
-                routing: None,
-            };
-            self.inner
-                .ctx
-                .publisher
-                .publish(Topic::Inbound, Outgoing::Event(Box::new(update)))
-                .await
-                .map_err(|e| WorkError::Retriable(e.to_string()))?;
+                }),
+            );
+            self.publish_inbound(update).await?;
         }
         Ok(())
     }

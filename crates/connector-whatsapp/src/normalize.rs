@@ -110,7 +110,8 @@ struct Business<'a> {
     display_phone_number: &'a str,
 }
 
-fn envelope(
+/// Wraps a payload of this connector in the event envelope with its deterministic id.
+pub(crate) fn envelope(
     kind: EventType,
     provider_event_id: &str,
     key: String,

@@ -1,10 +1,13 @@
 //! Send commands: the 24-hour window check, the Graph API call with retries, and the
 //! `message.sent` or failed `message.status` event that reports the result.
 
-use crate::{Whatsapp, WorkError, graph::GraphError, normalize::SERVICE_WINDOW};
+use crate::{
+    NormalizeCtx, Whatsapp, WorkError,
+    graph::GraphError,
+    normalize::{SERVICE_WINDOW, envelope},
+};
 use chrono::{DateTime, Utc};
-use omnigate_core::publish::{Outgoing, Topic};
-use omnigate_model::{EventType, conversation_key, datetime, event_id, pb, timestamp};
+use omnigate_model::{EventType, conversation_key, datetime, pb, timestamp};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use std::{
@@ -170,28 +173,13 @@ impl Whatsapp {
                 )
             }
         };
-        let event = pb::Event {
-            id: event_id(
-                pb::ChannelKind::Whatsapp,
-                channel_id,
-                &provider_event,
-                kind.as_str(),
-            )
-            .to_string(),
-            r#type: kind.as_str().to_string(),
-            source: format!("/omnigate/whatsapp/{channel_id}"),
-            time: Some(timestamp(now)),
-            tenant: command.tenant.clone(),
-            conversation_key: key,
-            payload: Some(payload),
-            routing: None,
+        let cx = NormalizeCtx {
+            channel_id,
+            tenant: &command.tenant,
+            received_at: now,
         };
-        self.inner
-            .ctx
-            .publisher
-            .publish(Topic::Inbound, Outgoing::Event(Box::new(event)))
-            .await
-            .map_err(|e| WorkError::Retriable(e.to_string()))?;
+        self.publish_inbound(envelope(kind, &provider_event, key, &cx, payload))
+            .await?;
         self.inner.sent.insert(idempotency);
         Ok(())
     }

@@ -43,13 +43,7 @@ fn topic_config(topic: Topic) -> &'static [(&'static str, &'static str)] {
 /// Returns the names of the topics it created. Fails, naming each topic to create,
 /// when topics are missing and cannot be created.
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<Vec<String>, BootstrapError> {
-    let admin: Arc<AdminClient<DefaultClientContext>> =
-        Arc::new(config.client_config().create().map_err(|source| {
-            BootstrapError::Unreachable {
-                brokers: config.brokers.clone(),
-                source,
-            }
-        })?);
+    let admin = admin_client(config)?;
     let wanted: Vec<(Topic, String)> = Topic::ALL
         .into_iter()
         .map(|t| (t, t.name(&config.topic_prefix)))
@@ -154,14 +148,21 @@ async fn existing_topics(
 
 /// Names of every topic the broker reports, sorted.
 pub async fn list_topics(config: &KafkaConfig) -> Result<Vec<String>, BootstrapError> {
-    let admin: Arc<AdminClient<DefaultClientContext>> =
-        Arc::new(config.client_config().create().map_err(|source| {
-            BootstrapError::Unreachable {
-                brokers: config.brokers.clone(),
-                source,
-            }
-        })?);
+    let admin = admin_client(config)?;
     let mut names: Vec<String> = existing_topics(&admin, config).await?.into_iter().collect();
     names.sort();
     Ok(names)
+}
+
+fn admin_client(
+    config: &KafkaConfig,
+) -> Result<Arc<AdminClient<DefaultClientContext>>, BootstrapError> {
+    let client = config
+        .client_config()
+        .create()
+        .map_err(|source| BootstrapError::Unreachable {
+            brokers: config.brokers.clone(),
+            source,
+        })?;
+    Ok(Arc::new(client))
 }
