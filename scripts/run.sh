@@ -9,13 +9,21 @@ mkdir -p data
 
 tansu_pid=""
 if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
-  scripts/tansu.sh sqlite >data/tansu.log 2>&1 &
+  # Its own session, so Ctrl-C reaches Omnigate first and Tansu outlives its flush.
+  setsid scripts/tansu.sh sqlite >data/tansu.log 2>&1 &
   tansu_pid=$!
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
 fi
 stop() {
-  [ -n "${omnigate_pid:-}" ] && kill "$omnigate_pid" 2>/dev/null && wait "$omnigate_pid" 2>/dev/null
-  [ -n "$tansu_pid" ] && kill "$tansu_pid" 2>/dev/null && wait "$tansu_pid" 2>/dev/null
+  set +e
+  if [ -n "${omnigate_pid:-}" ]; then
+    kill -INT "$omnigate_pid" 2>/dev/null
+    wait "$omnigate_pid" 2>/dev/null
+  fi
+  if [ -n "$tansu_pid" ]; then
+    kill -- -"$tansu_pid" 2>/dev/null || kill "$tansu_pid" 2>/dev/null
+    wait "$tansu_pid" 2>/dev/null
+  fi
   exit 0
 }
 trap stop INT TERM
@@ -33,10 +41,15 @@ Omnigate is up on http://127.0.0.1:8080 (Kafka: 127.0.0.1:9092). Try:
   body='{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550783881","phone_number_id":"106540352242922"},"contacts":[{"profile":{"name":"Ada"},"wa_id":"16505551234"}],"messages":[{"from":"16505551234","id":"wamid.demo1","timestamp":"1749416383","type":"text","text":{"body":"Hello!"}}]}}]}]}'
   sig=$(printf %s "$body" | openssl dgst -sha256 -hmac demo-app-secret | sed 's/^.*= //')
   curl -si -X POST http://127.0.0.1:8080/webhooks/whatsapp/demo -H "X-Hub-Signature-256: sha256=$sig" -d "$body"
-  # read it back from Kafka:
-  tansu cat consume --topic omnigate.inbound.v1 --max-wait-time-ms 2000
+  # the topics, and the event read back from Kafka (then routed):
+  target/release/omnigate topics --config config/standalone.toml
+  target/release/omnigate tail --config config/standalone.toml inbound.v1
+  target/release/omnigate tail --config config/standalone.toml routed.v1
   curl -s http://127.0.0.1:8080/metrics | grep omnigate_
 
 Ctrl-C stops Omnigate and Tansu.
 MSG
-wait "$omnigate_pid"
+# Omnigate stops on Ctrl-C (the terminal signals it directly) or on its own; then Tansu.
+wait "$omnigate_pid" || true
+omnigate_pid=""
+stop
