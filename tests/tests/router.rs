@@ -474,3 +474,94 @@ async fn two_routers_agree_with_one() {
         b.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_reload_without_restart_and_a_broken_edit_keeps_the_old_rules() {
+    let prefix = unique_prefix("router-reload");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("routing.toml");
+    std::fs::write(&rules, include_str!("../../config/routing.toml")).unwrap();
+    let env = [("OMNIGATE_ROUTER__RULES_FILE", rules.display().to_string())];
+    let gateway = Gateway::start_roles(&brokers(), &prefix, &["router"], "", None, &env).await;
+
+    publish(
+        &prefix,
+        vec![email("a@example.com", "refund please", "<r1@x>", 0)],
+    )
+    .await;
+    assert_eq!(
+        one(&inboxes(&routed(&prefix, 2)), "email:support-mail:<r1@x>"),
+        "billing"
+    );
+
+    // A broken edit is refused and logged; the old rules keep routing.
+    std::fs::write(
+        &rules,
+        "default_inbox = \"x\"\n[[rules]]\nname = \"bad\"\ninbox = \"nowhere\"\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    while !gateway.log().contains("Routing rules not reloaded") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no reload attempt:\n{}",
+            gateway.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        gateway.log().contains("rule `bad` field `inbox`"),
+        "{}",
+        gateway.log()
+    );
+    publish(
+        &prefix,
+        vec![email("b@example.com", "refund again", "<r2@x>", 1)],
+    )
+    .await;
+    assert_eq!(
+        one(&inboxes(&routed(&prefix, 4)), "email:support-mail:<r2@x>"),
+        "billing"
+    );
+
+    // A good edit applies to new conversations without a restart.
+    std::fs::write(&rules, "default_inbox = \"everything\"\n").unwrap();
+    while !gateway.log().contains("Routing rules reloaded") {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no reload:\n{}",
+            gateway.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    publish(&prefix, vec![email("c@example.com", "refund", "<r3@x>", 2)]).await;
+    let map = inboxes(&routed(&prefix, 6));
+    assert_eq!(one(&map, "email:support-mail:<r3@x>"), "everything");
+    assert_eq!(one(&map, "email:support-mail:<r1@x>"), "billing");
+}
+
+#[test]
+fn route_explain_names_the_rule_and_why_the_others_did_not_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("event.json");
+    let event = email("alice@example.com", "Ihre Rechnung", "<e@x>", 0);
+    std::fs::write(&path, omnigate_model::to_json(&event)).unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = std::process::Command::new(omnigate_e2e::omnigate_bin())
+        .current_dir(&root)
+        .args(["route", "explain", "--config", "config/standalone.toml"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("rule vip: no match (sender not on the VIP list)"),
+        "{text}"
+    );
+    assert!(text.contains("=> inbox billing by billing"), "{text}");
+}

@@ -112,7 +112,10 @@ impl KafkaConfig {
             .set("bootstrap.servers", &self.brokers)
             .set("client.id", &self.client_id)
             // Tansu and single-broker setups listen on IPv4 only.
-            .set("broker.address.family", "v4");
+            .set("broker.address.family", "v4")
+            // Reconnect within a second of the broker's return (librdkafka backs off to
+            // 10 s by default), so readiness and webhooks recover quickly.
+            .set("reconnect.backoff.max.ms", "1000");
         for (key, value) in &self.properties {
             config.set(key, value.expose_secret());
         }
