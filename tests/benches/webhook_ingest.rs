@@ -195,8 +195,10 @@ fn main() {
         // The gateway.
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        // The gateway's producer batching delay; the default config's value unless set.
+        let linger: u64 = std::env::var("BENCH_LINGER_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
         let config = format!(
-            "roles = [\"whatsapp\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\npartitions = 6\n[blobs]\nurl = \"file://{}\"\n[whatsapp.channels.bench]\nphone_number_id = \"106540352242922\"\nverify_token = \"v\"\napp_secret = \"bench-secret\"\naccess_token = \"t\"\n",
+            "roles = [\"whatsapp\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\npartitions = 6\nlinger_ms = {linger}\n[blobs]\nurl = \"file://{}\"\n[whatsapp.channels.bench]\nphone_number_id = \"106540352242922\"\nverify_token = \"v\"\napp_secret = \"bench-secret\"\naccess_token = \"t\"\n",
             brokers(),
             unique_prefix("bench-gateway"),
             dir.path().join("blobs").display()

@@ -158,12 +158,7 @@ fn has_pending_media(record: &ConsumedRecord) -> bool {
     let received = record.header("ce_type") == Some("io.omnigate.message.received.v1");
     let json = record.header("content-type") != Some(omnigate_kafka::headers::PROTOBUF);
     // Protobuf values are not searched; they are decoded and checked in full.
-    received
-        && (!json
-            || record
-                .value
-                .windows(PENDING_JSON.len())
-                .any(|w| w == PENDING_JSON))
+    received && (!json || memchr::memmem::find(&record.value, PENDING_JSON).is_some())
 }
 
 fn decoded<T>(record: &ConsumedRecord) -> Result<T, HandlerError>
