@@ -42,13 +42,9 @@ pub struct Assignment {
     #[serde(default)]
     pub linked: Vec<String>,
     /// Fingerprints of the latest events routed into it, newest last (provider
-    /// redeliveries carry the same id at a new offset).
+    /// redeliveries carry the same id).
     #[serde(default)]
     pub recent_events: Vec<u64>,
-    /// Partition and offset on `omnigate.inbound.v1` of the latest event routed into it:
-    /// a record read again after a restart is recognised by its position.
-    #[serde(default)]
-    pub inbound_position: Option<(i32, i64)>,
 }
 
 /// Another open conversation of the same contact.
@@ -113,22 +109,15 @@ pub struct Input<'a> {
     pub existing: Option<&'a Assignment>,
     /// The contact's most recent conversation on another key.
     pub open_elsewhere: Option<&'a OpenConversation>,
-    /// The event's partition and offset on the inbound topic, when read from Kafka.
-    pub position: Option<(i32, i64)>,
 }
 
 /// Decides where an event goes.
 pub fn decide(input: &Input<'_>, rules: &Rules, settings: PolicySettings) -> Decision {
     let at = input.at.timestamp();
     if let Some(existing) = input.existing {
-        let replayed = matches!(
-            (existing.inbound_position, input.position),
-            (Some((p, last)), Some((q, offset))) if p == q && offset <= last
-        );
-        if replayed
-            || existing
-                .recent_events
-                .contains(&fingerprint(input.event_id))
+        if existing
+            .recent_events
+            .contains(&fingerprint(input.event_id))
         {
             return Decision {
                 outcome: Outcome::Duplicate,
@@ -139,7 +128,7 @@ pub fn decide(input: &Input<'_>, rules: &Rules, settings: PolicySettings) -> Dec
             let mut next = existing.clone();
             next.last_event_at = next.last_event_at.max(at);
             next.contact_id = input.contact_id.to_string();
-            remember(&mut next, input.event_id, input.position);
+            remember(&mut next, input.event_id);
             if rules.has_inbox(&existing.inbox) {
                 return Decision {
                     outcome: Outcome::Continued,
@@ -184,19 +173,15 @@ pub fn decide(input: &Input<'_>, rules: &Rules, settings: PolicySettings) -> Dec
         last_event_at: at,
         linked,
         recent_events: Vec::new(),
-        inbound_position: None,
     };
-    remember(&mut assignment, input.event_id, input.position);
+    remember(&mut assignment, input.event_id);
     Decision {
         outcome: Outcome::Opened,
         assignment,
     }
 }
 
-fn remember(assignment: &mut Assignment, event_id: &str, position: Option<(i32, i64)>) {
-    if position.is_some() {
-        assignment.inbound_position = position;
-    }
+fn remember(assignment: &mut Assignment, event_id: &str) {
     assignment.recent_events.push(fingerprint(event_id));
     let excess = assignment.recent_events.len().saturating_sub(RECENT_EVENTS);
     assignment.recent_events.drain(..excess);

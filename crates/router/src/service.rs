@@ -69,14 +69,18 @@ impl Router {
             // Our own decision: the state already has it (and maybe newer ones).
             return;
         }
-        let Ok(incoming) = serde_json::from_slice::<Assignment>(&record.value) else {
+        let Ok(mut incoming) = serde_json::from_slice::<Assignment>(&record.value) else {
             return;
         };
+        // A state record can be acknowledged before the routed records of the same
+        // decision (or of an earlier one), so its fingerprints may name events whose
+        // output never landed. Forget them: a replay then routes such events again (same
+        // ids) instead of dropping them as duplicates.
+        incoming.recent_events.clear();
         if let Ok(mut state) = self.state.lock() {
-            let newer = state.get(&incoming.conversation_key).is_none_or(|current| {
-                incoming.last_event_at >= current.last_event_at
-                    && !incoming.recent_events.is_empty()
-            });
+            let newer = state
+                .get(&incoming.conversation_key)
+                .is_none_or(|current| incoming.last_event_at >= current.last_event_at);
             if newer {
                 state.insert(incoming.conversation_key.clone(), incoming);
             }
@@ -142,7 +146,6 @@ impl Router {
                 contact_id: &contact_id,
                 existing: existing.as_ref(),
                 open_elsewhere: elsewhere.as_ref(),
-                position: Some((record.partition, record.offset)),
             },
             &rules,
             self.settings,

@@ -217,7 +217,6 @@ fn input<'a>(
         contact_id: "contact-1",
         existing,
         open_elsewhere: elsewhere,
-        position: None,
     }
 }
 
@@ -430,61 +429,4 @@ fn decisions_are_deterministic() {
         settings(),
     );
     assert_eq!(a, b);
-}
-
-#[test]
-fn a_record_read_again_after_a_restart_is_a_duplicate() {
-    let rules = rules();
-    let f = facts("whatsapp", "", "+16505551234", "", "hello");
-    let key = "whatsapp:1:16505551234";
-    let at = |offset| Input {
-        position: Some((2, offset)),
-        ..input("w", key, wednesday_noon(), &f, None, None)
-    };
-    let first = decide(
-        &Input {
-            event_id: "w1",
-            ..at(10)
-        },
-        &rules,
-        settings(),
-    );
-    let second = decide(
-        &Input {
-            event_id: "w2",
-            existing: Some(&first.assignment),
-            ..at(11)
-        },
-        &rules,
-        settings(),
-    );
-    assert_eq!(second.outcome, Outcome::Continued);
-    // The consumer restarts from an older committed offset: offset 11 again, new to the
-    // fingerprint list only if it had been pushed out, is still recognised.
-    let replay = decide(
-        &Input {
-            event_id: "w2",
-            existing: Some(&second.assignment),
-            ..at(11)
-        },
-        &rules,
-        settings(),
-    );
-    assert_eq!(replay.outcome, Outcome::Duplicate);
-    let mut forgotten = second.assignment.clone();
-    forgotten.recent_events.clear();
-    let replay = decide(
-        &Input {
-            event_id: "w1",
-            existing: Some(&forgotten),
-            ..at(10)
-        },
-        &rules,
-        settings(),
-    );
-    assert_eq!(
-        replay.outcome,
-        Outcome::Duplicate,
-        "position alone recognises it"
-    );
 }
