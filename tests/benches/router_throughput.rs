@@ -5,7 +5,7 @@
 
 use omnigate_core::publish::{Outgoing, Publisher, Topic};
 use omnigate_e2e::{
-    bench::{own_peak_mib, peak_mib, release_bin, stop},
+    bench::{env_or, own_peak_mib, peak_mib, release_bin, stop},
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{
@@ -20,10 +20,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 fn events() -> usize {
-    std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000)
+    env_or("BENCH_EVENTS", 100_000)
 }
 
 const CONVERSATIONS: usize = 5_000;

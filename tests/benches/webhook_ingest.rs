@@ -11,7 +11,7 @@
 use omnigate_connector_whatsapp::{NormalizeCtx, normalize, verify::sign};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
-    bench::{Run, peak_mib, release_bin, stop},
+    bench::{Run, env_or, peak_mib, release_bin, stop},
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{KafkaPublisher, admin};
@@ -24,18 +24,12 @@ use std::{
 /// Requests in flight, for the HTTP runs and the produce baseline alike. Meta delivers
 /// webhooks over many connections at once; 256 keeps the broker's batching busy.
 fn concurrency() -> usize {
-    std::env::var("BENCH_CONCURRENCY")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(256)
+    env_or("BENCH_CONCURRENCY", 256)
 }
 const BODIES: usize = 50_000;
 
 fn seconds() -> u64 {
-    std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10)
+    env_or("BENCH_SECONDS", 10)
 }
 
 /// Realistic bodies: a text message with a contact and a 1 KB text, unique wamids.
@@ -196,7 +190,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         // The gateway's producer batching delay; the default config's value unless set.
-        let linger: u64 = std::env::var("BENCH_LINGER_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+        let linger: u64 = env_or("BENCH_LINGER_MS", 5);
         let config = format!(
             "roles = [\"whatsapp\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\npartitions = 6\nlinger_ms = {linger}\n[blobs]\nurl = \"file://{}\"\n[whatsapp.channels.bench]\nphone_number_id = \"106540352242922\"\nverify_token = \"v\"\napp_secret = \"bench-secret\"\naccess_token = \"t\"\n",
             brokers(),
