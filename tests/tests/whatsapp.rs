@@ -676,7 +676,7 @@ async fn limits_metrics_and_graceful_shutdown() {
                 .unwrap_or(0)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let metrics = client
         .get(format!("{}/metrics", gateway.url))
         .send()
