@@ -16,9 +16,10 @@ deps:
 run: deps
 	@scripts/run.sh
 
-# Services the tests talk to: Tansu (memory storage) on 127.0.0.1:9092.
+# Services the tests talk to: Tansu (memory storage) on 127.0.0.1:9092, PostgreSQL on 5432.
 test-services: deps
 	@scripts/tansu.sh memory
+	@scripts/postgres.sh
 
 test: test-services
 	cargo build --workspace --all-targets
