@@ -19,8 +19,6 @@ pub struct ConnectorContext {
     pub shutdown: CancellationToken,
     /// Readiness of the process (Kafka reachable).
     pub health: Health,
-    /// The full topic-name prefix, e.g. `omnigate.`.
-    pub topic_prefix: String,
 }
 
 /// A failure that stops a connector's background work.

@@ -53,7 +53,6 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         blobs,
         shutdown: shutdown.clone(),
         health: health.clone(),
-        topic_prefix: config.kafka.topic_prefix.clone(),
     };
 
     let mut app = axum::Router::new();

@@ -277,6 +277,28 @@ fn channel_of(event: &pb::Event) -> (pb::ChannelKind, String) {
         .unwrap_or_default()
 }
 
+/// An event the router emits about `event`'s conversation, with its deterministic id.
+fn router_event(
+    event: &pb::Event,
+    kind: EventType,
+    provider_id: &str,
+    at: DateTime<Utc>,
+    payload: pb::event::Payload,
+    routing: Option<pb::Routing>,
+) -> Outgoing {
+    let (channel_kind, channel_id) = channel_of(event);
+    Outgoing::Event(Box::new(pb::Event {
+        id: event_id(channel_kind, &channel_id, provider_id, kind.as_str()).to_string(),
+        r#type: kind.as_str().into(),
+        source: "/omnigate/router".into(),
+        time: Some(timestamp(at)),
+        tenant: event.tenant.clone(),
+        conversation_key: event.conversation_key.clone(),
+        payload: Some(payload),
+        routing,
+    }))
+}
+
 fn assignment_event(
     event: &pb::Event,
     a: &Assignment,
@@ -284,54 +306,38 @@ fn assignment_event(
     previous: &str,
     at: DateTime<Utc>,
 ) -> Outgoing {
-    let (channel_kind, channel_id) = channel_of(event);
-    let provider_id = format!("{}:{}", a.conversation_id, event.id);
-    Outgoing::Event(Box::new(pb::Event {
-        id: event_id(channel_kind, &channel_id, &provider_id, kind.as_str()).to_string(),
-        r#type: kind.as_str().into(),
-        source: "/omnigate/router".into(),
-        time: Some(timestamp(at)),
-        tenant: event.tenant.clone(),
+    let payload = pb::event::Payload::Assignment(pb::ConversationAssignment {
+        conversation_id: a.conversation_id.clone(),
         conversation_key: a.conversation_key.clone(),
-        payload: Some(pb::event::Payload::Assignment(pb::ConversationAssignment {
-            conversation_id: a.conversation_id.clone(),
-            conversation_key: a.conversation_key.clone(),
-            inbox: a.inbox.clone(),
-            previous_inbox: previous.to_string(),
-            contact_id: a.contact_id.clone(),
-            rule: a.rule.clone(),
-            channel_kind: channel_kind as i32,
-            linked_conversation_ids: a.linked.clone(),
-        })),
-        routing: Some(pb::Routing {
-            conversation_id: a.conversation_id.clone(),
-            contact_id: a.contact_id.clone(),
-            inbox: a.inbox.clone(),
-        }),
-    }))
+        inbox: a.inbox.clone(),
+        previous_inbox: previous.to_string(),
+        contact_id: a.contact_id.clone(),
+        rule: a.rule.clone(),
+        channel_kind: channel_of(event).0 as i32,
+        linked_conversation_ids: a.linked.clone(),
+    });
+    let routing = pb::Routing {
+        conversation_id: a.conversation_id.clone(),
+        contact_id: a.contact_id.clone(),
+        inbox: a.inbox.clone(),
+    };
+    let provider_id = format!("{}:{}", a.conversation_id, event.id);
+    router_event(event, kind, &provider_id, at, payload, Some(routing))
 }
 
 fn linked_event(event: &pb::Event, merge: &crate::contacts::Merge, at: DateTime<Utc>) -> Outgoing {
-    let (channel_kind, channel_id) = channel_of(event);
+    let payload = pb::event::Payload::ContactLinked(pb::ContactLinked {
+        contact_id: merge.kept.clone(),
+        merged_contact_id: merge.merged.clone(),
+        shared_identifier: merge.identifier.clone(),
+    });
     let provider_id = format!("{}:{}", merge.kept, merge.merged);
-    Outgoing::Event(Box::new(pb::Event {
-        id: event_id(
-            channel_kind,
-            &channel_id,
-            &provider_id,
-            EventType::ContactLinked.as_str(),
-        )
-        .to_string(),
-        r#type: EventType::ContactLinked.as_str().into(),
-        source: "/omnigate/router".into(),
-        time: Some(timestamp(at)),
-        tenant: event.tenant.clone(),
-        conversation_key: event.conversation_key.clone(),
-        payload: Some(pb::event::Payload::ContactLinked(pb::ContactLinked {
-            contact_id: merge.kept.clone(),
-            merged_contact_id: merge.merged.clone(),
-            shared_identifier: merge.identifier.clone(),
-        })),
-        routing: None,
-    }))
+    router_event(
+        event,
+        EventType::ContactLinked,
+        &provider_id,
+        at,
+        payload,
+        None,
+    )
 }
