@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bench;
+pub mod receiver;
 
 use omnigate_kafka::KafkaConfig;
 use std::{
@@ -140,6 +141,14 @@ impl Gateway {
     ) -> Self {
         let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let port = free_port();
+        let webhooks = if extra.contains("[webhooks]") {
+            String::new()
+        } else {
+            format!(
+                "[webhooks]\ndatabase_url = \"sqlite://{}?mode=rwc\"",
+                dir.path().join("webhooks.db").display()
+            )
+        };
         let config = format!(
             r#"
 roles = {roles:?}
@@ -163,6 +172,7 @@ database_url = "sqlite://{db}?mode=rwc"
 name = "test"
 tenant = "acme"
 sha256 = "bb2c3471b1d4f3a48f740bf10b04cc830d5cd528b47ba699f9f0d733dbc5e397"
+{webhooks}
 {extra}
 "#,
             blobs = dir.path().join("blobs").display(),
@@ -284,4 +294,46 @@ pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration
         timeout,
     )
     .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
+}
+
+/// A new, empty database on the machine's PostgreSQL (127.0.0.1:5432, which
+/// `make test` checks and starts), as a URL.
+pub fn fresh_postgres_database() -> String {
+    let name = format!(
+        "omnigate_test_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let status = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-q",
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .status()
+        .expect("psql runs (make test relies on the machine's PostgreSQL)");
+    assert!(status.success(), "cannot create database {name}");
+    format!("postgres://postgres@127.0.0.1:5432/{name}")
+}
+
+/// Publishes `events` on `topic` under `prefix`, creating the topics first.
+pub async fn publish_events(
+    prefix: &str,
+    topic: omnigate_core::publish::Topic,
+    events: Vec<omnigate_model::pb::Event>,
+) {
+    let config = kafka_config(&brokers(), prefix);
+    omnigate_kafka::admin::ensure_topics(&config).await.unwrap();
+    let publisher = omnigate_core::publish::Publisher::new(
+        omnigate_kafka::KafkaPublisher::new(&config).unwrap(),
+    );
+    for event in events {
+        publisher.event(topic, event).await.unwrap();
+    }
 }

@@ -2,11 +2,11 @@
 //! contact store (SQLite, and PostgreSQL for the two-instance test).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use omnigate_core::publish::{Publisher, Topic};
+use omnigate_core::publish::Topic;
 use omnigate_e2e::{
-    Gateway, Record, brokers, json, kafka_config, read_at_least, read_topic, unique_prefix,
+    Gateway, Record, brokers, fresh_postgres_database, json, read_at_least, read_topic,
+    unique_prefix,
 };
-use omnigate_kafka::{KafkaPublisher, admin};
 use omnigate_model::{EventType, event_id, pb};
 use serde_json::Value;
 use std::{
@@ -135,12 +135,7 @@ fn chat(email: &str, phone: &str, n: usize) -> pb::Event {
 }
 
 async fn publish(prefix: &str, events: Vec<pb::Event>) {
-    let config = kafka_config(&brokers(), prefix);
-    admin::ensure_topics(&config).await.unwrap();
-    let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());
-    for event in events {
-        publisher.event(Topic::Inbound, event).await.unwrap();
-    }
+    omnigate_e2e::publish_events(prefix, Topic::Inbound, events).await;
 }
 
 fn routed(prefix: &str, expected: usize) -> Vec<Value> {
@@ -398,30 +393,6 @@ async fn a_router_killed_mid_stream_loses_and_reassigns_nothing() {
         keys,
         "one conversation per key, even with replays"
     );
-}
-
-fn fresh_postgres_database() -> String {
-    let name = format!(
-        "omnigate_test_{}_{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let status = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-q",
-            "-c",
-            &format!("CREATE DATABASE {name}"),
-        ])
-        .status()
-        .expect("psql runs (make test relies on the machine's PostgreSQL)");
-    assert!(status.success(), "cannot create database {name}");
-    format!("postgres://postgres@127.0.0.1:5432/{name}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod blob;
 pub mod config;
 pub mod connector;
+pub mod db;
 pub mod health;
 pub mod http;
 pub mod publish;

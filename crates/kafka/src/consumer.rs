@@ -176,6 +176,20 @@ impl ConsumedRecord {
             reason,
         })
     }
+
+    /// A dead letter keeping this record's exact bytes, for a consumer (`source`,
+    /// e.g. `/omnigate/router`) that cannot process it.
+    pub fn dead_letter(&self, source: &str, reason: &str) -> omnigate_model::pb::DeadLetter {
+        omnigate_model::pb::DeadLetter {
+            id: format!("{}/{}/{}", self.topic, self.partition, self.offset),
+            source: source.to_string(),
+            reason: reason.to_string(),
+            raw: self.value.clone(),
+            content_type: self.header("content-type").unwrap_or("").to_string(),
+            time: Some(omnigate_model::timestamp(chrono::Utc::now())),
+            ..Default::default()
+        }
+    }
 }
 
 /// Records whose completion is pending, in consumption order, each resolving to its

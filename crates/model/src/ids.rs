@@ -31,11 +31,15 @@ pub enum EventType {
     ConversationReassigned,
     /// Two contacts were found to be one person.
     ContactLinked,
+    /// The webhook dispatcher disabled an endpoint (410, or failing too long).
+    WebhookEndpointDisabled,
+    /// A test delivery asked for through the API.
+    WebhookTest,
 }
 
 impl EventType {
     /// All event types, in contract order.
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 14] = [
         Self::MessageReceived,
         Self::MessageStatus,
         Self::MessageSent,
@@ -48,6 +52,8 @@ impl EventType {
         Self::ConversationAssigned,
         Self::ConversationReassigned,
         Self::ContactLinked,
+        Self::WebhookEndpointDisabled,
+        Self::WebhookTest,
     ];
 
     /// The short name, e.g. `message.received`.
@@ -65,6 +71,8 @@ impl EventType {
             Self::ConversationAssigned => "conversation.assigned",
             Self::ConversationReassigned => "conversation.reassigned",
             Self::ContactLinked => "contact.linked",
+            Self::WebhookEndpointDisabled => "webhook.endpoint_disabled",
+            Self::WebhookTest => "webhook.test",
         }
     }
 

@@ -67,3 +67,18 @@ impl pb::ChannelKind {
         }
     }
 }
+
+impl pb::Event {
+    /// The channel the event happened on, if its payload names one.
+    pub fn channel(&self) -> Option<&pb::Channel> {
+        use pb::event::Payload;
+        match &self.payload {
+            Some(Payload::Message(m)) => m.channel.as_ref(),
+            Some(Payload::Status(s)) => s.channel.as_ref(),
+            Some(Payload::Sent(s)) => s.channel.as_ref(),
+            Some(Payload::Call(c)) => c.channel.as_ref(),
+            Some(Payload::MediaUpdated(u)) => u.channel.as_ref(),
+            _ => None,
+        }
+    }
+}

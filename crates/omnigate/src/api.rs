@@ -1,4 +1,5 @@
-//! The `/v1` API: send commands and look up conversations.
+//! The `/v1` API: send commands, look up conversations, manage webhooks, and the
+//! OpenAPI document that describes all of it.
 
 use axum::{
     Extension, Json, Router,
@@ -8,7 +9,7 @@ use axum::{
     routing::{get, post},
 };
 use omnigate_core::{
-    api_error::ApiError,
+    api_error::{ApiError, ErrorBody},
     auth::{ApiKeys, Tenant, require_api_key},
     publish::{Outgoing, Publisher, Topic},
 };
@@ -27,43 +28,81 @@ pub struct ApiState {
     pub contacts: Arc<ContactStore>,
 }
 
-/// The `/v1` routes behind the API-key middleware.
-pub fn routes(state: ApiState, keys: ApiKeys) -> Router {
-    Router::new()
+/// The `/v1` routes behind the API-key middleware, and `/openapi.json` in front of it.
+pub fn routes(
+    state: ApiState,
+    webhooks: omnigate_webhooks::api::WebhookApi,
+    keys: ApiKeys,
+) -> Router {
+    let v1 = Router::new()
         .route("/v1/messages", post(send_message))
         .route("/v1/conversations/{id}", get(conversation))
         .with_state(state)
-        .layer(middleware::from_fn_with_state(keys, require_api_key))
+        .merge(omnigate_webhooks::api::routes(webhooks))
+        .layer(middleware::from_fn_with_state(keys, require_api_key));
+    v1.route("/openapi.json", get(|| async { Json(openapi()) }))
 }
 
-fn unprocessable(detail: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail)
+/// The OpenAPI document of every `/v1` endpoint, generated from the handlers.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    let mut doc = V1OpenApi::openapi();
+    doc.merge(omnigate_webhooks::api::WebhooksOpenApi::openapi());
+    doc
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Omnigate API", description = "Send replies, look up conversations, and manage outbound webhooks. Every /v1 path takes `Authorization: Bearer <API key>`."),
+    paths(send_message, conversation),
+    components(schemas(ErrorBody, ConversationView)),
+    modifiers(&BearerAuth),
+    security(("api_key" = [])),
+)]
+struct V1OpenApi;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "api_key",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
 }
 
 /// `POST /v1/messages`: validates a send command, puts it on `omnigate.outbound.v1`
 /// and answers 202 with its id. The result arrives later as an event.
+#[utoipa::path(post, path = "/v1/messages", tag = "messages",
+    request_body(content = serde_json::Value, description = "A SendCommand in canonical JSON: `channel.channelId`, `to`, and one of `text`, `media`, `template`, `markRead`; optional `idempotencyKey`."),
+    responses((status = 202, description = "Accepted: `{\"commandId\": …}`; the result arrives as `message.sent` or a failed `message.status`", body = serde_json::Value),
+        (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn send_message(
     State(state): State<ApiState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let mut command: pb::SendCommand = serde_json::from_slice(&body)
-        .map_err(|e| unprocessable(format!("body is not a send command: {e}")))?;
+        .map_err(|e| ApiError::unprocessable(format!("body is not a send command: {e}")))?;
     let channel = command
         .channel
         .as_mut()
-        .ok_or_else(|| unprocessable("`channel.channelId` is required"))?;
-    let kind = *state
-        .channels
-        .get(&channel.channel_id)
-        .ok_or_else(|| unprocessable(format!("unknown channel `{}`", channel.channel_id)))?;
+        .ok_or_else(|| ApiError::unprocessable("`channel.channelId` is required"))?;
+    let kind = *state.channels.get(&channel.channel_id).ok_or_else(|| {
+        ApiError::unprocessable(format!("unknown channel `{}`", channel.channel_id))
+    })?;
     channel.kind = kind as i32;
     let channel_id = channel.channel_id.clone();
     if command.to.trim().is_empty() {
-        return Err(unprocessable("`to` is required"));
+        return Err(ApiError::unprocessable("`to` is required"));
     }
     if command.content.is_none() {
-        return Err(unprocessable(
+        return Err(ApiError::unprocessable(
             "one of `text`, `media`, `template` or `markRead` is required",
         ));
     }
@@ -89,6 +128,8 @@ async fn send_message(
 }
 
 /// `GET /v1/conversations/{id}`: inbox, contact, channel and linked conversations.
+#[utoipa::path(get, path = "/v1/conversations/{id}", tag = "conversations", params(("id" = String, Path, description = "Conversation id")),
+    responses((status = 200, body = ConversationView), (status = 404, body = ErrorBody)))]
 async fn conversation(
     State(state): State<ApiState>,
     Extension(Tenant(tenant)): Extension<Tenant>,

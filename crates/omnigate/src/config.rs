@@ -22,6 +22,8 @@ pub enum Role {
     Whatsapp,
     /// Conversations to inboxes: `omnigate.inbound.v1` to `omnigate.routed.v1`.
     Router,
+    /// The webhook dispatcher: `omnigate.routed.v1` to registered endpoints.
+    Webhooks,
 }
 
 /// Top-level configuration.
@@ -45,6 +47,8 @@ pub struct Config {
     pub whatsapp: omnigate_connector_whatsapp::WhatsappConfig,
     /// The router.
     pub router: omnigate_router::RouterConfig,
+    /// Outbound webhooks: registry storage and the dispatcher.
+    pub webhooks: omnigate_webhooks::WebhooksConfig,
 }
 
 impl Config {
@@ -62,6 +66,7 @@ impl Config {
         }
         self.whatsapp.validate()?;
         self.router.validate()?;
+        self.webhooks.validate()?;
         Ok(())
     }
 }

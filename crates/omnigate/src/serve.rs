@@ -99,6 +99,48 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
             },
         )?;
     }
+    // One webhook store for the registry (api) and the dispatcher (webhooks).
+    let webhook_changes = Arc::new(tokio::sync::Notify::new());
+    let webhook_store = if roles.contains(&Role::Api) || roles.contains(&Role::Webhooks) {
+        Some(
+            omnigate_webhooks::WebhookStore::connect(&config.webhooks.database_url)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open webhooks.database_url {}",
+                        config.webhooks.database_url
+                    )
+                })?,
+        )
+    } else {
+        None
+    };
+    if let (true, Some(store)) = (roles.contains(&Role::Webhooks), &webhook_store) {
+        let dispatcher = omnigate_webhooks::Dispatcher::start(
+            config.webhooks.clone(),
+            store.clone(),
+            publisher.clone(),
+            Arc::clone(&webhook_changes),
+            &tasks,
+            &shutdown,
+        )
+        .await
+        .context("cannot start the webhook dispatcher")?;
+        let consumer =
+            consumer::subscribe(&config.kafka, &config.webhooks.group_id, &[Topic::Routed])
+                .context("cannot start the Kafka consumer for webhooks")?;
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let result = consumer::run_pipelined(consumer, shutdown, 4096, move |record| {
+                let dispatcher = dispatcher.clone();
+                async move { dispatcher.handle(record).await }
+            })
+            .await;
+            if let Err(err) = result {
+                tracing::error!(error = %err, "Webhook consumer stopped");
+            }
+        });
+    }
     let router = if roles.contains(&Role::Router) {
         Some(crate::router::start(&config, publisher.clone(), &tasks, &shutdown).await?)
     } else {
@@ -130,7 +172,14 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
             channels: Arc::new(channels),
             contacts,
         };
-        app = app.merge(api::routes(state, ApiKeys::new(&config.api_keys)));
+        let webhooks = omnigate_webhooks::api::WebhookApi {
+            store: webhook_store
+                .clone()
+                .context("the api role opens the webhook store")?,
+            changes: Arc::clone(&webhook_changes),
+            rotation_overlap: config.webhooks.rotation_overlap,
+        };
+        app = app.merge(api::routes(state, webhooks, ApiKeys::new(&config.api_keys)));
     }
 
     let app = http::with_ops(app, &config.server, health, metrics);

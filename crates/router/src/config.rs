@@ -26,15 +26,7 @@ pub struct RouterConfig {
 impl RouterConfig {
     /// Checks the values, naming the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.database_url.starts_with("sqlite:")
-            || self.database_url.starts_with("postgres://")
-            || self.database_url.starts_with("postgresql://"))
-        {
-            return Err(ConfigError::new(
-                "router.database_url",
-                "must start with sqlite: or postgres://",
-            ));
-        }
+        omnigate_core::db::validate_url("router.database_url", &self.database_url)?;
         if self.reopen_after_hours == 0 {
             return Err(ConfigError::new(
                 "router.reopen_after_hours",

@@ -3,7 +3,7 @@
 //! contact. A read-through cache keeps SQL off the hot path.
 
 use crate::policy::{Assignment, OpenConversation};
-use sqlx::{AnyPool, Row, any::AnyPoolOptions};
+use sqlx::{AnyPool, Row};
 use std::{collections::HashMap, sync::Mutex};
 
 /// A contact-store failure (retriable: the database may come back).
@@ -34,7 +34,7 @@ pub struct Resolution {
 }
 
 /// A conversation as `GET /v1/conversations/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationView {
     /// Id.
@@ -84,29 +84,7 @@ fn contact_id_for(identifier: &str) -> String {
 impl ContactStore {
     /// Connects (`sqlite://path?mode=rwc` or `postgres://…`) and creates the tables.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        sqlx::any::install_default_drivers();
-        let sqlite = url.starts_with("sqlite:");
-        let pool = AnyPoolOptions::new()
-            // SQLite has one writer: several connections only fight over its lock.
-            .max_connections(if sqlite { 1 } else { 8 })
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // WAL lets readers run beside the writer; NORMAL syncs at
-                        // checkpoints (safe in WAL mode) instead of at every insert.
-                        for pragma in [
-                            "PRAGMA journal_mode=WAL",
-                            "PRAGMA synchronous=NORMAL",
-                            "PRAGMA busy_timeout=5000",
-                        ] {
-                            sqlx::query(pragma).execute(&mut *conn).await?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await?;
+        let pool = omnigate_core::db::connect(url).await?;
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await?;
         }

@@ -228,15 +228,7 @@ impl Router {
     }
 
     async fn dead_letter(&self, record: &ConsumedRecord, reason: &str) -> Result<(), HandlerError> {
-        let letter = pb::DeadLetter {
-            id: format!("{}/{}/{}", record.topic, record.partition, record.offset),
-            source: "/omnigate/router".into(),
-            reason: reason.to_string(),
-            raw: record.value.clone(),
-            content_type: record.header("content-type").unwrap_or("").to_string(),
-            time: Some(timestamp(Utc::now())),
-            ..Default::default()
-        };
+        let letter = record.dead_letter("/omnigate/router", reason);
         metrics::counter!("omnigate_router_events_total", "outcome" => "dead_lettered")
             .increment(1);
         self.publisher
@@ -258,16 +250,8 @@ fn routed(event: &pb::Event, assignment: &Assignment) -> pb::Event {
 }
 
 fn channel_of(event: &pb::Event) -> (pb::ChannelKind, String) {
-    use pb::event::Payload;
-    let channel = match &event.payload {
-        Some(Payload::Message(m)) => m.channel.as_ref(),
-        Some(Payload::Status(s)) => s.channel.as_ref(),
-        Some(Payload::Sent(s)) => s.channel.as_ref(),
-        Some(Payload::Call(c)) => c.channel.as_ref(),
-        Some(Payload::MediaUpdated(u)) => u.channel.as_ref(),
-        _ => None,
-    };
-    channel
+    event
+        .channel()
         .map(|c| {
             (
                 pb::ChannelKind::try_from(c.kind).unwrap_or_default(),

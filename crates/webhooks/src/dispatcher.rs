@@ -1,0 +1,562 @@
+//! The dispatcher role: each routed event becomes a delivery per matching endpoint,
+//! written to the store before its offset is stored, then POSTed at once. Retries,
+//! replays and test events are found in the store by a poll, so they survive a crash.
+
+use crate::{
+    config::WebhooksConfig,
+    http_client::WebhookClient,
+    retry::{RetryPolicy, Verdict, describe},
+    ssrf::AddressPolicy,
+    store::{
+        Attempt, DueDelivery, Endpoint, NewDelivery, NewMessage, Outcome, WebhookStore, status,
+    },
+    subscription::{EventFacts, matches},
+};
+use bytes::Bytes;
+use omnigate_core::publish::{Outgoing, Publisher, Topic};
+use omnigate_kafka::consumer::{Completion, ConsumedRecord, HandlerError};
+use omnigate_model::{EventType, pb};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument as _;
+
+/// The dispatcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The HTTP client could not be built.
+    #[error("webhook HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The `webhook-id` of an event's delivery to an endpoint: the same whenever the
+/// event is consumed again, and on every attempt.
+pub fn delivery_id(endpoint_id: &str, event_id: &str) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f6d_6e69_6761_5e00_8000_0000_0000_0004);
+    let name = format!("{endpoint_id}\u{1f}{event_id}");
+    format!(
+        "msg_{}",
+        uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).simple()
+    )
+}
+
+/// Endpoints as the dispatcher last read them.
+#[derive(Debug, Default)]
+struct Endpoints {
+    by_tenant: HashMap<String, Vec<Arc<Endpoint>>>,
+    by_id: HashMap<String, Arc<Endpoint>>,
+}
+
+enum Write {
+    Message(NewMessage, oneshot::Sender<()>),
+    Outcome(Outcome),
+}
+
+/// A running dispatcher; cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: WebhooksConfig,
+    store: WebhookStore,
+    client: WebhookClient,
+    retry: RetryPolicy,
+    publisher: Publisher,
+    endpoints: RwLock<Arc<Endpoints>>,
+    global: Arc<Semaphore>,
+    per_endpoint: Mutex<HashMap<String, Arc<Semaphore>>>,
+    next_slot: Mutex<HashMap<String, tokio::time::Instant>>,
+    writes: mpsc::Sender<Write>,
+    tasks: TaskTracker,
+}
+
+impl Dispatcher {
+    /// Reads the endpoints and starts the writer, the retry poll, the endpoint refresh
+    /// (also woken by `changes`) and the retention purge on `tasks`.
+    pub async fn start(
+        config: WebhooksConfig,
+        store: WebhookStore,
+        publisher: Publisher,
+        changes: Arc<Notify>,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, StartError> {
+        let client = WebhookClient::new(
+            AddressPolicy::new(config.allow_networks.clone()),
+            config.attempt_timeout,
+            config.response_body_max_bytes,
+        )?;
+        let (writes, write_queue) = mpsc::channel(4096);
+        let inner = Arc::new(Inner {
+            retry: RetryPolicy {
+                schedule: config.retry_schedule.clone(),
+                jitter: config.retry_jitter,
+                retry_after_max: config.retry_after_max,
+            },
+            global: Arc::new(Semaphore::new(config.max_in_flight)),
+            config,
+            store,
+            client,
+            publisher,
+            endpoints: RwLock::default(),
+            per_endpoint: Mutex::default(),
+            next_slot: Mutex::default(),
+            writes,
+            tasks: tasks.clone(),
+        });
+        inner.refresh().await?;
+        tasks.spawn(write_loop(
+            inner.store.clone(),
+            write_queue,
+            shutdown.clone(),
+        ));
+        tasks.spawn(refresh_loop(Arc::clone(&inner), changes, shutdown.clone()));
+        tasks.spawn(poll_loop(Arc::clone(&inner), shutdown.clone()));
+        tasks.spawn(purge_loop(Arc::clone(&inner), shutdown.clone()));
+        Ok(Self { inner })
+    }
+
+    /// The consumer's first stage for one routed record: match, then queue the write.
+    /// The returned completion resolves once the deliveries are stored (so the offset
+    /// may be stored) and starts their first attempts.
+    pub async fn handle(&self, record: ConsumedRecord) -> Result<Completion, HandlerError> {
+        let event: pb::Event = match record.decode() {
+            Ok(event) => event,
+            Err(err) => {
+                let letter = record.dead_letter("/omnigate/webhooks", &err.to_string());
+                self.inner
+                    .publisher
+                    .publish(Topic::Deadletter, Outgoing::DeadLetter(Box::new(letter)))
+                    .await
+                    .map_err(|e| HandlerError::Retriable(e.to_string()))?;
+                return Ok(Box::pin(async {}));
+            }
+        };
+        let Some(message) = self.inner.message_for(&event, &record) else {
+            return Ok(Box::pin(async {}));
+        };
+        let (stored, is_stored) = oneshot::channel();
+        let inner = Arc::clone(&self.inner);
+        Ok(Box::pin(async move {
+            let first_attempts: Vec<DueDelivery> = inner.due_now(&message);
+            if inner
+                .writes
+                .send(Write::Message(message, stored))
+                .await
+                .is_err()
+                || is_stored.await.is_err()
+            {
+                // Not stored (shutting down): never resolve, so the offset is not stored
+                // and the event is consumed again after the restart.
+                return std::future::pending().await;
+            }
+            for due in first_attempts {
+                let inner = Arc::clone(&inner);
+                inner
+                    .tasks
+                    .clone()
+                    .spawn(async move { inner.attempt(due).await });
+            }
+        }))
+    }
+}
+
+impl Inner {
+    fn endpoints(&self) -> Arc<Endpoints> {
+        self.endpoints
+            .read()
+            .map(|e| Arc::clone(&e))
+            .unwrap_or_default()
+    }
+
+    async fn refresh(&self) -> Result<(), crate::store::StoreError> {
+        let mut endpoints = Endpoints::default();
+        for endpoint in self.store.all_endpoints().await? {
+            let endpoint = Arc::new(endpoint);
+            endpoints
+                .by_id
+                .insert(endpoint.id.clone(), Arc::clone(&endpoint));
+            if endpoint.enabled {
+                endpoints
+                    .by_tenant
+                    .entry(endpoint.tenant.clone())
+                    .or_default()
+                    .push(endpoint);
+            }
+        }
+        metrics::gauge!("omnigate_webhook_endpoints").set(endpoints.by_id.len() as f64);
+        if let Ok(mut current) = self.endpoints.write() {
+            *current = Arc::new(endpoints);
+        }
+        Ok(())
+    }
+
+    /// The body and deliveries of a routed event, or None when no endpoint wants it.
+    fn message_for(&self, event: &pb::Event, record: &ConsumedRecord) -> Option<NewMessage> {
+        let endpoints = self.endpoints();
+        let facts = EventFacts::of(event);
+        let now = now_ms();
+        let lease_until = now + self.config.lease().as_millis() as i64;
+        let ordering_key = event
+            .routing
+            .as_ref()
+            .map(|r| r.conversation_id.clone())
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| event.conversation_key.clone());
+        let deliveries: Vec<NewDelivery> = endpoints
+            .by_tenant
+            .get(&event.tenant)?
+            .iter()
+            .filter(|e| matches(&e.events, &e.filters, &facts))
+            .map(|e| NewDelivery {
+                id: delivery_id(&e.id, &event.id),
+                endpoint_id: e.id.clone(),
+                tenant: e.tenant.clone(),
+                ordering_key: ordering_key.clone(),
+                seq: record.offset,
+                // Ordered endpoints wait for the poll, which keeps each conversation in order;
+                // the others are attempted at once and held by this dispatcher meanwhile.
+                first_attempt_at: if e.ordered { now } else { lease_until },
+            })
+            .collect();
+        if deliveries.is_empty() {
+            return None;
+        }
+        metrics::counter!("omnigate_webhook_deliveries_created_total")
+            .increment(deliveries.len() as u64);
+        // The same JSON as on Kafka: the record itself, or its JSON form if it is protobuf.
+        let body = if record.header("content-type") == Some(omnigate_kafka::headers::PROTOBUF) {
+            Bytes::from(omnigate_model::to_json(event))
+        } else {
+            Bytes::from(record.value.clone())
+        };
+        Some(NewMessage {
+            event_id: event.id.clone(),
+            event_type: event.r#type.clone(),
+            body,
+            deliveries,
+        })
+    }
+
+    /// The deliveries of a new message this dispatcher attempts at once.
+    fn due_now(&self, message: &NewMessage) -> Vec<DueDelivery> {
+        let endpoints = self.endpoints();
+        message
+            .deliveries
+            .iter()
+            .filter(|d| {
+                endpoints
+                    .by_id
+                    .get(&d.endpoint_id)
+                    .is_some_and(|e| !e.ordered)
+            })
+            .map(|d| DueDelivery {
+                id: d.id.clone(),
+                endpoint_id: d.endpoint_id.clone(),
+                event_id: message.event_id.clone(),
+                attempts: 0,
+                body: message.body.clone(),
+            })
+            .collect()
+    }
+
+    fn endpoint_slots(&self, endpoint_id: &str) -> Arc<Semaphore> {
+        let mut slots = self.per_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            slots.entry(endpoint_id.to_string()).or_insert_with(|| {
+                Arc::new(Semaphore::new(self.config.max_in_flight_per_endpoint))
+            }),
+        )
+    }
+
+    /// How long to wait so the endpoint's rate limit holds (0 when it has none).
+    fn rate_wait(&self, endpoint: &Endpoint) -> Duration {
+        if endpoint.rate_limit == 0 {
+            return Duration::ZERO;
+        }
+        let interval = Duration::from_secs(1) / endpoint.rate_limit;
+        let now = tokio::time::Instant::now();
+        let mut slots = self.next_slot.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = slots.entry(endpoint.id.clone()).or_insert(now);
+        let start = (*slot).max(now);
+        *slot = start + interval;
+        start - now
+    }
+
+    async fn attempt(self: Arc<Self>, due: DueDelivery) {
+        let Some(endpoint) = self.endpoints().by_id.get(&due.endpoint_id).cloned() else {
+            return; // deleted meanwhile: its deliveries went with it
+        };
+        if !endpoint.enabled {
+            return; // stays pending; the poll takes it up if the endpoint is enabled again
+        }
+        let (Ok(_global), Ok(_local)) = (
+            Arc::clone(&self.global).acquire_owned().await,
+            self.endpoint_slots(&endpoint.id).acquire_owned().await,
+        ) else {
+            return;
+        };
+        tokio::time::sleep(self.rate_wait(&endpoint)).await;
+        let number = due.attempts + 1;
+        let span = tracing::info_span!("webhook_attempt", delivery = %due.id, endpoint = %endpoint.id, attempt = number);
+        async {
+            let started_at = now_ms();
+            let report = self
+                .client
+                .attempt(&endpoint, &due.id, due.body.clone(), started_at / 1000)
+                .await;
+            let verdict = self.retry.verdict(number as usize, &report.end, fastrand::f64());
+            let finished = now_ms();
+            let (state, next_attempt_at, error, outcome) = match &verdict {
+                Verdict::Delivered => (status::SUCCEEDED, 0, String::new(), "delivered"),
+                Verdict::RetryIn(delay) => (
+                    status::PENDING,
+                    finished + delay.as_millis() as i64,
+                    describe(&report.end),
+                    "retry",
+                ),
+                Verdict::Failed(reason) => (status::FAILED, 0, reason.clone(), "failed"),
+                Verdict::EndpointGone => (status::FAILED, 0, "answered 410 Gone".into(), "gone"),
+            };
+            metrics::counter!("omnigate_webhook_attempts_total", "outcome" => outcome).increment(1);
+            metrics::histogram!("omnigate_webhook_attempt_duration_seconds").record(report.duration.as_secs_f64());
+            tracing::debug!(outcome, error, "Webhook attempt");
+            let status_code = match report.end {
+                crate::retry::AttemptEnd::Answered { status, .. } => i64::from(status),
+                _ => 0,
+            };
+            let write = Write::Outcome(Outcome {
+                delivery_id: due.id.clone(),
+                status: state,
+                next_attempt_at,
+                attempt: Attempt {
+                    attempt: number,
+                    started_at,
+                    duration_ms: report.duration.as_millis() as i64,
+                    status_code,
+                    error,
+                    response_body: report.response_body,
+                },
+            });
+            if self.writes.send(write).await.is_err() {
+                tracing::warn!("Attempt outcome not recorded (shutting down); the delivery is retried after its lease");
+            }
+            self.track_health(&endpoint, &verdict, finished).await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Keeps the endpoint's failure clock and disables it on 410 or after failing too long.
+    async fn track_health(&self, endpoint: &Endpoint, verdict: &Verdict, now: i64) {
+        let result = match verdict {
+            Verdict::Delivered if endpoint.failing_since != 0 => {
+                self.store.set_failing_since(&endpoint.id, 0).await
+            }
+            Verdict::Delivered => Ok(()),
+            Verdict::EndpointGone => {
+                self.disable(endpoint, "the endpoint answered 410 Gone", now)
+                    .await;
+                Ok(())
+            }
+            Verdict::RetryIn(_) | Verdict::Failed(_) => {
+                let limit = self.config.disable_after.as_millis() as i64;
+                if endpoint.failing_since != 0 && now - endpoint.failing_since >= limit {
+                    let reason = format!(
+                        "no successful delivery for {}",
+                        humantime::format_duration(self.config.disable_after)
+                    );
+                    self.disable(endpoint, &reason, now).await;
+                    Ok(())
+                } else {
+                    self.store.set_failing_since(&endpoint.id, now).await
+                }
+            }
+        };
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "Endpoint failure clock not updated");
+        }
+    }
+
+    async fn disable(&self, endpoint: &Endpoint, reason: &str, now: i64) {
+        match self
+            .store
+            .set_enabled("", &endpoint.id, false, reason, now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return, // another attempt or dispatcher did it already
+            Err(err) => {
+                tracing::error!(error = %err, endpoint = %endpoint.id, "Could not disable the endpoint");
+                return;
+            }
+        }
+        tracing::warn!(endpoint = %endpoint.id, reason, "Webhook endpoint disabled");
+        metrics::counter!("omnigate_webhook_endpoints_disabled_total").increment(1);
+        if let Err(err) = self.refresh().await {
+            tracing::warn!(error = %err, "Endpoints not re-read");
+        }
+        let event = disabled_event(endpoint, reason, now);
+        if let Err(err) = self.publisher.event(Topic::Routed, event).await {
+            tracing::error!(error = %err, endpoint = %endpoint.id, "webhook.endpoint_disabled not published");
+        }
+    }
+}
+
+/// The `webhook.endpoint_disabled` event, published on `omnigate.routed.v1` so Kafka
+/// consumers and endpoints subscribed to it learn of it.
+fn disabled_event(endpoint: &Endpoint, reason: &str, now: i64) -> pb::Event {
+    let kind = EventType::WebhookEndpointDisabled;
+    let at = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
+    pb::Event {
+        id: omnigate_model::event_id(
+            pb::ChannelKind::Unspecified,
+            "webhooks",
+            &format!("{}/{now}", endpoint.id),
+            kind.as_str(),
+        )
+        .to_string(),
+        r#type: kind.as_str().into(),
+        source: "/omnigate/webhooks".into(),
+        time: Some(omnigate_model::timestamp(at)),
+        tenant: endpoint.tenant.clone(),
+        conversation_key: format!("webhook:{}", endpoint.id),
+        payload: Some(pb::event::Payload::WebhookEndpointDisabled(
+            pb::WebhookEndpointDisabled {
+                endpoint_id: endpoint.id.clone(),
+                url: endpoint.url.clone(),
+                reason: reason.to_string(),
+                failing_since: chrono::DateTime::from_timestamp_millis(endpoint.failing_since)
+                    .filter(|_| endpoint.failing_since != 0)
+                    .map(omnigate_model::timestamp),
+            },
+        )),
+        routing: None,
+    }
+}
+
+/// Writes in batches: one transaction for whatever queued up meanwhile, so the store
+/// keeps up with thousands of deliveries a second. A failed write is retried until it
+/// lands or the process stops.
+async fn write_loop(
+    store: WebhookStore,
+    mut queue: mpsc::Receiver<Write>,
+    shutdown: CancellationToken,
+) {
+    const BATCH: usize = 512;
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let received = tokio::select! {
+            n = queue.recv_many(&mut batch, BATCH) => n,
+            // Outcomes of attempts still finishing are written for a little longer.
+            () = shutdown.cancelled() => tokio::time::timeout(Duration::from_secs(3), queue.recv_many(&mut batch, BATCH))
+                .await
+                .unwrap_or_default(),
+        };
+        if received == 0 {
+            return;
+        }
+        let mut messages = Vec::new();
+        let mut replies = Vec::new();
+        let mut outcomes = Vec::new();
+        for write in batch.drain(..) {
+            match write {
+                Write::Message(message, reply) => {
+                    messages.push(message);
+                    replies.push(reply);
+                }
+                Write::Outcome(outcome) => outcomes.push(outcome),
+            }
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match store.write(&messages, &outcomes, now_ms()).await {
+                Ok(()) => break,
+                Err(err) => {
+                    metrics::counter!("omnigate_webhook_store_errors_total").increment(1);
+                    tracing::warn!(error = %err, "Webhook store write failed; retrying");
+                    if shutdown.is_cancelled() {
+                        return; // unstored messages are consumed again; outcomes retried after their lease
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for reply in replies {
+            let _ = reply.send(());
+        }
+    }
+}
+
+async fn refresh_loop(inner: Arc<Inner>, changes: Arc<Notify>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(inner.config.endpoint_refresh) => {}
+            () = changes.notified() => {}
+        }
+        if let Err(err) = inner.refresh().await {
+            tracing::warn!(error = %err, "Endpoints not re-read; using the previous list");
+        }
+    }
+}
+
+/// Claims due deliveries (retries, replays, test events, ordered endpoints, and work a
+/// crashed dispatcher held) and attempts them, no more than there are free slots.
+async fn poll_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(inner.config.poll_interval) => {}
+        }
+        let free = inner.global.available_permits() as i64;
+        if free == 0 {
+            continue;
+        }
+        let now = now_ms();
+        let lease_until = now + inner.config.lease().as_millis() as i64;
+        match inner.store.claim_due(now, lease_until, free.min(500)).await {
+            Ok(due) => {
+                for delivery in due {
+                    let inner2 = Arc::clone(&inner);
+                    inner
+                        .tasks
+                        .spawn(async move { inner2.attempt(delivery).await });
+                }
+            }
+            Err(err) => {
+                metrics::counter!("omnigate_webhook_store_errors_total").increment(1);
+                tracing::warn!(error = %err, "Due deliveries not read");
+            }
+        }
+    }
+}
+
+async fn purge_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+        let cutoff = now_ms() - inner.config.retention.as_millis() as i64;
+        match inner.store.purge(cutoff).await {
+            Ok(deleted) => tracing::info!(deleted, "Old webhook deliveries purged"),
+            Err(err) => tracing::warn!(error = %err, "Webhook purge failed"),
+        }
+    }
+}

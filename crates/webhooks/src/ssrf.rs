@@ -1,0 +1,214 @@
+//! The SSRF guard: endpoints may only reach public addresses unless config allows a
+//! network. The check runs in the resolver the HTTP client dials through, so the
+//! addresses checked are the addresses connected to (no DNS-rebinding window).
+
+use ipnet::IpNet;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+/// Which addresses endpoints may connect to.
+#[derive(Debug, Clone, Default)]
+pub struct AddressPolicy {
+    allowed: Arc<Vec<IpNet>>,
+}
+
+/// An address the policy refuses.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{host} resolves to {addr}, a {kind} address; allow it in webhooks.allow_networks to deliver there"
+)]
+pub struct Refused {
+    /// The host name or literal in the URL.
+    pub host: String,
+    /// The refused address.
+    pub addr: IpAddr,
+    /// Why it is not public, e.g. `loopback`.
+    pub kind: &'static str,
+}
+
+impl AddressPolicy {
+    /// A policy that also allows `allowed` networks.
+    pub fn new(allowed: Vec<IpNet>) -> Self {
+        Self {
+            allowed: Arc::new(allowed),
+        }
+    }
+
+    /// Ok if `addr` is public or in an allowed network.
+    pub fn check(&self, host: &str, addr: IpAddr) -> Result<(), Refused> {
+        let addr = canonical(addr);
+        match non_public_kind(addr) {
+            Some(kind) if !self.allowed.iter().any(|net| net.contains(&addr)) => Err(Refused {
+                host: host.to_string(),
+                addr,
+                kind,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 (`::ffff:127.0.0.1`) is the IPv4 address it maps.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Why an address is not a public unicast address, or None if it is.
+fn non_public_kind(addr: IpAddr) -> Option<&'static str> {
+    match addr {
+        IpAddr::V4(v4) => v4_kind(v4),
+        IpAddr::V6(v6) => v6_kind(v6),
+    }
+}
+
+fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, c, _] = ip.octets();
+    if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_private() {
+        Some("private")
+    } else if ip.is_link_local() {
+        Some("link-local")
+    } else if a == 100 && (64..128).contains(&b) {
+        Some("CGNAT")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if ip.is_broadcast() || ip.is_unspecified() || a == 0 {
+        Some("unspecified or broadcast")
+    } else if a >= 240
+        || ip.is_documentation()
+        || (a == 198 && (b == 18 || b == 19))
+        || (a, b, c) == (192, 0, 0)
+    {
+        Some("reserved")
+    } else {
+        None
+    }
+}
+
+fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
+    let first = ip.segments()[0];
+    if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_unspecified() {
+        Some("unspecified or broadcast")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if first & 0xffc0 == 0xfe80 {
+        Some("link-local")
+    } else if first & 0xfe00 == 0xfc00 {
+        Some("private")
+    } else if first == 0x2001 && ip.segments()[1] == 0x0db8 {
+        Some("reserved")
+    } else if let Some(v4) = ip.to_ipv4() {
+        // IPv4-compatible and NAT64 forms still reach an IPv4 host: judge that host.
+        v4_kind(v4).map(|_| "IPv4-embedding")
+    } else {
+        None
+    }
+}
+
+/// The resolver the webhook client dials through: system DNS, then the policy.
+#[derive(Debug, Clone)]
+pub struct GuardedResolver {
+    policy: AddressPolicy,
+}
+
+impl GuardedResolver {
+    /// A resolver enforcing `policy`.
+    pub fn new(policy: AddressPolicy) -> Self {
+        Self { policy }
+    }
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            for addr in &addrs {
+                policy.check(&host, addr.ip())?;
+            }
+            let addrs: Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(policy: &AddressPolicy, ip: &str) -> Option<&'static str> {
+        policy
+            .check("host", ip.parse().unwrap())
+            .err()
+            .map(|e| e.kind)
+    }
+
+    #[test]
+    fn refuses_every_non_public_range() {
+        let policy = AddressPolicy::default();
+        for (ip, kind) in [
+            ("127.0.0.1", "loopback"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("192.168.1.1", "private"),
+            ("169.254.169.254", "link-local"),
+            ("100.64.0.1", "CGNAT"),
+            ("100.127.255.254", "CGNAT"),
+            ("224.0.0.1", "multicast"),
+            ("0.0.0.0", "unspecified or broadcast"),
+            ("255.255.255.255", "unspecified or broadcast"),
+            ("240.0.0.1", "reserved"),
+            ("198.18.0.1", "reserved"),
+            ("::1", "loopback"),
+            ("::", "unspecified or broadcast"),
+            ("fe80::1", "link-local"),
+            ("fd00::1", "private"),
+            ("ff02::1", "multicast"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("::ffff:10.0.0.1", "private"),
+            ("::127.0.0.1", "IPv4-embedding"),
+        ] {
+            assert_eq!(refused(&policy, ip), Some(kind), "{ip}");
+        }
+        for public in [
+            "93.184.216.34",
+            "100.128.0.1",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+        ] {
+            assert_eq!(refused(&policy, public), None, "{public}");
+        }
+    }
+
+    #[test]
+    fn allowed_networks_pass_and_others_stay_refused() {
+        let policy = AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert_eq!(refused(&policy, "127.0.0.1"), None);
+        assert_eq!(refused(&policy, "::ffff:127.0.0.1"), None);
+        assert_eq!(refused(&policy, "10.0.0.1"), Some("private"));
+        assert_eq!(refused(&policy, "::1"), Some("loopback"));
+    }
+
+    #[tokio::test]
+    async fn the_resolver_refuses_names_that_resolve_to_loopback() {
+        let resolver = GuardedResolver::new(AddressPolicy::default());
+        let name: Name = "localhost".parse().unwrap();
+        let err = resolver.resolve(name).await.err().unwrap();
+        assert!(err.to_string().contains("loopback"), "{err}");
+    }
+}

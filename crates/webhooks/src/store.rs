@@ -1,0 +1,700 @@
+//! Endpoints, deliveries and attempts in SQL (SQLite or PostgreSQL through sqlx's Any
+//! driver, one set of migrations). Times are Unix milliseconds.
+
+use crate::{signing::SigningKey, subscription::Filters};
+use serde::Serialize;
+use sqlx::{AnyPool, Row, any::AnyRow};
+use std::collections::BTreeMap;
+
+/// A store failure: the database is unreachable or refused a statement.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A query failed (retriable: the database may come back).
+    #[error("webhook store: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("webhook store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored JSON column did not parse (someone edited the table by hand).
+    #[error("webhook store: column {column} holds invalid JSON: {source}")]
+    Corrupt {
+        /// The column.
+        column: &'static str,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+}
+
+/// Delivery states.
+pub mod status {
+    /// Waiting for its next attempt (or in flight).
+    pub const PENDING: &str = "pending";
+    /// A 2xx arrived.
+    pub const SUCCEEDED: &str = "succeeded";
+    /// Given up: a 4xx, a refused address, a redirect, or the schedule ran out.
+    pub const FAILED: &str = "failed";
+    /// Every state, for validation.
+    pub const ALL: [&str; 3] = [PENDING, SUCCEEDED, FAILED];
+}
+
+/// A registered endpoint, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// `ep_…`.
+    pub id: String,
+    /// Owner.
+    pub tenant: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// Free text.
+    pub description: String,
+    /// Event-type patterns.
+    pub events: Vec<String>,
+    /// Channel and inbox filters.
+    pub filters: Filters,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
+    /// Deliveries per second at most, or 0 for no limit.
+    pub rate_limit: u32,
+    /// Deliveries of one conversation arrive in order.
+    pub ordered: bool,
+    /// False once disabled (by the API, a 410, or failing too long).
+    pub enabled: bool,
+    /// Why it was disabled.
+    pub disabled_reason: String,
+    /// The current `whsec_…` secret.
+    pub secret: String,
+    /// The secret before the last rotation, still signing until `previous_secret_until`.
+    pub previous_secret: String,
+    /// When the previous secret stops signing.
+    pub previous_secret_until: i64,
+    /// When the current run of failures began, or 0.
+    pub failing_since: i64,
+    /// Created.
+    pub created_at: i64,
+    /// Last changed.
+    pub updated_at: i64,
+}
+
+impl Endpoint {
+    /// The keys that sign at `now`: the current one, and the previous one during the
+    /// rotation overlap. Secrets that do not parse are skipped (they never are stored).
+    pub fn signing_keys(&self, now: i64) -> Vec<SigningKey> {
+        let mut keys: Vec<SigningKey> = SigningKey::parse(&self.secret).into_iter().collect();
+        if !self.previous_secret.is_empty() && now < self.previous_secret_until {
+            keys.extend(SigningKey::parse(&self.previous_secret));
+        }
+        keys
+    }
+}
+
+/// Fields of an endpoint that the API sets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointFields {
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// Free text.
+    pub description: String,
+    /// Event-type patterns.
+    pub events: Vec<String>,
+    /// Filters.
+    pub filters: Filters,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
+    /// Deliveries per second at most, 0 for none.
+    pub rate_limit: u32,
+    /// In-order delivery per conversation.
+    pub ordered: bool,
+}
+
+/// One event for one endpoint, as the delivery log shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Delivery {
+    /// `msg_…`: the `webhook-id` header, the same on every attempt.
+    pub id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The Omnigate event id.
+    pub event_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// `pending`, `succeeded` or `failed`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// When the next attempt is due (pending only), Unix ms.
+    pub next_attempt_at: i64,
+    /// The last HTTP status received, or 0.
+    pub last_status_code: i64,
+    /// How the last attempt ended, if it failed.
+    pub last_error: String,
+    /// Created, Unix ms.
+    pub created_at: i64,
+    /// Last changed, Unix ms.
+    pub updated_at: i64,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Attempt {
+    /// 1 for the first.
+    pub attempt: i64,
+    /// Started, Unix ms.
+    pub started_at: i64,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// HTTP status, or 0 when none arrived.
+    pub status_code: i64,
+    /// Why it failed, if it did.
+    pub error: String,
+    /// The start of the response body (capped).
+    pub response_body: String,
+}
+
+/// A new delivery of an event to an endpoint.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// `msg_…`, deterministic over (endpoint, event) so a re-consumed event adds nothing.
+    pub id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// Owner.
+    pub tenant: String,
+    /// Deliveries with one key arrive in order on ordered endpoints (the conversation).
+    pub ordering_key: String,
+    /// Position within the ordering key (the Kafka offset).
+    pub seq: i64,
+    /// When its first attempt may start: now, or later when the dispatcher that
+    /// created it attempts it at once and holds it for that long.
+    pub first_attempt_at: i64,
+}
+
+/// An event's body and its deliveries, written together.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The Omnigate event id.
+    pub event_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The exact JSON bytes every delivery POSTs.
+    pub body: bytes::Bytes,
+    /// Its deliveries.
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// The result of one attempt, to record.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The delivery.
+    pub delivery_id: String,
+    /// The attempt as logged.
+    pub attempt: Attempt,
+    /// The delivery's new status.
+    pub status: &'static str,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: i64,
+}
+
+/// A delivery due for an attempt, with what the attempt needs.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    /// `msg_…`.
+    pub id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The event id.
+    pub event_id: String,
+    /// Attempts already made.
+    pub attempts: i64,
+    /// The JSON body.
+    pub body: bytes::Bytes,
+}
+
+/// The webhook store.
+#[derive(Debug, Clone)]
+pub struct WebhookStore {
+    pool: AnyPool,
+}
+
+const ENDPOINT_COLUMNS: &str = "id, tenant, url, description, events, filters, headers, rate_limit, ordered, enabled, disabled_reason, secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at";
+const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, event_type, status, attempts, next_attempt_at, last_status_code, last_error, created_at, updated_at";
+
+fn json<T: serde::de::DeserializeOwned>(
+    row: &AnyRow,
+    column: &'static str,
+) -> Result<T, StoreError> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|source| StoreError::Corrupt { column, source })
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+fn endpoint_from(row: &AnyRow) -> Result<Endpoint, StoreError> {
+    Ok(Endpoint {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        url: row.try_get("url")?,
+        description: row.try_get("description")?,
+        events: json(row, "events")?,
+        filters: json(row, "filters")?,
+        headers: json(row, "headers")?,
+        rate_limit: u32::try_from(row.try_get::<i64, _>("rate_limit")?).unwrap_or(0),
+        ordered: row.try_get::<i64, _>("ordered")? != 0,
+        enabled: row.try_get::<i64, _>("enabled")? != 0,
+        disabled_reason: row.try_get("disabled_reason")?,
+        secret: row.try_get("secret")?,
+        previous_secret: row.try_get("previous_secret")?,
+        previous_secret_until: row.try_get("previous_secret_until")?,
+        failing_since: row.try_get("failing_since")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn delivery_from(row: &AnyRow) -> Result<Delivery, StoreError> {
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        endpoint_id: row.try_get("endpoint_id")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        status: row.try_get("status")?,
+        attempts: row.try_get("attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        last_status_code: row.try_get("last_status_code")?,
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Filters of the delivery log.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryQuery {
+    /// Only this status.
+    pub status: Option<String>,
+    /// Created at or after (Unix ms).
+    pub since: Option<i64>,
+    /// Created before (Unix ms).
+    pub until: Option<i64>,
+    /// At most this many, newest first.
+    pub limit: i64,
+}
+
+impl WebhookStore {
+    /// Opens the database and brings its schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = omnigate_core::db::connect(url).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Stores a new endpoint.
+    pub async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+        ))
+        .bind(&endpoint.id)
+        .bind(&endpoint.tenant)
+        .bind(&endpoint.url)
+        .bind(&endpoint.description)
+        .bind(to_json(&endpoint.events))
+        .bind(to_json(&endpoint.filters))
+        .bind(to_json(&endpoint.headers))
+        .bind(i64::from(endpoint.rate_limit))
+        .bind(i64::from(endpoint.ordered))
+        .bind(i64::from(endpoint.enabled))
+        .bind(&endpoint.disabled_reason)
+        .bind(&endpoint.secret)
+        .bind(&endpoint.previous_secret)
+        .bind(endpoint.previous_secret_until)
+        .bind(endpoint.failing_since)
+        .bind(endpoint.created_at)
+        .bind(endpoint.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// One tenant's endpoint.
+    pub async fn endpoint(&self, tenant: &str, id: &str) -> Result<Option<Endpoint>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant = $1 AND id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(endpoint_from)
+        .transpose()
+    }
+
+    /// A tenant's endpoints, oldest first.
+    pub async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant = $1 ORDER BY created_at, id"
+        ))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(endpoint_from).collect()
+    }
+
+    /// Every endpoint of every tenant, for the dispatcher's cache.
+    pub async fn all_endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(endpoint_from).collect()
+    }
+
+    /// Replaces the API-set fields of an endpoint; false if there is none.
+    pub async fn update_endpoint(
+        &self,
+        tenant: &str,
+        id: &str,
+        fields: &EndpointFields,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE webhook_endpoints SET url = $1, description = $2, events = $3, filters = $4,
+             headers = $5, rate_limit = $6, ordered = $7, updated_at = $8 WHERE tenant = $9 AND id = $10",
+        )
+        .bind(&fields.url)
+        .bind(&fields.description)
+        .bind(to_json(&fields.events))
+        .bind(to_json(&fields.filters))
+        .bind(to_json(&fields.headers))
+        .bind(i64::from(fields.rate_limit))
+        .bind(i64::from(fields.ordered))
+        .bind(now)
+        .bind(tenant)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Enables (clearing the failure clock) or disables an endpoint; false if there is none.
+    /// An empty `tenant` matches any tenant (the dispatcher acts for all of them).
+    pub async fn set_enabled(
+        &self,
+        tenant: &str,
+        id: &str,
+        enabled: bool,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE webhook_endpoints SET enabled = $1, disabled_reason = $2, failing_since = 0,
+             updated_at = $3 WHERE ($4 = '' OR tenant = $4) AND id = $5 AND enabled <> $1",
+        )
+        .bind(i64::from(enabled))
+        .bind(reason)
+        .bind(now)
+        .bind(tenant)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Starts (`since` > 0, only if not already running) or clears (`since` = 0) an
+    /// endpoint's failure clock.
+    pub async fn set_failing_since(&self, id: &str, since: i64) -> Result<(), StoreError> {
+        let condition = if since > 0 {
+            "failing_since = 0"
+        } else {
+            "failing_since <> 0"
+        };
+        sqlx::query(&format!(
+            "UPDATE webhook_endpoints SET failing_since = $1 WHERE id = $2 AND {condition}"
+        ))
+        .bind(since)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Makes `secret` current; the old one keeps signing until `overlap_until`.
+    pub async fn rotate_secret(
+        &self,
+        tenant: &str,
+        id: &str,
+        secret: &str,
+        overlap_until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE webhook_endpoints SET previous_secret = secret, previous_secret_until = $1,
+             secret = $2, updated_at = $3 WHERE tenant = $4 AND id = $5",
+        )
+        .bind(overlap_until)
+        .bind(secret)
+        .bind(now)
+        .bind(tenant)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Deletes an endpoint with its deliveries and attempts; false if there is none.
+    pub async fn delete_endpoint(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let result = sqlx::query("DELETE FROM webhook_endpoints WHERE tenant = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if result.rows_affected() > 0 {
+            sqlx::query(
+                "DELETE FROM webhook_attempts WHERE delivery_id IN
+                 (SELECT id FROM webhook_deliveries WHERE endpoint_id = $1)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Writes messages with their deliveries and attempt outcomes in one transaction.
+    /// Writing a message or delivery again changes nothing (a re-consumed event).
+    pub async fn write(
+        &self,
+        messages: &[NewMessage],
+        outcomes: &[Outcome],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for message in messages {
+            sqlx::query(
+                "INSERT INTO webhook_messages (event_id, event_type, body, created_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(&message.event_id)
+            .bind(&message.event_type)
+            .bind(String::from_utf8_lossy(&message.body).into_owned())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            for delivery in &message.deliveries {
+                sqlx::query(
+                    "INSERT INTO webhook_deliveries (id, endpoint_id, tenant, event_id, event_type,
+                     ordering_key, seq, status, attempts, next_attempt_at, last_status_code,
+                     last_error, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, 0, '', $9, $9)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&delivery.id)
+                .bind(&delivery.endpoint_id)
+                .bind(&delivery.tenant)
+                .bind(&message.event_id)
+                .bind(&message.event_type)
+                .bind(&delivery.ordering_key)
+                .bind(delivery.seq)
+                .bind(delivery.first_attempt_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for outcome in outcomes {
+            let attempt = &outcome.attempt;
+            sqlx::query(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms,
+                 status_code, error, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (delivery_id, attempt) DO NOTHING",
+            )
+            .bind(&outcome.delivery_id)
+            .bind(attempt.attempt)
+            .bind(attempt.started_at)
+            .bind(attempt.duration_ms)
+            .bind(attempt.status_code)
+            .bind(&attempt.error)
+            .bind(&attempt.response_body)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at = $3,
+                 last_status_code = $4, last_error = $5, updated_at = $6 WHERE id = $7",
+            )
+            .bind(outcome.status)
+            .bind(attempt.attempt)
+            .bind(outcome.next_attempt_at)
+            .bind(attempt.status_code)
+            .bind(&attempt.error)
+            .bind(now)
+            .bind(&outcome.delivery_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` deliveries due at `now` for this dispatcher until
+    /// `lease_until`, and returns them with their bodies. On ordered endpoints only a
+    /// conversation's oldest pending delivery is due, so later ones wait for it.
+    pub async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE webhook_deliveries SET next_attempt_at = $1
+             WHERE status = 'pending' AND next_attempt_at <= $2 AND id IN (
+               SELECT d.id FROM webhook_deliveries d
+               JOIN webhook_endpoints e ON e.id = d.endpoint_id
+               WHERE d.status = 'pending' AND d.next_attempt_at <= $2 AND e.enabled = 1
+                 AND (e.ordered = 0 OR NOT EXISTS (
+                   SELECT 1 FROM webhook_deliveries p
+                   WHERE p.endpoint_id = d.endpoint_id AND p.ordering_key = d.ordering_key
+                     AND p.status = 'pending' AND p.seq < d.seq))
+               ORDER BY d.next_attempt_at LIMIT $3)
+             RETURNING id, endpoint_id, event_id, attempts",
+        )
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut due = Vec::with_capacity(rows.len());
+        for row in rows {
+            let event_id: String = row.try_get("event_id")?;
+            let body: String = sqlx::query("SELECT body FROM webhook_messages WHERE event_id = $1")
+                .bind(&event_id)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("body")?;
+            due.push(DueDelivery {
+                id: row.try_get("id")?,
+                endpoint_id: row.try_get("endpoint_id")?,
+                event_id,
+                attempts: row.try_get("attempts")?,
+                body: bytes::Bytes::from(body),
+            });
+        }
+        Ok(due)
+    }
+
+    /// An endpoint's deliveries, newest first.
+    pub async fn deliveries(
+        &self,
+        endpoint_id: &str,
+        query: &DeliveryQuery,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE endpoint_id = $1
+             AND ($2 = '' OR status = $2) AND created_at >= $3 AND created_at < $4
+             ORDER BY created_at DESC, id LIMIT $5"
+        ))
+        .bind(endpoint_id)
+        .bind(query.status.clone().unwrap_or_default())
+        .bind(query.since.unwrap_or(0))
+        .bind(query.until.unwrap_or(i64::MAX))
+        .bind(query.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(delivery_from).collect()
+    }
+
+    /// One delivery of an endpoint, with its attempts.
+    pub async fn delivery(
+        &self,
+        endpoint_id: &str,
+        id: &str,
+    ) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+        let Some(row) = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE endpoint_id = $1 AND id = $2"
+        ))
+        .bind(endpoint_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let attempts = sqlx::query(
+            "SELECT attempt, started_at, duration_ms, status_code, error, response_body
+             FROM webhook_attempts WHERE delivery_id = $1 ORDER BY attempt",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Attempt {
+                attempt: row.try_get("attempt")?,
+                started_at: row.try_get("started_at")?,
+                duration_ms: row.try_get("duration_ms")?,
+                status_code: row.try_get("status_code")?,
+                error: row.try_get("error")?,
+                response_body: row.try_get("response_body")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some((delivery_from(&row)?, attempts)))
+    }
+
+    /// Makes finished deliveries of an endpoint due again at `now`: the one named by
+    /// `id`, or every failed one created since `since`. Returns how many.
+    pub async fn replay(
+        &self,
+        endpoint_id: &str,
+        id: Option<&str>,
+        since: i64,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $1, updated_at = $1
+             WHERE endpoint_id = $2 AND status <> 'pending'
+               AND (($3 <> '' AND id = $3) OR ($3 = '' AND status = 'failed' AND created_at >= $4))",
+        )
+        .bind(now)
+        .bind(endpoint_id)
+        .bind(id.unwrap_or_default())
+        .bind(since)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// Deletes finished deliveries, their attempts, and bodies no delivery needs, older than `cutoff`.
+    pub async fn purge(&self, cutoff: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries
+             WHERE status <> 'pending' AND updated_at < $1)",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        let deleted = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE status <> 'pending' AND updated_at < $1",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "DELETE FROM webhook_messages WHERE created_at < $1 AND NOT EXISTS
+             (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = webhook_messages.event_id)",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+}
