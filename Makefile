@@ -36,3 +36,4 @@ bench: test-services
 	cargo build --release --workspace --benches --bins
 	cargo bench -p omnigate-e2e --bench webhook_ingest
 	cargo bench -p omnigate-e2e --bench router_throughput
+	cargo bench -p omnigate-e2e --bench webhook_delivery

@@ -320,7 +320,8 @@ fn assignments(events: &[Value]) -> HashMap<String, (HashSet<String>, HashSet<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_killed_mid_stream_loses_and_reassigns_nothing() {
     let prefix = unique_prefix("router-kill");
-    let (keys, per_key) = (30, 100);
+    // Large enough that the kill lands mid-stream even on a fast, idle machine.
+    let (keys, per_key) = (50, 100);
     let events = stream(keys, per_key);
     let ids: HashSet<String> = events.iter().map(|e| e.id.clone()).collect();
     publish(&prefix, events).await;
@@ -333,10 +334,10 @@ async fn a_router_killed_mid_stream_loses_and_reassigns_nothing() {
     let partial = read_at_least(
         &brokers(),
         &format!("{prefix}routed.v1"),
-        300,
+        100,
         Duration::from_secs(60),
     );
-    assert!(partial.len() >= 300);
+    assert!(partial.len() >= 100);
     let dir = first.kill_keep_dir();
     let routed_before_restart = read_topic(
         &brokers(),

@@ -31,6 +31,9 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// How often readiness checks the broker, in milliseconds. Default 2000.
     pub probe_interval_ms: u64,
+    /// Longest a consumer's fetch waits at the broker for new records, in
+    /// milliseconds: the idle-to-first-record latency of every consumer. Default 50.
+    pub fetch_wait_max_ms: u64,
     /// A stable id of this instance (e.g. the pod name) for static consumer-group
     /// membership: a restarted instance takes its partitions back at once instead of
     /// waiting for the group to notice the old one is gone. Empty: dynamic membership.
@@ -58,6 +61,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("linger_ms", &self.linger_ms)
             .field("compression", &self.compression)
             .field("client_id", &self.client_id)
+            .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
             .field("instance_id", &self.instance_id)
             .field("protobuf_topics", &self.protobuf_topics)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())

@@ -72,6 +72,9 @@ pub fn subscribe(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
+        // Some brokers (Tansu among them) answer a fetch only when this runs out, so
+        // the librdkafka default of 500 ms would be added to every delivery.
+        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
         // Bounds how long a rebalance waits for a member that died without leaving.
         .set("max.poll.interval.ms", "30000")
         .create()?;

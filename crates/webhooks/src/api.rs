@@ -649,7 +649,13 @@ async fn send_test(
         deliveries: vec![delivery.clone()],
     };
     api.store
-        .write(&[message], &[], now)
+        .write(
+            &crate::store::WriteBatch {
+                messages: vec![message],
+                ..Default::default()
+            },
+            now,
+        )
         .await
         .map_err(store_error)?;
     Ok((

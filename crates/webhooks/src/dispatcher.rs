@@ -8,7 +8,8 @@ use crate::{
     retry::{RetryPolicy, Verdict, describe},
     ssrf::AddressPolicy,
     store::{
-        Attempt, DueDelivery, Endpoint, NewDelivery, NewMessage, Outcome, WebhookStore, status,
+        Attempt, DueDelivery, Endpoint, NewDelivery, NewMessage, Outcome, WebhookStore, WriteBatch,
+        status,
     },
     subscription::{EventFacts, matches},
 };
@@ -21,7 +22,7 @@ use std::{
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
@@ -62,6 +63,14 @@ struct Endpoints {
 enum Write {
     Message(NewMessage, oneshot::Sender<()>),
     Outcome(Outcome),
+    Defer(String, i64),
+}
+
+/// Leave to attempt a delivery now: one of the dispatcher's slots and one of the
+/// endpoint's, released when the attempt ends.
+struct Slots {
+    _global: OwnedSemaphorePermit,
+    _endpoint: OwnedSemaphorePermit,
 }
 
 /// A running dispatcher; cheap to clone.
@@ -152,7 +161,8 @@ impl Dispatcher {
         let (stored, is_stored) = oneshot::channel();
         let inner = Arc::clone(&self.inner);
         Ok(Box::pin(async move {
-            let first_attempts: Vec<DueDelivery> = inner.due_now(&message);
+            let mut message = message;
+            let first_attempts = inner.take_first_attempts(&mut message).await;
             if inner
                 .writes
                 .send(Write::Message(message, stored))
@@ -164,12 +174,12 @@ impl Dispatcher {
                 // and the event is consumed again after the restart.
                 return std::future::pending().await;
             }
-            for due in first_attempts {
+            for (due, slots) in first_attempts {
                 let inner = Arc::clone(&inner);
                 inner
                     .tasks
                     .clone()
-                    .spawn(async move { inner.attempt(due).await });
+                    .spawn(async move { inner.attempt(due, slots).await });
             }
         }))
     }
@@ -210,7 +220,6 @@ impl Inner {
         let endpoints = self.endpoints();
         let facts = EventFacts::of(event);
         let now = now_ms();
-        let lease_until = now + self.config.lease().as_millis() as i64;
         let ordering_key = event
             .routing
             .as_ref()
@@ -228,9 +237,8 @@ impl Inner {
                 tenant: e.tenant.clone(),
                 ordering_key: ordering_key.clone(),
                 seq: record.offset,
-                // Ordered endpoints wait for the poll, which keeps each conversation in order;
-                // the others are attempted at once and held by this dispatcher meanwhile.
-                first_attempt_at: if e.ordered { now } else { lease_until },
+                // Due now for the poll, unless `take_first_attempts` attempts it at once.
+                first_attempt_at: now,
             })
             .collect();
         if deliveries.is_empty() {
@@ -252,26 +260,63 @@ impl Inner {
         })
     }
 
-    /// The deliveries of a new message this dispatcher attempts at once.
-    fn due_now(&self, message: &NewMessage) -> Vec<DueDelivery> {
+    /// Takes slots for the deliveries of a new message that can be attempted at once
+    /// and marks them held by this dispatcher for a lease; the others (ordered
+    /// endpoints, endpoints with every slot busy) stay due for the poll.
+    async fn take_first_attempts(&self, message: &mut NewMessage) -> Vec<(DueDelivery, Slots)> {
         let endpoints = self.endpoints();
-        message
-            .deliveries
-            .iter()
-            .filter(|d| {
-                endpoints
-                    .by_id
-                    .get(&d.endpoint_id)
-                    .is_some_and(|e| !e.ordered)
-            })
-            .map(|d| DueDelivery {
-                id: d.id.clone(),
-                endpoint_id: d.endpoint_id.clone(),
-                event_id: message.event_id.clone(),
-                attempts: 0,
-                body: message.body.clone(),
-            })
-            .collect()
+        let mut taken = Vec::new();
+        for delivery in &mut message.deliveries {
+            if endpoints
+                .by_id
+                .get(&delivery.endpoint_id)
+                .is_none_or(|e| e.ordered)
+            {
+                continue;
+            }
+            let Ok(endpoint_slot) = self
+                .endpoint_slots(&delivery.endpoint_id)
+                .try_acquire_owned()
+            else {
+                continue;
+            };
+            // Every dispatcher slot busy: wait, which slows consumption to what can be sent.
+            let Ok(global) = Arc::clone(&self.global).acquire_owned().await else {
+                continue;
+            };
+            delivery.first_attempt_at = now_ms() + self.config.lease().as_millis() as i64;
+            taken.push((
+                DueDelivery {
+                    id: delivery.id.clone(),
+                    endpoint_id: delivery.endpoint_id.clone(),
+                    event_id: message.event_id.clone(),
+                    attempts: 0,
+                    body: message.body.clone(),
+                },
+                Slots {
+                    _global: global,
+                    _endpoint: endpoint_slot,
+                },
+            ));
+        }
+        taken
+    }
+
+    /// Slots for a claimed delivery: a dispatcher slot, then up to a second for one of
+    /// the endpoint's; None if the endpoint stays busy (the delivery is handed back).
+    async fn slots_for(&self, endpoint_id: &str) -> Option<Slots> {
+        let global = Arc::clone(&self.global).acquire_owned().await.ok()?;
+        let endpoint = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.endpoint_slots(endpoint_id).acquire_owned(),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        Some(Slots {
+            _global: global,
+            _endpoint: endpoint,
+        })
     }
 
     fn endpoint_slots(&self, endpoint_id: &str) -> Arc<Semaphore> {
@@ -281,6 +326,16 @@ impl Inner {
                 Arc::new(Semaphore::new(self.config.max_in_flight_per_endpoint))
             }),
         )
+    }
+
+    /// Endpoints with no free slot, which the poll skips.
+    fn busy_endpoints(&self) -> Vec<String> {
+        let slots = self.per_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .filter(|(_, s)| s.available_permits() == 0)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// How long to wait so the endpoint's rate limit holds (0 when it has none).
@@ -297,19 +352,13 @@ impl Inner {
         start - now
     }
 
-    async fn attempt(self: Arc<Self>, due: DueDelivery) {
+    async fn attempt(self: Arc<Self>, due: DueDelivery, slots: Slots) {
         let Some(endpoint) = self.endpoints().by_id.get(&due.endpoint_id).cloned() else {
             return; // deleted meanwhile: its deliveries went with it
         };
         if !endpoint.enabled {
             return; // stays pending; the poll takes it up if the endpoint is enabled again
         }
-        let (Ok(_global), Ok(_local)) = (
-            Arc::clone(&self.global).acquire_owned().await,
-            self.endpoint_slots(&endpoint.id).acquire_owned().await,
-        ) else {
-            return;
-        };
         tokio::time::sleep(self.rate_wait(&endpoint)).await;
         let number = due.attempts + 1;
         let span = tracing::info_span!("webhook_attempt", delivery = %due.id, endpoint = %endpoint.id, attempt = number);
@@ -355,6 +404,7 @@ impl Inner {
             if self.writes.send(write).await.is_err() {
                 tracing::warn!("Attempt outcome not recorded (shutting down); the delivery is retried after its lease");
             }
+            drop(slots);
             self.track_health(&endpoint, &verdict, finished).await;
         }
         .instrument(span)
@@ -470,21 +520,21 @@ async fn write_loop(
         if received == 0 {
             return;
         }
-        let mut messages = Vec::new();
+        let mut writes = WriteBatch::default();
         let mut replies = Vec::new();
-        let mut outcomes = Vec::new();
         for write in batch.drain(..) {
             match write {
                 Write::Message(message, reply) => {
-                    messages.push(message);
+                    writes.messages.push(message);
                     replies.push(reply);
                 }
-                Write::Outcome(outcome) => outcomes.push(outcome),
+                Write::Outcome(outcome) => writes.outcomes.push(outcome),
+                Write::Defer(id, at) => writes.deferred.push((id, at)),
             }
         }
         let mut backoff = Duration::from_millis(100);
         loop {
-            match store.write(&messages, &outcomes, now_ms()).await {
+            match store.write(&writes, now_ms()).await {
                 Ok(()) => break,
                 Err(err) => {
                     metrics::counter!("omnigate_webhook_store_errors_total").increment(1);
@@ -516,27 +566,45 @@ async fn refresh_loop(inner: Arc<Inner>, changes: Arc<Notify>, shutdown: Cancell
     }
 }
 
-/// Claims due deliveries (retries, replays, test events, ordered endpoints, and work a
-/// crashed dispatcher held) and attempts them, no more than there are free slots.
+/// Claims due deliveries (retries, replays, test events, ordered endpoints, deliveries
+/// that found their endpoint busy, and work a crashed dispatcher held) and attempts
+/// them, no more than there are free slots. A full batch is followed at once by the next.
 async fn poll_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
+    const BATCH: i64 = 256;
+    let mut full = false;
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(inner.config.poll_interval) => {}
+        if !full {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(inner.config.poll_interval) => {}
+            }
+        } else if shutdown.is_cancelled() {
+            return;
         }
+        full = false;
         let free = inner.global.available_permits() as i64;
         if free == 0 {
             continue;
         }
         let now = now_ms();
         let lease_until = now + inner.config.lease().as_millis() as i64;
-        match inner.store.claim_due(now, lease_until, free.min(500)).await {
+        let limit = free.min(BATCH);
+        let busy = inner.busy_endpoints();
+        match inner.store.claim_due(now, lease_until, limit, &busy).await {
             Ok(due) => {
+                full = due.len() as i64 == limit;
                 for delivery in due {
                     let inner2 = Arc::clone(&inner);
-                    inner
-                        .tasks
-                        .spawn(async move { inner2.attempt(delivery).await });
+                    inner.tasks.spawn(async move {
+                        match inner2.slots_for(&delivery.endpoint_id).await {
+                            Some(slots) => inner2.attempt(delivery, slots).await,
+                            None => {
+                                let again =
+                                    now_ms() + inner2.config.poll_interval.as_millis() as i64;
+                                let _ = inner2.writes.send(Write::Defer(delivery.id, again)).await;
+                            }
+                        }
+                    });
                 }
             }
             Err(err) => {

@@ -195,6 +195,33 @@ pub struct Outcome {
     pub next_attempt_at: i64,
 }
 
+/// What the dispatcher writes in one transaction.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// New events with their deliveries.
+    pub messages: Vec<NewMessage>,
+    /// Finished attempts.
+    pub outcomes: Vec<Outcome>,
+    /// Claimed deliveries handed back without an attempt, due again at the given time.
+    pub deferred: Vec<(String, i64)>,
+}
+
+/// Rows per multi-row statement: well under SQLite's and PostgreSQL's parameter limits.
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// `($1, $2), ($3, $4)` for `rows` rows of `columns` parameters.
+fn placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=columns)
+                .map(|c| format!("${}", r * columns + c))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A delivery due for an attempt, with what the attempt needs.
 #[derive(Debug, Clone)]
 pub struct DueDelivery {
@@ -467,76 +494,108 @@ impl WebhookStore {
         Ok(result.rows_affected() > 0)
     }
 
-    /// Writes messages with their deliveries and attempt outcomes in one transaction.
+    /// Writes messages with their deliveries, attempt outcomes and deferrals in one
+    /// transaction, with multi-row statements so a batch costs a handful of round trips.
     /// Writing a message or delivery again changes nothing (a re-consumed event).
-    pub async fn write(
-        &self,
-        messages: &[NewMessage],
-        outcomes: &[Outcome],
-        now: i64,
-    ) -> Result<(), StoreError> {
+    pub async fn write(&self, batch: &WriteBatch, now: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for message in messages {
-            sqlx::query(
-                "INSERT INTO webhook_messages (event_id, event_type, body, created_at)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(&message.event_id)
-            .bind(&message.event_type)
-            .bind(String::from_utf8_lossy(&message.body).into_owned())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            for delivery in &message.deliveries {
-                sqlx::query(
-                    "INSERT INTO webhook_deliveries (id, endpoint_id, tenant, event_id, event_type,
-                     ordering_key, seq, status, attempts, next_attempt_at, last_status_code,
-                     last_error, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, 0, '', $9, $9)
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(&delivery.id)
-                .bind(&delivery.endpoint_id)
-                .bind(&delivery.tenant)
-                .bind(&message.event_id)
-                .bind(&message.event_type)
-                .bind(&delivery.ordering_key)
-                .bind(delivery.seq)
-                .bind(delivery.first_attempt_at)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in batch.messages.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO webhook_messages (event_id, event_type, body, created_at) VALUES {}
+                 ON CONFLICT (event_id) DO NOTHING",
+                placeholders(chunk.len(), 4)
+            );
+            let mut query = sqlx::query(&sql);
+            for message in chunk {
+                query = query
+                    .bind(&message.event_id)
+                    .bind(&message.event_type)
+                    .bind(String::from_utf8_lossy(&message.body).into_owned())
+                    .bind(now);
             }
+            query.execute(&mut *tx).await?;
         }
-        for outcome in outcomes {
-            let attempt = &outcome.attempt;
-            sqlx::query(
+        let deliveries: Vec<(&NewMessage, &NewDelivery)> = batch
+            .messages
+            .iter()
+            .flat_map(|m| m.deliveries.iter().map(move |d| (m, d)))
+            .collect();
+        for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO webhook_deliveries (id, endpoint_id, tenant, event_id, event_type,
+                 ordering_key, seq, next_attempt_at, created_at, updated_at, status, attempts,
+                 last_status_code, last_error) SELECT column1, column2, column3, column4, column5,
+                 column6, column7, column8, column9, column9, 'pending', 0, 0, '' FROM (VALUES {}) AS v
+                 WHERE true ON CONFLICT (id) DO NOTHING",
+                placeholders(chunk.len(), 9)
+            );
+            let mut query = sqlx::query(&sql);
+            for (message, delivery) in chunk {
+                query = query
+                    .bind(&delivery.id)
+                    .bind(&delivery.endpoint_id)
+                    .bind(&delivery.tenant)
+                    .bind(&message.event_id)
+                    .bind(&message.event_type)
+                    .bind(&delivery.ordering_key)
+                    .bind(delivery.seq)
+                    .bind(delivery.first_attempt_at)
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for chunk in batch.outcomes.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
                 "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms,
-                 status_code, error, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 status_code, error, response_body) VALUES {}
                  ON CONFLICT (delivery_id, attempt) DO NOTHING",
-            )
-            .bind(&outcome.delivery_id)
-            .bind(attempt.attempt)
-            .bind(attempt.started_at)
-            .bind(attempt.duration_ms)
-            .bind(attempt.status_code)
-            .bind(&attempt.error)
-            .bind(&attempt.response_body)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at = $3,
-                 last_status_code = $4, last_error = $5, updated_at = $6 WHERE id = $7",
-            )
-            .bind(outcome.status)
-            .bind(attempt.attempt)
-            .bind(outcome.next_attempt_at)
-            .bind(attempt.status_code)
-            .bind(&attempt.error)
-            .bind(now)
-            .bind(&outcome.delivery_id)
-            .execute(&mut *tx)
-            .await?;
+                placeholders(chunk.len(), 7)
+            );
+            let mut query = sqlx::query(&sql);
+            for outcome in chunk {
+                let attempt = &outcome.attempt;
+                query = query
+                    .bind(&outcome.delivery_id)
+                    .bind(attempt.attempt)
+                    .bind(attempt.started_at)
+                    .bind(attempt.duration_ms)
+                    .bind(attempt.status_code)
+                    .bind(&attempt.error)
+                    .bind(&attempt.response_body);
+            }
+            query.execute(&mut *tx).await?;
+            // One UPDATE for the chunk: the new values joined in by delivery id.
+            let sql = format!(
+                "UPDATE webhook_deliveries SET status = v.column2, attempts = v.column3,
+                 next_attempt_at = v.column4, last_status_code = v.column5, last_error = v.column6,
+                 updated_at = v.column7 FROM (VALUES {}) AS v WHERE webhook_deliveries.id = v.column1",
+                placeholders(chunk.len(), 7)
+            );
+            let mut query = sqlx::query(&sql);
+            for outcome in chunk {
+                let attempt = &outcome.attempt;
+                query = query
+                    .bind(&outcome.delivery_id)
+                    .bind(outcome.status)
+                    .bind(attempt.attempt)
+                    .bind(outcome.next_attempt_at)
+                    .bind(attempt.status_code)
+                    .bind(&attempt.error)
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for chunk in batch.deferred.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE webhook_deliveries SET next_attempt_at = v.column2 FROM (VALUES {}) AS v
+                 WHERE webhook_deliveries.id = v.column1 AND webhook_deliveries.status = 'pending'",
+                placeholders(chunk.len(), 2)
+            );
+            let mut query = sqlx::query(&sql);
+            for (id, at) in chunk {
+                query = query.bind(id).bind(*at);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -545,47 +604,81 @@ impl WebhookStore {
     /// Claims up to `limit` deliveries due at `now` for this dispatcher until
     /// `lease_until`, and returns them with their bodies. On ordered endpoints only a
     /// conversation's oldest pending delivery is due, so later ones wait for it.
+    /// Endpoints in `busy` (no free slot) are skipped.
     pub async fn claim_due(
         &self,
         now: i64,
         lease_until: i64,
         limit: i64,
+        busy: &[String],
     ) -> Result<Vec<DueDelivery>, StoreError> {
-        let rows = sqlx::query(
+        let skip = if busy.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = (0..busy.len()).map(|i| format!("${}", i + 4)).collect();
+            format!("AND d.endpoint_id NOT IN ({})", list.join(", "))
+        };
+        let sql = format!(
             "UPDATE webhook_deliveries SET next_attempt_at = $1
              WHERE status = 'pending' AND next_attempt_at <= $2 AND id IN (
                SELECT d.id FROM webhook_deliveries d
                JOIN webhook_endpoints e ON e.id = d.endpoint_id
-               WHERE d.status = 'pending' AND d.next_attempt_at <= $2 AND e.enabled = 1
+               WHERE d.status = 'pending' AND d.next_attempt_at <= $2 AND e.enabled = 1 {skip}
                  AND (e.ordered = 0 OR NOT EXISTS (
                    SELECT 1 FROM webhook_deliveries p
                    WHERE p.endpoint_id = d.endpoint_id AND p.ordering_key = d.ordering_key
                      AND p.status = 'pending' AND p.seq < d.seq))
                ORDER BY d.next_attempt_at LIMIT $3)
-             RETURNING id, endpoint_id, event_id, attempts",
-        )
-        .bind(lease_until)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut due = Vec::with_capacity(rows.len());
-        for row in rows {
-            let event_id: String = row.try_get("event_id")?;
-            let body: String = sqlx::query("SELECT body FROM webhook_messages WHERE event_id = $1")
-                .bind(&event_id)
-                .fetch_one(&self.pool)
-                .await?
-                .try_get("body")?;
-            due.push(DueDelivery {
-                id: row.try_get("id")?,
-                endpoint_id: row.try_get("endpoint_id")?,
-                event_id,
-                attempts: row.try_get("attempts")?,
-                body: bytes::Bytes::from(body),
-            });
+             RETURNING id, endpoint_id, event_id, attempts"
+        );
+        let mut query = sqlx::query(&sql).bind(lease_until).bind(now).bind(limit);
+        for endpoint in busy {
+            query = query.bind(endpoint);
         }
-        Ok(due)
+        let rows = query.fetch_all(&self.pool).await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            claimed.push((
+                row.try_get::<String, _>("id")?,
+                row.try_get::<String, _>("endpoint_id")?,
+                row.try_get::<String, _>("event_id")?,
+                row.try_get::<i64, _>("attempts")?,
+            ));
+        }
+        let mut event_ids: Vec<&String> = claimed.iter().map(|c| &c.2).collect();
+        event_ids.sort_unstable();
+        event_ids.dedup();
+        let mut bodies = std::collections::HashMap::with_capacity(event_ids.len());
+        for chunk in event_ids.chunks(ROWS_PER_STATEMENT) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT event_id, body FROM webhook_messages WHERE event_id IN ({})",
+                list.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                bodies.insert(
+                    row.try_get::<String, _>("event_id")?,
+                    bytes::Bytes::from(row.try_get::<String, _>("body")?),
+                );
+            }
+        }
+        Ok(claimed
+            .into_iter()
+            .map(|(id, endpoint_id, event_id, attempts)| DueDelivery {
+                body: bodies.get(&event_id).cloned().unwrap_or_default(),
+                id,
+                endpoint_id,
+                event_id,
+                attempts,
+            })
+            .collect())
     }
 
     /// An endpoint's deliveries, newest first.

@@ -1,0 +1,250 @@
+//! `make bench`: the webhook dispatcher (release binary, SQLite delivery log) posting
+//! signed deliveries of routed events to a fast local receiver, beside a baseline
+//! measured in the same run that posts the same bodies with a bare reqwest loop.
+//! Prints deliveries/s, publish-to-delivery latency at a moderate rate, and memory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use axum::{extract::State, http::HeaderMap};
+use omnigate_core::publish::{Publisher, Topic};
+use omnigate_e2e::{
+    bench::{Run, env_or, own_peak_mib, peak_mib, release_bin, stop},
+    brokers, free_port, kafka_config, unique_prefix,
+};
+use omnigate_kafka::{KafkaPublisher, admin};
+use omnigate_model::{EventType, pb};
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// Arrivals at the receiver: `webhook-id` (or "" for the baseline) and when.
+type Arrivals = Arc<Mutex<Vec<(String, Instant)>>>;
+
+async fn receiver() -> (String, Arrivals) {
+    let arrivals: Arrivals = Arc::default();
+    let app = axum::Router::new()
+        .fallback(
+            |State(arrivals): State<Arrivals>, headers: HeaderMap| async move {
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                arrivals.lock().unwrap().push((id, Instant::now()));
+                axum::http::StatusCode::NO_CONTENT
+            },
+        )
+        .with_state(Arc::clone(&arrivals));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, arrivals)
+}
+
+/// A routed WhatsApp message of about 700 bytes of JSON.
+fn event(n: usize) -> pb::Event {
+    pb::Event {
+        id: uuid::Uuid::new_v4().to_string(),
+        r#type: EventType::MessageReceived.as_str().into(),
+        source: "/omnigate/whatsapp/demo".into(),
+        time: Some(omnigate_model::timestamp(chrono::Utc::now())),
+        tenant: "acme".into(),
+        conversation_key: format!("whatsapp:106540352242922:4917{:08}", n % 5000),
+        payload: Some(pb::event::Payload::Message(pb::Message {
+            channel: Some(pb::Channel {
+                kind: pb::ChannelKind::Whatsapp as i32,
+                channel_id: "demo".into(),
+                address: "106540352242922".into(),
+            }),
+            contact: Some(pb::Contact {
+                display_name: "Ana Example".into(),
+                phone_e164: format!("+4917{:08}", n % 5000),
+                ..Default::default()
+            }),
+            provider_message_id: format!("wamid.HBgLNDkxNzEyMzQ1Njc4FQIAEhggQjVGRkQ{n}"),
+            parts: vec![pb::ContentPart {
+                part: Some(pb::content_part::Part::Text(
+                    "Hello, my order #12345 has not arrived yet. Could you check where it is? Thanks!".into(),
+                )),
+            }],
+            ..Default::default()
+        })),
+        routing: Some(pb::Routing {
+            conversation_id: format!("conv-{}", n % 5000),
+            contact_id: format!("contact-{}", n % 5000),
+            inbox: "support".into(),
+        }),
+    }
+}
+
+/// The baseline: `concurrency` tasks posting `body` `n` times with one reqwest client.
+async fn bare_reqwest(url: &str, n: usize, concurrency: usize) -> Run {
+    let client = reqwest::Client::new();
+    let body = bytes::Bytes::from(omnigate_model::to_json(&event(0)));
+    let started = Instant::now();
+    let tasks = (0..concurrency)
+        .map(|w| {
+            let (client, url, body) = (client.clone(), url.to_string(), body.clone());
+            tokio::spawn(async move {
+                let (mut latencies, mut errors) = (Vec::new(), 0);
+                for _ in (w..n).step_by(concurrency) {
+                    let sent = Instant::now();
+                    let ok = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    if ok {
+                        latencies.push(sent.elapsed().as_micros() as u32);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    Run::collect(tasks, started).await
+}
+
+async fn publish(publisher: &Publisher, events: Vec<pb::Event>) {
+    let workers: Vec<_> = events
+        .chunks(events.len().div_ceil(64).max(1))
+        .map(|chunk| {
+            let (publisher, chunk) = (publisher.clone(), chunk.to_vec());
+            tokio::spawn(async move {
+                for event in chunk {
+                    publisher.event(Topic::Routed, event).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+}
+
+async fn wait_for(arrivals: &Arrivals, n: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = arrivals.lock().unwrap().len();
+        if got >= n || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let n: usize = env_or("BENCH_DELIVERIES", 20_000);
+        let concurrency: usize = env_or("BENCH_CONCURRENCY", 64);
+        println!("webhook_delivery: {n} deliveries to one local receiver, {concurrency} concurrent posts in the baseline\n");
+        let (url, arrivals) = receiver().await;
+
+        let baseline = bare_reqwest(&url, n, concurrency).await;
+        baseline.print("baseline: bare reqwest loop", own_peak_mib());
+        arrivals.lock().unwrap().clear();
+
+        let prefix = unique_prefix("bench-hooks");
+        let kafka = kafka_config(&brokers(), &prefix);
+        admin::ensure_topics(&kafka).await.unwrap();
+        let publisher = Publisher::new(KafkaPublisher::new(&kafka).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            "roles = [\"api\", \"webhooks\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{prefix}\"\npartitions = 3\n[blobs]\nurl = \"file://{}\"\n[router]\ndatabase_url = \"sqlite://{}?mode=rwc\"\n[webhooks]\ndatabase_url = \"sqlite://{}?mode=rwc\"\nallow_networks = [\"127.0.0.0/8\"]\n[[api_keys]]\nname = \"bench\"\ntenant = \"acme\"\nsha256 = \"bb2c3471b1d4f3a48f740bf10b04cc830d5cd528b47ba699f9f0d733dbc5e397\"\n",
+            brokers(),
+            dir.path().join("blobs").display(),
+            dir.path().join("router.db").display(),
+            dir.path().join("webhooks.db").display(),
+        );
+        let path = dir.path().join("omnigate.toml");
+        std::fs::write(&path, config).unwrap();
+        let gateway = Command::new(release_bin("omnigate")).args(["serve", "--config"]).arg(&path).stdout(Stdio::null()).spawn().unwrap();
+        let client = reqwest::Client::new();
+        let api = format!("http://127.0.0.1:{port}");
+        let registered = loop {
+            let answer = client
+                .post(format!("{api}/v1/webhooks"))
+                .bearer_auth("omnigate-dev-key")
+                .json(&serde_json::json!({"url": url, "events": ["message.*"]}))
+                .send()
+                .await;
+            match answer {
+                Ok(r) if r.status() == 201 => break r.json::<serde_json::Value>().await.unwrap(),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let endpoint_id = registered["id"].as_str().unwrap().to_string();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // Throughput: a burst of n events, timed from the first delivery to the last.
+        let events: Vec<pb::Event> = (0..n).map(event).collect();
+        publish(&publisher, events).await;
+        let got = wait_for(&arrivals, n, Duration::from_secs(600)).await;
+        let (first, last) = {
+            let a = arrivals.lock().unwrap();
+            (a.first().map(|x| x.1), a.last().map(|x| x.1))
+        };
+        let elapsed = match (first, last) {
+            (Some(f), Some(l)) => l.duration_since(f),
+            _ => Duration::ZERO,
+        };
+        let rate = got as f64 / elapsed.as_secs_f64().max(1e-9);
+        println!(
+            "{:<38} {rate:>9.0} /s  ({got} in {:.2} s)  peak RSS {:>6.1} MiB",
+            "omnigate dispatcher (signed, logged)",
+            elapsed.as_secs_f64(),
+            peak_mib(&gateway)
+        );
+
+        // Latency at a moderate rate: publish to delivery, per event.
+        arrivals.lock().unwrap().clear();
+        let paced: usize = env_or("BENCH_PACED", 2_000);
+        let per_second: u64 = env_or("BENCH_PACED_RATE", 1_000);
+        let mut published = HashMap::with_capacity(paced);
+        let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
+        let mut pending = Vec::with_capacity(paced);
+        for i in 0..paced {
+            ticker.tick().await;
+            let event = event(n + i);
+            published.insert(omnigate_webhooks::dispatcher::delivery_id(&endpoint_id, &event.id), Instant::now());
+            let publisher = publisher.clone();
+            pending.push(tokio::spawn(async move { publisher.event(Topic::Routed, event).await.unwrap() }));
+        }
+        for p in pending {
+            p.await.unwrap();
+        }
+        wait_for(&arrivals, paced, Duration::from_secs(120)).await;
+        let mut latency = Run::default();
+        for (id, at) in arrivals.lock().unwrap().iter() {
+            if let Some(sent) = published.get(id) {
+                latency.requests += 1;
+                latency.latencies_us.push(at.duration_since(*sent).as_micros() as u32);
+            }
+        }
+        latency.latencies_us.sort_unstable();
+        println!(
+            "{:<38} p50 {:>7.2} ms  p99 {:>7.2} ms  ({} events at {per_second}/s; baseline post p99 {:.2} ms)",
+            "publish -> signed delivery",
+            latency.percentile(0.5),
+            latency.percentile(0.99),
+            latency.requests,
+            baseline.percentile(0.99),
+        );
+        stop(gateway);
+        println!(
+            "\nratio: dispatcher / baseline = {:.2} (target >= 0.60); deliveries/s = {rate:.0} (target >= 5000)",
+            rate / baseline.rate()
+        );
+    });
+}
