@@ -47,7 +47,7 @@ pub fn kafka_config(brokers: &str, prefix: &str) -> KafkaConfig {
         compression: "lz4".into(),
         client_id: "omnigate-test".into(),
         probe_interval_ms: 500,
-        fetch_wait_max_ms: 50,
+        fetch_wait_max_ms: 10,
         instance_id: String::new(),
         protobuf_topics: vec![],
         properties: BTreeMap::new(),

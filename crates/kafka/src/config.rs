@@ -32,7 +32,7 @@ pub struct KafkaConfig {
     /// How often readiness checks the broker, in milliseconds. Default 2000.
     pub probe_interval_ms: u64,
     /// Longest a consumer's fetch waits at the broker for new records, in
-    /// milliseconds: the idle-to-first-record latency of every consumer. Default 50.
+    /// milliseconds: the idle-to-first-record latency of every consumer. Default 10.
     pub fetch_wait_max_ms: u64,
     /// A stable id of this instance (e.g. the pod name) for static consumer-group
     /// membership: a restarted instance takes its partitions back at once instead of

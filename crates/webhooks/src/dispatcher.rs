@@ -66,6 +66,9 @@ enum Write {
     Defer(String, i64),
 }
 
+/// How long a new delivery waits for a slot of its endpoint before it is left to the poll.
+const FAST_PATH_SLOT_WAIT: Duration = Duration::from_millis(200);
+
 /// Leave to attempt a delivery now: one of the dispatcher's slots and one of the
 /// endpoint's, released when the attempt ends.
 struct Slots {
@@ -162,7 +165,7 @@ impl Dispatcher {
         let inner = Arc::clone(&self.inner);
         Ok(Box::pin(async move {
             let mut message = message;
-            let first_attempts = inner.take_first_attempts(&mut message).await;
+            let first_attempts = inner.hold_for_first_attempt(&mut message);
             if inner
                 .writes
                 .send(Write::Message(message, stored))
@@ -174,12 +177,20 @@ impl Dispatcher {
                 // and the event is consumed again after the restart.
                 return std::future::pending().await;
             }
-            for (due, slots) in first_attempts {
-                let inner = Arc::clone(&inner);
-                inner
-                    .tasks
-                    .clone()
-                    .spawn(async move { inner.attempt(due, slots).await });
+            for due in first_attempts {
+                match inner.slots_for(&due.endpoint_id, FAST_PATH_SLOT_WAIT).await {
+                    Some(slots) => {
+                        let inner = Arc::clone(&inner);
+                        inner
+                            .tasks
+                            .clone()
+                            .spawn(async move { inner.attempt(due, slots).await });
+                    }
+                    // The endpoint is busy: hand the delivery to the poll.
+                    None => {
+                        let _ = inner.writes.send(Write::Defer(due.id, now_ms())).await;
+                    }
+                }
             }
         }))
     }
@@ -260,12 +271,13 @@ impl Inner {
         })
     }
 
-    /// Takes slots for the deliveries of a new message that can be attempted at once
-    /// and marks them held by this dispatcher for a lease; the others (ordered
-    /// endpoints, endpoints with every slot busy) stay due for the poll.
-    async fn take_first_attempts(&self, message: &mut NewMessage) -> Vec<(DueDelivery, Slots)> {
+    /// Marks the deliveries of a new message that this dispatcher attempts as soon as
+    /// they are stored as held by it for a lease, and returns them. Deliveries to ordered
+    /// endpoints stay due for the poll, which keeps each conversation in order.
+    fn hold_for_first_attempt(&self, message: &mut NewMessage) -> Vec<DueDelivery> {
         let endpoints = self.endpoints();
-        let mut taken = Vec::new();
+        let lease_until = now_ms() + self.config.lease().as_millis() as i64;
+        let mut held = Vec::new();
         for delivery in &mut message.deliveries {
             if endpoints
                 .by_id
@@ -274,45 +286,27 @@ impl Inner {
             {
                 continue;
             }
-            let Ok(endpoint_slot) = self
-                .endpoint_slots(&delivery.endpoint_id)
-                .try_acquire_owned()
-            else {
-                continue;
-            };
-            // Every dispatcher slot busy: wait, which slows consumption to what can be sent.
-            let Ok(global) = Arc::clone(&self.global).acquire_owned().await else {
-                continue;
-            };
-            delivery.first_attempt_at = now_ms() + self.config.lease().as_millis() as i64;
-            taken.push((
-                DueDelivery {
-                    id: delivery.id.clone(),
-                    endpoint_id: delivery.endpoint_id.clone(),
-                    event_id: message.event_id.clone(),
-                    attempts: 0,
-                    body: message.body.clone(),
-                },
-                Slots {
-                    _global: global,
-                    _endpoint: endpoint_slot,
-                },
-            ));
+            delivery.first_attempt_at = lease_until;
+            held.push(DueDelivery {
+                id: delivery.id.clone(),
+                endpoint_id: delivery.endpoint_id.clone(),
+                event_id: message.event_id.clone(),
+                attempts: 0,
+                body: message.body.clone(),
+            });
         }
-        taken
+        held
     }
 
-    /// Slots for a claimed delivery: a dispatcher slot, then up to a second for one of
-    /// the endpoint's; None if the endpoint stays busy (the delivery is handed back).
-    async fn slots_for(&self, endpoint_id: &str) -> Option<Slots> {
+    /// Slots for a delivery: a dispatcher slot (waiting as long as it takes: every slot
+    /// busy means the dispatcher is at capacity), then up to `wait` for one of the
+    /// endpoint's; None if the endpoint stays busy.
+    async fn slots_for(&self, endpoint_id: &str, wait: Duration) -> Option<Slots> {
         let global = Arc::clone(&self.global).acquire_owned().await.ok()?;
-        let endpoint = tokio::time::timeout(
-            Duration::from_secs(1),
-            self.endpoint_slots(endpoint_id).acquire_owned(),
-        )
-        .await
-        .ok()?
-        .ok()?;
+        let endpoint = tokio::time::timeout(wait, self.endpoint_slots(endpoint_id).acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
         Some(Slots {
             _global: global,
             _endpoint: endpoint,
@@ -596,7 +590,10 @@ async fn poll_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
                 for delivery in due {
                     let inner2 = Arc::clone(&inner);
                     inner.tasks.spawn(async move {
-                        match inner2.slots_for(&delivery.endpoint_id).await {
+                        match inner2
+                            .slots_for(&delivery.endpoint_id, Duration::from_secs(1))
+                            .await
+                        {
                             Some(slots) => inner2.attempt(delivery, slots).await,
                             None => {
                                 let again =

@@ -206,8 +206,9 @@ pub struct WriteBatch {
     pub deferred: Vec<(String, i64)>,
 }
 
-/// Rows per multi-row statement: well under SQLite's and PostgreSQL's parameter limits.
-const ROWS_PER_STATEMENT: usize = 200;
+/// Rows per multi-row statement. sqlx's SQLite driver looks parameters up by name at a
+/// cost that grows with their count squared, so statements stay small.
+const ROWS_PER_STATEMENT: usize = 25;
 
 /// `($1, $2), ($3, $4)` for `rows` rows of `columns` parameters.
 fn placeholders(rows: usize, columns: usize) -> String {
