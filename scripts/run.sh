@@ -46,6 +46,10 @@ Omnigate is up on http://127.0.0.1:8080 (Kafka: 127.0.0.1:9092). Try:
   target/release/omnigate tail --config config/standalone.toml inbound.v1
   target/release/omnigate tail --config config/standalone.toml routed.v1
   curl -s http://127.0.0.1:8080/metrics | grep omnigate_
+  # outbound webhooks: a local receiver, one endpoint, then post the message again
+  target/release/omnigate receive --listen 127.0.0.1:9000 &
+  curl -s http://127.0.0.1:8080/v1/webhooks -H 'Authorization: Bearer omnigate-dev-key' \
+    -d '{"url": "http://127.0.0.1:9000/", "events": ["message.*"]}'
 
 Ctrl-C stops Omnigate and Tansu.
 MSG

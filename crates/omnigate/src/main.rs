@@ -48,6 +48,16 @@ enum Command {
         #[command(subcommand)]
         command: RouteCommand,
     },
+    /// A local webhook receiver for trying outbound webhooks: prints each delivery and
+    /// whether its Standard Webhooks signature verifies, and answers 204.
+    Receive {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        /// The endpoint's `whsec_…` secret, to verify signatures.
+        #[arg(long)]
+        secret: Option<String>,
+    },
     /// Loads and validates a config file, then exits: 0 when valid, 1 with the key at fault.
     CheckConfig {
         /// The config file.
@@ -96,6 +106,20 @@ fn main() -> ExitCode {
         ),
         Command::Topics { config } => {
             run_tool(config, |config| async move { tools::topics(&config).await })
+        }
+        Command::Receive { listen, secret } => {
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(tools::receive(listen, secret)));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Tail { config, topic } => {
             run_tool(config, |config| async move { tools::tail(&config, &topic) })

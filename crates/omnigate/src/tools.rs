@@ -1,4 +1,4 @@
-//! Small operator tools: list topics, print a topic.
+//! Small operator tools: list topics, print a topic, receive webhooks locally.
 
 use crate::config::Config;
 use omnigate_kafka::{admin, reader};
@@ -73,5 +73,55 @@ pub fn explain(config: &Config, event: &std::path::Path) -> anyhow::Result<()> {
     }
     println!("=> inbox {} by {}", choice.inbox, choice.rule);
     println!("(a follow-up in an open conversation stays in that conversation's inbox)");
+    Ok(())
+}
+
+/// `omnigate receive`: prints every POST as a delivery, verified when `secret` is given.
+pub async fn receive(listen: std::net::SocketAddr, secret: Option<String>) -> anyhow::Result<()> {
+    use omnigate_webhooks::signing::SigningKey;
+    let key = secret
+        .map(|s| SigningKey::parse(&s))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
+    let app = axum::Router::new().fallback(
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let key = key.clone();
+            async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let (id, timestamp) = (header("webhook-id"), header("webhook-timestamp"));
+                let verdict = match &key {
+                    Some(key) => {
+                        let ok = timestamp.parse().is_ok_and(|ts| {
+                            key.verify(
+                                &id,
+                                ts,
+                                &body,
+                                &header("webhook-signature"),
+                                chrono::Utc::now().timestamp(),
+                            )
+                        });
+                        if ok {
+                            "signature verified"
+                        } else {
+                            "SIGNATURE INVALID"
+                        }
+                    }
+                    None => "signature not checked (no --secret)",
+                };
+                println!("webhook-id {id} timestamp {timestamp}: {verdict}");
+                println!("{}\n", String::from_utf8_lossy(&body));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("Receiving webhooks on http://{listen}/ (Ctrl-C stops)");
+    axum::serve(listener, app).await?;
     Ok(())
 }

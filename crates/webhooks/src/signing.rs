@@ -60,6 +60,45 @@ impl SigningKey {
     }
 }
 
+/// How far a `webhook-timestamp` may be from now, either way, when verifying (the
+/// reference libraries' five minutes).
+pub const TOLERANCE_SECS: i64 = 300;
+
+impl SigningKey {
+    /// True if any `v1,` entry of `header` signs (`webhook_id`, `timestamp`, `body`)
+    /// with this key (constant-time compare) and `timestamp` is within
+    /// [`TOLERANCE_SECS`] of `now`.
+    pub fn verify(
+        &self,
+        webhook_id: &str,
+        timestamp: i64,
+        body: &[u8],
+        header: &str,
+        now: i64,
+    ) -> bool {
+        if (now - timestamp).abs() > TOLERANCE_SECS {
+            return false;
+        }
+        header.split(' ').any(|entry| {
+            let Some(encoded) = entry.strip_prefix("v1,") else {
+                return false;
+            };
+            let Ok(signature) = STANDARD.decode(encoded) else {
+                return false;
+            };
+            let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&self.0) else {
+                return false;
+            };
+            mac.update(webhook_id.as_bytes());
+            mac.update(b".");
+            mac.update(timestamp.to_string().as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            mac.verify_slice(&signature).is_ok()
+        })
+    }
+}
+
 /// The `webhook-signature` header: one signature per key, space-separated, so a
 /// receiver that knows either the old or the new secret during a rotation accepts it.
 pub fn signature_header(
@@ -100,6 +139,24 @@ mod tests {
         assert!(SigningKey::parse("whsec_!!!").is_err());
         assert!(SigningKey::parse("whsec_YWJj").is_err());
         assert_eq!(format!("{key:?}"), "SigningKey(redacted)");
+    }
+
+    #[test]
+    fn verify_accepts_any_matching_entry_within_the_tolerance() {
+        let (old, new) = (SigningKey::generate(), SigningKey::generate());
+        let header = signature_header(&[new.clone(), old.clone()], "msg_1", 1000, b"{}");
+        assert!(old.verify("msg_1", 1000, b"{}", &header, 1000));
+        assert!(new.verify("msg_1", 1000, b"{}", &header, 1299));
+        assert!(!new.verify("msg_1", 1000, b"{}", &header, 1301), "too old");
+        assert!(
+            !new.verify("msg_1", 1000, b"{ }", &header, 1000),
+            "another body"
+        );
+        assert!(
+            !new.verify("msg_2", 1000, b"{}", &header, 1000),
+            "another id"
+        );
+        assert!(!SigningKey::generate().verify("msg_1", 1000, b"{}", &header, 1000));
     }
 
     #[test]
