@@ -206,6 +206,16 @@ pub struct WriteBatch {
     pub deferred: Vec<(String, i64)>,
 }
 
+/// A delivery's state after an attempt.
+struct DeliveryUpdate<'a> {
+    id: &'a str,
+    status: &'a str,
+    attempts: i64,
+    next_attempt_at: i64,
+    last_status_code: i64,
+    last_error: &'a str,
+}
+
 /// Rows per multi-row statement. sqlx's SQLite driver looks parameters up by name at a
 /// cost that grows with their count squared, so statements stay small.
 const ROWS_PER_STATEMENT: usize = 25;
@@ -242,6 +252,9 @@ pub struct DueDelivery {
 #[derive(Debug, Clone)]
 pub struct WebhookStore {
     pool: AnyPool,
+    /// SQLite plans `UPDATE … FROM (VALUES …)` as a scan of the table per row, so
+    /// there updates go row by row (cheap: no round trip); PostgreSQL joins them.
+    row_updates: bool,
 }
 
 const ENDPOINT_COLUMNS: &str = "id, tenant, url, description, events, filters, headers, rate_limit, ordered, enabled, disabled_reason, secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at";
@@ -315,7 +328,10 @@ impl WebhookStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pool = omnigate_core::db::connect(url).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            row_updates: url.starts_with("sqlite:"),
+        })
     }
 
     /// Stores a new endpoint.
@@ -565,40 +581,74 @@ impl WebhookStore {
                     .bind(&attempt.response_body);
             }
             query.execute(&mut *tx).await?;
-            // One UPDATE for the chunk: the new values joined in by delivery id.
-            let sql = format!(
-                "UPDATE webhook_deliveries SET status = v.column2, attempts = v.column3,
-                 next_attempt_at = v.column4, last_status_code = v.column5, last_error = v.column6,
-                 updated_at = v.column7 FROM (VALUES {}) AS v WHERE webhook_deliveries.id = v.column1",
-                placeholders(chunk.len(), 7)
-            );
-            let mut query = sqlx::query(&sql);
-            for outcome in chunk {
-                let attempt = &outcome.attempt;
-                query = query
-                    .bind(&outcome.delivery_id)
-                    .bind(outcome.status)
-                    .bind(attempt.attempt)
-                    .bind(outcome.next_attempt_at)
-                    .bind(attempt.status_code)
-                    .bind(&attempt.error)
-                    .bind(now);
-            }
-            query.execute(&mut *tx).await?;
+            let updates: Vec<DeliveryUpdate<'_>> = chunk
+                .iter()
+                .map(|o| DeliveryUpdate {
+                    id: &o.delivery_id,
+                    status: o.status,
+                    attempts: o.attempt.attempt,
+                    next_attempt_at: o.next_attempt_at,
+                    last_status_code: o.attempt.status_code,
+                    last_error: &o.attempt.error,
+                })
+                .collect();
+            self.update_deliveries(&mut tx, &updates, now).await?;
         }
-        for chunk in batch.deferred.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "UPDATE webhook_deliveries SET next_attempt_at = v.column2 FROM (VALUES {}) AS v
-                 WHERE webhook_deliveries.id = v.column1 AND webhook_deliveries.status = 'pending'",
-                placeholders(chunk.len(), 2)
-            );
-            let mut query = sqlx::query(&sql);
-            for (id, at) in chunk {
-                query = query.bind(id).bind(*at);
-            }
-            query.execute(&mut *tx).await?;
+        for (id, at) in &batch.deferred {
+            sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = $1 WHERE id = $2 AND status = 'pending'",
+            )
+            .bind(*at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_deliveries(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        updates: &[DeliveryUpdate<'_>],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if self.row_updates {
+            for u in updates {
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at = $3,
+                     last_status_code = $4, last_error = $5, updated_at = $6 WHERE id = $7",
+                )
+                .bind(u.status)
+                .bind(u.attempts)
+                .bind(u.next_attempt_at)
+                .bind(u.last_status_code)
+                .bind(u.last_error)
+                .bind(now)
+                .bind(u.id)
+                .execute(&mut **tx)
+                .await?;
+            }
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE webhook_deliveries SET status = v.column2, attempts = v.column3,
+             next_attempt_at = v.column4, last_status_code = v.column5, last_error = v.column6,
+             updated_at = v.column7 FROM (VALUES {}) AS v WHERE webhook_deliveries.id = v.column1",
+            placeholders(updates.len(), 7)
+        );
+        let mut query = sqlx::query(&sql);
+        for u in updates {
+            query = query
+                .bind(u.id)
+                .bind(u.status)
+                .bind(u.attempts)
+                .bind(u.next_attempt_at)
+                .bind(u.last_status_code)
+                .bind(u.last_error)
+                .bind(now);
+        }
+        query.execute(&mut **tx).await?;
         Ok(())
     }
 
