@@ -306,3 +306,165 @@ fn copy(message: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
             .unwrap_or_default(),
     }
 }
+
+/// A handler whose work can be undone: the read-process-write loop of
+/// [`run_transactional`] checkpoints it before each batch and rolls it back when the
+/// batch's transaction aborts, so the batch is processed again from the same state.
+pub trait Transactional: Send + Sync {
+    /// Whatever restores the handler's state.
+    type Checkpoint: Send;
+    /// Captures the state `batch` may change.
+    fn checkpoint(&self, batch: &[ConsumedRecord]) -> Self::Checkpoint;
+    /// Processes one record; its outputs are published by the returned completion.
+    fn handle(
+        &self,
+        record: ConsumedRecord,
+    ) -> impl Future<Output = Result<Completion, HandlerError>> + Send;
+    /// Restores the state captured by `checkpoint`.
+    fn rollback(&self, checkpoint: Self::Checkpoint);
+}
+
+/// Exactly-once read-process-write: records are taken in batches (up to `batch_max`,
+/// or what arrives within `linger`), and each batch's outputs and consumer offsets are
+/// committed in one Kafka transaction of `producer`. When the transaction fails it is
+/// aborted, the handler rolled back, and the batch read again. Returns on shutdown or
+/// on a fatal error (a fenced or broken producer: the process should restart).
+pub async fn run_transactional<T: Transactional>(
+    consumer: StreamConsumer,
+    producer: crate::KafkaPublisher,
+    shutdown: CancellationToken,
+    batch_max: usize,
+    linger: Duration,
+    handler: &T,
+) -> Result<(), KafkaError> {
+    loop {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            message = consumer.recv() => message,
+        };
+        let mut batch = match first {
+            Ok(message) => vec![copy(&message)],
+            Err(err) => {
+                tracing::warn!(error = %err, "Kafka consumer error");
+                metrics::counter!("omnigate_kafka_consume_errors_total").increment(1);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < batch_max {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(copy(&message)),
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "Kafka consumer error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let checkpoint = handler.checkpoint(&batch);
+        let result = process_in_transaction(&consumer, &producer, &batch, handler, &shutdown).await;
+        match result {
+            Ok(()) => {
+                metrics::counter!("omnigate_kafka_consumed_total").increment(batch.len() as u64);
+                metrics::counter!("omnigate_kafka_transactions_total", "outcome" => "committed")
+                    .increment(1);
+            }
+            Err(err) if is_fatal(&err) => {
+                tracing::error!(error = %err, "Kafka transaction failed fatally; stopping");
+                return Err(err);
+            }
+            Err(err) => {
+                metrics::counter!("omnigate_kafka_transactions_total", "outcome" => "aborted")
+                    .increment(1);
+                tracing::warn!(error = %err, records = batch.len(), "Kafka transaction aborted; processing the batch again");
+                if let Err(abort) = producer.abort().await
+                    && is_fatal(&abort)
+                {
+                    return Err(abort);
+                }
+                handler.rollback(checkpoint);
+                rewind(&consumer, &batch);
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn process_in_transaction<T: Transactional>(
+    consumer: &StreamConsumer,
+    producer: &crate::KafkaPublisher,
+    batch: &[ConsumedRecord],
+    handler: &T,
+    shutdown: &CancellationToken,
+) -> Result<(), KafkaError> {
+    producer.begin()?;
+    let mut completions = Vec::with_capacity(batch.len());
+    for record in batch {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match handler.handle(record.clone()).await {
+                Ok(completion) => {
+                    completions.push(completion);
+                    break;
+                }
+                Err(HandlerError::Permanent(reason)) => {
+                    tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "Skipping record");
+                    break;
+                }
+                Err(HandlerError::Retriable(reason)) => {
+                    if shutdown.is_cancelled() {
+                        return Err(KafkaError::Canceled);
+                    }
+                    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "Retrying record");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+    // The completions publish (and retry) inside the open transaction.
+    futures::future::join_all(completions).await;
+    let mut next: std::collections::BTreeMap<(&str, i32), i64> = std::collections::BTreeMap::new();
+    for record in batch {
+        next.insert((record.topic.as_str(), record.partition), record.offset + 1);
+    }
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        offsets.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))?;
+    }
+    let group = consumer.group_metadata().ok_or(KafkaError::Canceled)?;
+    producer.commit(offsets, group).await
+}
+
+/// Seeks every partition of `batch` back to its first record in the batch.
+fn rewind(consumer: &StreamConsumer, batch: &[ConsumedRecord]) {
+    let mut firsts: std::collections::BTreeMap<(&str, i32), i64> =
+        std::collections::BTreeMap::new();
+    for record in batch {
+        firsts
+            .entry((record.topic.as_str(), record.partition))
+            .or_insert(record.offset);
+    }
+    for ((topic, partition), offset) in firsts {
+        if let Err(err) = consumer.seek(
+            topic,
+            partition,
+            rdkafka::Offset::Offset(offset),
+            Duration::from_secs(5),
+        ) {
+            // Revoked meanwhile: its new owner starts from the last committed offset.
+            tracing::warn!(topic, partition, error = %err, "Could not rewind");
+        }
+    }
+}
+
+fn is_fatal(err: &KafkaError) -> bool {
+    match err {
+        KafkaError::Transaction(e) => e.is_fatal(),
+        _ => false,
+    }
+}

@@ -74,6 +74,55 @@ impl KafkaPublisher {
         })
     }
 
+    /// Creates a transactional producer with `transactional_id` (stable per instance,
+    /// so a restarted instance fences its dead predecessor and aborts what it left
+    /// open) and registers it with the transaction coordinator.
+    pub async fn transactional(
+        config: &KafkaConfig,
+        transactional_id: &str,
+    ) -> Result<Self, KafkaError> {
+        let mut with_id = config.clone();
+        with_id.properties.insert(
+            "transactional.id".into(),
+            transactional_id.to_string().into(),
+        );
+        let publisher = Self::new(&with_id)?;
+        let producer = publisher.producer.clone();
+        tokio::task::spawn_blocking(move || producer.init_transactions(Duration::from_secs(30)))
+            .await
+            .map_err(|_| KafkaError::Canceled)??;
+        Ok(publisher)
+    }
+
+    /// Starts a transaction: what is published until [`Self::commit`] or
+    /// [`Self::abort`] becomes visible to read-committed consumers all at once, or never.
+    pub fn begin(&self) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()
+    }
+
+    /// Adds the consumer's next `offsets` to the open transaction and commits it.
+    pub async fn commit(
+        &self,
+        offsets: rdkafka::TopicPartitionList,
+        group: rdkafka::consumer::ConsumerGroupMetadata,
+    ) -> Result<(), KafkaError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer.send_offsets_to_transaction(&offsets, &group, Duration::from_secs(30))?;
+            producer.commit_transaction(Duration::from_secs(30))
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)?
+    }
+
+    /// Aborts the open transaction: nothing published in it becomes visible.
+    pub async fn abort(&self) -> Result<(), KafkaError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.abort_transaction(Duration::from_secs(30)))
+            .await
+            .map_err(|_| KafkaError::Canceled)?
+    }
+
     /// The full name of `topic`.
     pub fn topic_name(&self, topic: Topic) -> String {
         topic.name(&self.prefix)

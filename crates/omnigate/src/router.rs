@@ -31,6 +31,28 @@ pub async fn start(
                 config.router.database_url
             )
         })?;
+    // Exactly-once mode: the router's outputs and offsets go through its own
+    // transactional producer; its id is stable per instance so a restart fences the
+    // dead predecessor and aborts whatever it left open.
+    let transactional = if config.router.transactions {
+        let instance = if config.kafka.instance_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            config.kafka.instance_id.clone()
+        };
+        let id = format!("{}router-{instance}", config.kafka.topic_prefix);
+        Some(
+            omnigate_kafka::KafkaPublisher::transactional(&config.kafka, &id)
+                .await
+                .with_context(|| format!("cannot start the transactional producer {id}"))?,
+        )
+    } else {
+        None
+    };
+    let publisher = match &transactional {
+        Some(producer) => Publisher::new(producer.clone()),
+        None => publisher,
+    };
     let router = Router::new(rules, contacts, publisher, config.router.policy());
 
     // State first: every assignment on the compacted topic, before routing anything.
@@ -73,11 +95,32 @@ pub async fn start(
     {
         let (router, shutdown) = (router.clone(), shutdown.clone());
         tasks.spawn(async move {
-            let result = consumer::run_pipelined(main, shutdown, 2000, move |record| {
-                let router = router.clone();
-                async move { router.handle(record).await }
-            })
-            .await;
+            let result = match transactional {
+                Some(producer) => {
+                    let result = consumer::run_transactional(
+                        main,
+                        producer,
+                        shutdown.clone(),
+                        500,
+                        Duration::from_millis(100),
+                        &router,
+                    )
+                    .await;
+                    // A fenced or broken transactional producer cannot recover: stop the
+                    // process so its supervisor restarts it with a fresh one.
+                    if result.is_err() {
+                        shutdown.cancel();
+                    }
+                    result
+                }
+                None => {
+                    consumer::run_pipelined(main, shutdown, 2000, move |record| {
+                        let router = router.clone();
+                        async move { router.handle(record).await }
+                    })
+                    .await
+                }
+            };
             if let Err(err) = result {
                 tracing::error!(error = %err, "Router consumer stopped");
             }

@@ -21,6 +21,11 @@ pub struct RouterConfig {
     pub continuity: bool,
     /// Consumer group of the router instances, after the topic prefix. Default `router`.
     pub group_id: String,
+    /// Exactly-once: each batch's outputs and offsets commit in one Kafka transaction,
+    /// so read-committed consumers see every routed record once, even across crashes.
+    /// Needs a broker with transactions (not Tansu 0.6). Default false: at-least-once
+    /// with deterministic ids.
+    pub transactions: bool,
 }
 
 impl RouterConfig {

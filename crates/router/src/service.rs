@@ -325,3 +325,46 @@ fn linked_event(event: &pb::Event, merge: &crate::contacts::Merge, at: DateTime<
         None,
     )
 }
+
+/// Exactly-once mode: before a batch the router remembers the state of the batch's
+/// conversation keys, and puts it back if the batch's transaction aborts.
+impl omnigate_kafka::consumer::Transactional for Router {
+    type Checkpoint = Vec<(String, Option<Assignment>)>;
+
+    fn checkpoint(&self, batch: &[ConsumedRecord]) -> Self::Checkpoint {
+        let Ok(state) = self.state.lock() else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = batch
+            .iter()
+            .filter_map(|r| r.key.as_deref())
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.into_iter()
+            .map(|key| {
+                let saved = state.get(&key).cloned();
+                (key, saved)
+            })
+            .collect()
+    }
+
+    fn handle(
+        &self,
+        record: ConsumedRecord,
+    ) -> impl Future<Output = Result<Completion, HandlerError>> + Send {
+        Router::handle(self, record)
+    }
+
+    fn rollback(&self, checkpoint: Self::Checkpoint) {
+        if let Ok(mut state) = self.state.lock() {
+            for (key, saved) in checkpoint {
+                match saved {
+                    Some(assignment) => state.insert(key, assignment),
+                    None => state.remove(&key),
+                };
+            }
+        }
+    }
+}
