@@ -394,6 +394,10 @@ pub async fn run_transactional<T: Transactional>(
     }
 }
 
+/// How long a transactional batch's outputs may take to be acknowledged before the
+/// transaction is aborted and the batch read again.
+const BATCH_PUBLISH_LIMIT: Duration = Duration::from_secs(30);
+
 async fn process_in_transaction<T: Transactional>(
     consumer: &StreamConsumer,
     producer: &crate::KafkaPublisher,
@@ -426,8 +430,13 @@ async fn process_in_transaction<T: Transactional>(
             }
         }
     }
-    // The completions publish (and retry) inside the open transaction.
-    futures::future::join_all(completions).await;
+    // The completions publish (and retry) inside the open transaction; a publish that
+    // keeps failing (the transaction is in an abortable state) ends the batch.
+    tokio::time::timeout(BATCH_PUBLISH_LIMIT, futures::future::join_all(completions))
+        .await
+        .map_err(|_| {
+            KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut)
+        })?;
     let mut next: std::collections::BTreeMap<(&str, i32), i64> = std::collections::BTreeMap::new();
     for record in batch {
         next.insert((record.topic.as_str(), record.partition), record.offset + 1);
