@@ -2,12 +2,13 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help deps run test test-services fmt lint bench check
+.PHONY: help deps run test test-services fmt lint bench check fuzz
 
 help:
 	@echo "make run    - Tansu + Omnigate with every role on 127.0.0.1 (data in ./data)"
 	@echo "make test   - install and start what tests need, then run every test"
 	@echo "make bench  - benchmarks with same-run baselines"
+	@echo "make fuzz   - every fuzz target for FUZZ_SECONDS (default 60) each"
 	@echo "make fmt    - format;  make lint - clippy with warnings as errors"
 
 deps:
@@ -37,3 +38,19 @@ bench: test-services
 	cargo bench -p omnigate-e2e --bench webhook_ingest
 	cargo bench -p omnigate-e2e --bench router_throughput
 	cargo bench -p omnigate-e2e --bench webhook_delivery
+
+# Fuzzing with cargo-fuzz (libFuzzer). The machine's toolchain is stable, which has no
+# AddressSanitizer runtime, so targets run without a sanitizer (-s none): Rust code is
+# memory-safe; what is looked for is panics and broken invariants. Crash inputs land in
+# fuzz/artifacts/<target>/; fix the bug and keep the input as a regression test
+# (crates/connector-whatsapp/tests/fuzz_regressions/).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := whatsapp_normalize whatsapp_signature webhook_signature
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	@cd fuzz && for target in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$target; \
+	  seeds=""; [ $$target = whatsapp_normalize ] && seeds="../crates/connector-whatsapp/tests/fixtures ../crates/connector-whatsapp/tests/fuzz_regressions"; \
+	  echo "==> $$target for $(FUZZ_SECONDS) s"; \
+	  cargo fuzz run -s none $$target corpus/$$target $$seeds -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done

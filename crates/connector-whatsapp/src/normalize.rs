@@ -136,8 +136,16 @@ pub(crate) fn envelope(
     }
 }
 
+/// A provider timestamp (Unix seconds), or None when it is not one a consumer can
+/// read back: RFC 3339 ends at 9999-12-31, and the service window adds a day to it.
+/// (A timestamp in milliseconds, as some test tools send, would otherwise produce
+/// event JSON no proto3 parser accepts; the fuzzer found it.)
 fn unix(seconds: i64) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(seconds, 0)
+    const LAST: i64 = 253_402_300_799 - 86_400;
+    (0..=LAST)
+        .contains(&seconds)
+        .then(|| DateTime::from_timestamp(seconds, 0))
+        .flatten()
 }
 
 fn message_event(
