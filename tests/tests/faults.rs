@@ -501,3 +501,126 @@ async fn a_slow_and_erroring_broker_never_hangs_a_webhook() {
         .wait_for("/healthz", 200, Duration::from_secs(5))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_outage_during_a_flood_loses_no_acknowledged_message() {
+    use omnigate_core::publish::Topic;
+    use rdkafka::mocking::MockCluster;
+    let mock = MockCluster::new(1).unwrap();
+    let prefix = "omnigate.";
+    for topic in Topic::ALL {
+        mock.create_topic(&topic.name(prefix), 3, 1).unwrap();
+    }
+    let brokers = mock.bootstrap_servers();
+    let gateway = Gateway::start_roles(&brokers, prefix, &["whatsapp"], CHANNEL, None, &[]).await;
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let (clients, per_client) = (8, 100);
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let retry_after_seen = Arc::new(Mutex::new(0usize));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (url, acked, counts, retry_after_seen) = (
+                gateway.url.clone(),
+                Arc::clone(&acked),
+                Arc::clone(&counts),
+                Arc::clone(&retry_after_seen),
+            );
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                for n in 0..per_client {
+                    let wamid = format!("wamid.o{c}n{n}");
+                    let body = message(&wamid);
+                    loop {
+                        assert!(Instant::now() < deadline, "{wamid} never acknowledged");
+                        let answer = client
+                            .post(format!("{url}/webhooks/whatsapp/demo"))
+                            .header(
+                                "x-hub-signature-256",
+                                sign(b"demo-app-secret", body.as_bytes()),
+                            )
+                            .body(body.clone())
+                            .send()
+                            .await
+                            .unwrap();
+                        let status = answer.status().as_u16();
+                        if status == 503 && answer.headers().contains_key("retry-after") {
+                            *retry_after_seen.lock().unwrap() += 1;
+                        }
+                        *counts
+                            .lock()
+                            .unwrap()
+                            .entry(status.to_string())
+                            .or_default() += 1;
+                        if status == 200 {
+                            acked.lock().unwrap().insert(wamid);
+                            break;
+                        }
+                        assert_eq!(status, 503, "only 200 or 503");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    while acked.lock().unwrap().len() < clients * per_client / 4 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    mock.broker_down(1).unwrap();
+    gateway
+        .wait_for("/readyz", 503, Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    mock.broker_up(1).unwrap();
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(30))
+        .await;
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let total = clients * per_client;
+    let config = omnigate_e2e::kafka_config(&brokers, prefix);
+    let records = omnigate_kafka::reader::read_topic(
+        &config,
+        &Topic::Inbound.name(prefix),
+        total,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let found: HashSet<String> = records
+        .iter()
+        .map(|r| {
+            json(r)["message"]["providerMessageId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let acked = acked.lock().unwrap().clone();
+    let missing = acked.iter().filter(|w| !found.contains(*w)).count();
+    let counts = counts.lock().unwrap().clone();
+    println!(
+        "broker outage: {} requests, {} 2xx, {} 503 ({} with Retry-After), {} events found, {missing} missing, {} duplicates",
+        counts.values().sum::<usize>(),
+        counts.get("200").copied().unwrap_or(0),
+        counts.get("503").copied().unwrap_or(0),
+        retry_after_seen.lock().unwrap(),
+        records.len(),
+        records.len() - found.len()
+    );
+    assert_eq!(acked.len(), total);
+    assert_eq!(missing, 0, "every acknowledged message is on Kafka");
+    assert!(
+        counts.get("503").copied().unwrap_or(0) > 0,
+        "the outage was felt"
+    );
+    assert_eq!(
+        *retry_after_seen.lock().unwrap(),
+        counts.get("503").copied().unwrap_or(0),
+        "every 503 carries Retry-After"
+    );
+}
