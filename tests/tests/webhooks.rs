@@ -452,7 +452,7 @@ async fn loopback_endpoints_are_refused_without_the_allowlist() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pending_retry_survives_a_kill_9() {
+async fn pending_retries_survive_a_kill_9_of_the_dispatcher() {
     let dir = tempfile::tempdir().unwrap();
     let database_url = sqlite(&dir);
     let prefix = unique_prefix("hooks-kill");
@@ -460,7 +460,7 @@ async fn a_pending_retry_survives_a_kill_9() {
         r#"
 [webhooks]
 database_url = "{database_url}"
-retry_schedule = ["0s", "4s"]
+retry_schedule = ["0s", "6s"]
 poll_interval = "100ms"
 endpoint_refresh = "200ms"
 {ALLOW_LOOPBACK}
@@ -468,7 +468,12 @@ endpoint_refresh = "200ms"
     );
     // Static membership: Tansu hands the restarted dispatcher its partitions back.
     let instance = [("OMNIGATE_KAFKA__INSTANCE_ID", "dispatcher-1".to_string())];
-    let receiver = Receiver::start(|_, n| Reply::status(if n == 1 { 500 } else { 200 })).await;
+    // The first attempt of every event fails; later ones succeed.
+    let receiver = Receiver::start(|request, _| {
+        let first = FIRST_SEEN.with_id(request.header("webhook-id"));
+        Reply::status(if first { 500 } else { 200 })
+    })
+    .await;
     let gateway = Gateway::start_roles(
         &brokers(),
         &prefix,
@@ -479,12 +484,17 @@ endpoint_refresh = "200ms"
     )
     .await;
     let (_, secret) = register(&gateway, json!({"url": receiver.url, "events": ["*"]})).await;
-    publish_events(&prefix, Topic::Routed, vec![routed(1, "a", "support")]).await;
-    receiver.wait_for(1, WAIT).await;
-    // The failure is written within a few ms; then the process dies with the retry pending.
+    let events: Vec<pb::Event> = (0..50)
+        .map(|n| routed(n, &format!("c{n}"), "support"))
+        .collect();
+    let ids: std::collections::HashSet<String> = events.iter().map(|e| e.id.clone()).collect();
+    publish_events(&prefix, Topic::Routed, events).await;
+    receiver.wait_for(50, WAIT).await;
+    // The failures are written within a few ms; then the process dies with 50 retries pending.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let data = gateway.kill_keep_dir();
-    assert_eq!(receiver.received().len(), 1);
+    let before = receiver.received().len();
+    assert_eq!(before, 50, "only first attempts before the kill");
 
     let restarted = Gateway::start_roles(
         &brokers(),
@@ -495,14 +505,52 @@ endpoint_refresh = "200ms"
         &instance,
     )
     .await;
-    let received = receiver.wait_for(2, WAIT).await;
-    verify(&secret, &received[1]);
-    assert_eq!(
-        received[0].header("webhook-id"),
-        received[1].header("webhook-id")
+    let started = std::time::Instant::now();
+    let delivered = loop {
+        let received = receiver.received();
+        let mut ok: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        for request in &received[before..] {
+            verify(&secret, request);
+            ok.insert(
+                request.json()["id"].as_str().unwrap().to_string(),
+                request.header("webhook-id").to_string(),
+            );
+        }
+        if ok.len() == ids.len() || started.elapsed() > WAIT {
+            break (received.len(), ok);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (requests, ok) = delivered;
+    let missing = ids.iter().filter(|id| !ok.contains_key(*id)).count();
+    println!(
+        "dispatcher kill -9: 50 events, {before} failed first attempts before the kill, {requests} requests in all, {} delivered after restart, {missing} missing",
+        ok.len()
     );
-    drop(restarted);
+    assert_eq!(missing, 0, "log:\n{}", restarted.log());
+    let first_ids: std::collections::HashSet<String> = receiver.received()[..before]
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert!(
+        ok.values().all(|id| first_ids.contains(id)),
+        "every retry keeps its delivery's webhook-id"
+    );
 }
+
+/// Remembers which `webhook-id`s a receiver has seen, to fail only first attempts.
+struct SeenIds(std::sync::Mutex<Option<std::collections::HashSet<String>>>);
+
+impl SeenIds {
+    /// True the first time `id` is seen.
+    fn with_id(&self, id: &str) -> bool {
+        let mut seen = self.0.lock().unwrap();
+        seen.get_or_insert_with(Default::default)
+            .insert(id.to_string())
+    }
+}
+
+static FIRST_SEEN: SeenIds = SeenIds(std::sync::Mutex::new(None));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_secret_signs_beside_the_old_one() {
