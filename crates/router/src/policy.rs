@@ -45,6 +45,10 @@ pub struct Assignment {
     /// redeliveries carry the same id).
     #[serde(default)]
     pub recent_events: Vec<u64>,
+    /// `last_event_at` as last written to the state topic (not itself written): the
+    /// router writes again once the conversation has moved on by more than 10 minutes.
+    #[serde(skip)]
+    pub stored_last_event_at: i64,
 }
 
 /// Another open conversation of the same contact.
@@ -173,6 +177,7 @@ pub fn decide(input: &Input<'_>, rules: &Rules, settings: PolicySettings) -> Dec
         last_event_at: at,
         linked,
         recent_events: Vec::new(),
+        stored_last_event_at: 0,
     };
     remember(&mut assignment, input.event_id);
     Decision {

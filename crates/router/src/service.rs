@@ -77,6 +77,7 @@ impl Router {
         // output never landed. Forget them: a replay then routes such events again (same
         // ids) instead of dropping them as duplicates.
         incoming.recent_events.clear();
+        incoming.stored_last_event_at = incoming.last_event_at;
         if let Ok(mut state) = self.state.lock() {
             let newer = state
                 .get(&incoming.conversation_key)
@@ -186,22 +187,31 @@ impl Router {
         for merge in &merges {
             records.push((Topic::Routed, linked_event(&event, merge, at)));
         }
-        records.push((
-            Topic::Assignments,
-            Outgoing::State {
-                key: key.clone(),
-                value: serde_json::to_vec(&assignment).unwrap_or_default(),
-                ce_type: ASSIGNMENT_TYPE,
-                source: self.source.to_string(),
-            },
-        ));
-        // The SQL copy feeds continuity and the API; refresh it when it matters.
+        // The state record and the SQL copy are written when the conversation opens or
+        // moves, and otherwise when its last event is more than 10 minutes newer than
+        // the stored one: the stored time only serves the reopen window (hours), and
+        // the fingerprints are dropped on load anyway. This halves the records per event.
+        let mut assignment = assignment;
         let stale = existing.as_ref().is_none_or(|e| {
             e.inbox != assignment.inbox
                 || e.contact_id != assignment.contact_id
-                || assignment.last_event_at - e.last_event_at > 600
+                || assignment.last_event_at - e.stored_last_event_at > 600
         });
-        let save = (decision.outcome != Outcome::Continued || stale).then(|| assignment.clone());
+        let save = (decision.outcome != Outcome::Continued || stale).then(|| {
+            assignment.stored_last_event_at = assignment.last_event_at;
+            assignment.clone()
+        });
+        if save.is_some() {
+            records.push((
+                Topic::Assignments,
+                Outgoing::State {
+                    key: key.clone(),
+                    value: serde_json::to_vec(&assignment).unwrap_or_default(),
+                    ce_type: ASSIGNMENT_TYPE,
+                    source: self.source.to_string(),
+                },
+            ));
+        }
         if let Ok(mut state) = self.state.lock() {
             state.insert(key, assignment);
         }
