@@ -119,7 +119,10 @@ impl KafkaConfig {
             .set("broker.address.family", "v4")
             // Reconnect within a second of the broker's return (librdkafka backs off to
             // 10 s by default), so readiness and webhooks recover quickly.
-            .set("reconnect.backoff.max.ms", "1000");
+            .set("reconnect.backoff.max.ms", "1000")
+            // Small requests go out at once: with Nagle's algorithm they can wait for the
+            // peer's delayed ACK, tens of milliseconds per round trip.
+            .set("socket.nagle.disable", "true");
         for (key, value) in &self.properties {
             config.set(key, value.expose_secret());
         }
