@@ -599,12 +599,14 @@ async fn media_mark_read_and_provider_errors_round_trip() {
                "media": {"kind": "document", "blob": {"key": key, "mimeType": "application/pdf"}, "filename": "invoice.pdf", "caption": "Your invoice"}}),
         json!({"channel": {"channelId": "demo"}, "to": "16505551234", "markRead": "wamid.IN9"}),
         json!({"channel": {"channelId": "demo"}, "to": "16505559999", "text": "hello?"}),
+        json!({"channel": {"channelId": "demo"}, "to": "16505551234",
+               "media": {"kind": "image", "link": "https://cdn.example.com/parcel.jpg", "caption": "Your parcel"}}),
     ];
     for command in commands {
         assert_eq!(send_command(&gateway, command).await.status(), 202);
     }
-    let records = inbound(&gateway, 3);
-    assert_eq!(records.len(), 3, "{}", gateway.log());
+    let records = inbound(&gateway, 4);
+    assert_eq!(records.len(), 4, "{}", gateway.log());
     let events: Vec<Value> = records.iter().map(record_json).collect();
     let failed = events
         .iter()
@@ -620,7 +622,7 @@ async fn media_mark_read_and_provider_errors_round_trip() {
             .iter()
             .filter(|e| e["type"] == "message.sent")
             .count(),
-        2
+        3
     );
 
     let fake = fake.lock().unwrap();
@@ -630,6 +632,11 @@ async fn media_mark_read_and_provider_errors_round_trip() {
     assert_eq!(document["document"]["id"], "uploaded-media-1");
     assert_eq!(document["document"]["filename"], "invoice.pdf");
     assert_eq!(document["document"]["caption"], "Your invoice");
+    // Media by link goes as a link: nothing is uploaded for it.
+    let image = fake.sends.iter().find(|s| s["type"] == "image").unwrap();
+    assert_eq!(image["image"]["link"], "https://cdn.example.com/parcel.jpg");
+    assert_eq!(image["image"]["caption"], "Your parcel");
+    assert!(image["image"].get("id").is_none());
     let read = fake.sends.iter().find(|s| s["status"] == "read").unwrap();
     assert_eq!(read["message_id"], "wamid.IN9");
 }
