@@ -33,11 +33,14 @@ lint: deps
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-bench: test-services
+# Benchmarks run against a fresh broker of their own (127.0.0.1:19092), stopped after.
+bench: deps
 	cargo build --release --workspace --benches --bins
-	cargo bench -p omnigate-e2e --bench webhook_ingest
-	cargo bench -p omnigate-e2e --bench router_throughput
-	cargo bench -p omnigate-e2e --bench webhook_delivery
+	@scripts/tansu.sh bench
+	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench webhook_ingest
+	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench router_throughput
+	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench webhook_delivery
+	@kill "$$(cat .tmp/tansu-bench.pid)" 2>/dev/null || true
 
 # Fuzzing with cargo-fuzz (libFuzzer). The machine's toolchain is stable, which has no
 # AddressSanitizer runtime, so targets run without a sanitizer (-s none): Rust code is
