@@ -321,7 +321,7 @@ fn assignments(events: &[Value]) -> HashMap<String, (HashSet<String>, HashSet<St
 async fn a_router_killed_mid_stream_loses_and_reassigns_nothing() {
     let prefix = unique_prefix("router-kill");
     // Large enough that the kill lands mid-stream even on a fast, idle machine.
-    let (keys, per_key) = (50, 100);
+    let (keys, per_key) = (100, 150);
     let events = stream(keys, per_key);
     let ids: HashSet<String> = events.iter().map(|e| e.id.clone()).collect();
     publish(&prefix, events).await;
