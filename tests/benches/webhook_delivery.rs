@@ -7,7 +7,7 @@
 use axum::{extract::State, http::HeaderMap};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
-    bench::{Run, env_or, own_peak_mib, peak_mib, release_bin, stop},
+    bench::{Run, cpu_seconds, env_or, own_peak_mib, peak_mib, release_bin, stop},
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{KafkaPublisher, admin};
@@ -147,7 +147,7 @@ fn main() {
     runtime.block_on(async {
         let n: usize = env_or("BENCH_DELIVERIES", 20_000);
         let concurrency: usize = env_or("BENCH_CONCURRENCY", 64);
-        println!("webhook_delivery: {n} deliveries to one local receiver, {concurrency} concurrent posts in the baseline\n");
+        println!("webhook_delivery: {n} deliveries to one local receiver, {concurrency} concurrent posts in the baseline and per endpoint in the dispatcher\n");
         let (url, arrivals) = receiver().await;
 
         let baseline = bare_reqwest(&url, n, concurrency).await;
@@ -161,15 +161,20 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = format!(
-            "roles = [\"api\", \"webhooks\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{prefix}\"\npartitions = 3\n[blobs]\nurl = \"file://{}\"\n[router]\ndatabase_url = \"sqlite://{}?mode=rwc\"\n[webhooks]\ndatabase_url = \"sqlite://{}?mode=rwc\"\nallow_networks = [\"127.0.0.0/8\"]\n[[api_keys]]\nname = \"bench\"\ntenant = \"acme\"\nsha256 = \"bb2c3471b1d4f3a48f740bf10b04cc830d5cd528b47ba699f9f0d733dbc5e397\"\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{prefix}\"\npartitions = 3\n[blobs]\nurl = \"file://{}\"\n[router]\ndatabase_url = \"sqlite://{}?mode=rwc\"\n[webhooks]\ndatabase_url = \"sqlite://{}?mode=rwc\"\nallow_networks = [\"127.0.0.0/8\"]\nmax_in_flight_per_endpoint = {concurrency}\n[[api_keys]]\nname = \"bench\"\ntenant = \"acme\"\nsha256 = \"bb2c3471b1d4f3a48f740bf10b04cc830d5cd528b47ba699f9f0d733dbc5e397\"\n",
             brokers(),
             dir.path().join("blobs").display(),
             dir.path().join("router.db").display(),
             dir.path().join("webhooks.db").display(),
         );
-        let path = dir.path().join("omnigate.toml");
-        std::fs::write(&path, config).unwrap();
-        let gateway = Command::new(release_bin("omnigate")).args(["serve", "--config"]).arg(&path).stdout(Stdio::null()).spawn().unwrap();
+        // The API alone first: the endpoint is registered and the backlog published
+        // before the dispatcher starts, so the run times the dispatcher, not the publisher.
+        let start = |roles: &str| {
+            let path = dir.path().join("omnigate.toml");
+            std::fs::write(&path, format!("roles = [{roles}]\n{config}")).unwrap();
+            Command::new(release_bin("omnigate")).args(["serve", "--config"]).arg(&path).stdout(Stdio::null()).spawn().unwrap()
+        };
+        let api_only = start("\"api\"");
         let client = reqwest::Client::new();
         let api = format!("http://127.0.0.1:{port}");
         let registered = loop {
@@ -185,11 +190,12 @@ fn main() {
             }
         };
         let endpoint_id = registered["id"].as_str().unwrap().to_string();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop(api_only);
 
-        // Throughput: a burst of n events, timed from the first delivery to the last.
+        // Throughput: a backlog of n events, timed from the first delivery to the last.
         let events: Vec<pb::Event> = (0..n).map(event).collect();
         publish(&publisher, events).await;
+        let gateway = start("\"api\", \"webhooks\"");
         let got = wait_for(&arrivals, n, Duration::from_secs(600)).await;
         let (first, last) = {
             let a = arrivals.lock().unwrap();
@@ -201,10 +207,11 @@ fn main() {
         };
         let rate = got as f64 / elapsed.as_secs_f64().max(1e-9);
         println!(
-            "{:<38} {rate:>9.0} /s  ({got} in {:.2} s)  peak RSS {:>6.1} MiB",
+            "{:<38} {rate:>9.0} /s  ({got} in {:.2} s)  peak RSS {:>6.1} MiB  CPU {:.1} us per delivery",
             "omnigate dispatcher (signed, logged)",
             elapsed.as_secs_f64(),
-            peak_mib(&gateway)
+            peak_mib(&gateway),
+            cpu_seconds(&gateway) / got.max(1) as f64 * 1e6
         );
 
         // Latency at a moderate rate: publish to delivery, per event.

@@ -11,7 +11,7 @@
 use omnigate_connector_whatsapp::{NormalizeCtx, normalize, verify::sign};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
-    bench::{Run, env_or, peak_mib, release_bin, stop},
+    bench::{Run, cpu_seconds, env_or, peak_mib, release_bin, stop},
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{KafkaPublisher, admin};
@@ -179,6 +179,7 @@ fn main() {
         wait_http(&url).await;
         let bare = load(url, bodies.clone(), duration, None).await;
         let bare_mem = peak_mib(&hyper);
+        let bare_cpu = cpu_seconds(&hyper);
         stop(hyper);
         bare.print("baseline: bare hyper, 200", bare_mem);
 
@@ -207,13 +208,20 @@ fn main() {
             .unwrap();
         wait_http(&format!("http://127.0.0.1:{port}/readyz")).await;
         let url = format!("http://127.0.0.1:{port}/webhooks/whatsapp/bench");
+        let cpu_before = cpu_seconds(&gateway);
         let full = load(url.clone(), bodies.clone(), duration, None).await;
+        let gateway_cpu = cpu_seconds(&gateway) - cpu_before;
         full.print("omnigate: signed POST -> Kafka ack", peak_mib(&gateway));
         let half_rate = full.rate() / 2.0;
         let half = load(url, bodies.clone(), duration, Some(half_rate)).await;
         half.print(&format!("omnigate at half rate ({half_rate:.0}/s)"), peak_mib(&gateway));
         stop(gateway);
 
+        println!(
+            "CPU per request: omnigate {:.1} us, bare hyper {:.1} us (server processes only)",
+            gateway_cpu / full.requests as f64 * 1e6,
+            bare_cpu / bare.requests as f64 * 1e6
+        );
         let lower = bare.rate().min(produce.rate());
         println!(
             "\nratio: omnigate / lower baseline = {:.2} (target >= 0.50); acknowledged events/s = {:.0} (target >= 10000); p99 at half rate = {:.2} ms (target < 25)",

@@ -97,6 +97,26 @@ fn peak_mib_of(path: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU time (user + system, every thread) a child process has used so far, in seconds.
+/// Unlike throughput it barely depends on what else the machine is doing, so it is the
+/// figure to compare between builds.
+pub fn cpu_seconds(child: &Child) -> f64 {
+    // utime and stime are fields 14 and 15, in USER_HZ ticks (100 per second on Linux);
+    // the command name (field 2) may hold spaces, so count from its closing parenthesis.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Kills a child process and reaps it.
 pub fn stop(mut child: Child) {
     let _ = child.kill();

@@ -10,6 +10,7 @@ use omnigate_model::{
     phone::to_e164,
     timestamp,
 };
+use serde::Deserialize as _;
 use serde_json::Value;
 
 /// How long a customer's message keeps the free-form service window open.
@@ -88,7 +89,7 @@ fn normalize_change(
         display_phone_number: &metadata.display_phone_number,
     };
     for raw in &value.messages {
-        match serde_json::from_value::<WaMessage>(raw.clone()) {
+        match WaMessage::deserialize(raw) {
             Ok(message) => {
                 out.events
                     .push(message_event(&message, raw, &value.contacts, &business, cx))
@@ -97,7 +98,7 @@ fn normalize_change(
         }
     }
     for raw in &value.statuses {
-        match serde_json::from_value::<WaStatus>(raw.clone()) {
+        match WaStatus::deserialize(raw) {
             Ok(status) => out.events.push(status_event(&status, &business, cx)),
             Err(err) => out.rejected.push(format!("status: {err}")),
         }

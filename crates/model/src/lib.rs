@@ -40,8 +40,9 @@ pub fn datetime(ts: &Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
 
 /// Converts a `serde_json::Value` into the protobuf `Value` used for raw provider parts.
 pub fn json_to_value(json: &serde_json::Value) -> Value {
-    // Both sides use the canonical JSON mapping, so a serde round trip is exact.
-    serde_json::from_value(json.clone()).unwrap_or_default()
+    // Both sides use the canonical JSON mapping, so a serde round trip is exact; it
+    // reads the borrowed tree, not a copy of it.
+    serde::Deserialize::deserialize(json).unwrap_or_default()
 }
 
 /// Encodes an event as the canonical JSON that goes on Kafka.

@@ -641,6 +641,7 @@ async fn send_test(
         ordering_key: String::new(),
         seq: 0,
         first_attempt_at: now,
+        first_outcome: None,
     };
     let message = NewMessage {
         event_id,

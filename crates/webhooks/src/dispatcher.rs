@@ -1,6 +1,10 @@
 //! The dispatcher role: each routed event becomes a delivery per matching endpoint,
-//! written to the store before its offset is stored, then POSTed at once. Retries,
-//! replays and test events are found in the store by a poll, so they survive a crash.
+//! POSTed at once and written to the store with that first attempt's result before
+//! the event's offset is stored; one write per delivery keeps thousands a second
+//! within SQLite's single writer. A crash before the write means the event is consumed
+//! and delivered again with the same `webhook-id` (receivers deduplicate by it).
+//! Retries, replays and test events are found in the store by a poll, so they survive
+//! a crash.
 
 use crate::{
     config::WebhooksConfig,
@@ -68,6 +72,12 @@ enum Write {
 
 /// How long a new delivery waits for a slot of its endpoint before it is left to the poll.
 const FAST_PATH_SLOT_WAIT: Duration = Duration::from_millis(200);
+
+/// How long the consumer waits for a new delivery's first attempt. A slower attempt
+/// goes on, but its delivery is logged as pending (held by this dispatcher) without
+/// the result, which updates the row when it comes: a slow endpoint never holds up
+/// the offsets of everything behind it.
+const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(1);
 
 /// Leave to attempt a delivery now: one of the dispatcher's slots and one of the
 /// endpoint's, released when the attempt ends.
@@ -142,9 +152,9 @@ impl Dispatcher {
         Ok(Self { inner })
     }
 
-    /// The consumer's first stage for one routed record: match, then queue the write.
-    /// The returned completion resolves once the deliveries are stored (so the offset
-    /// may be stored) and starts their first attempts.
+    /// The consumer's first stage for one routed record: match. The returned
+    /// completion makes the first attempts, then logs the deliveries with their
+    /// results; it resolves (so the offset may be stored) once they are stored.
     pub async fn handle(&self, record: ConsumedRecord) -> Result<Completion, HandlerError> {
         let event: pb::Event = match record.decode() {
             Ok(event) => event,
@@ -161,42 +171,78 @@ impl Dispatcher {
         let Some(message) = self.inner.message_for(&event, &record) else {
             return Ok(Box::pin(async {}));
         };
-        let (stored, is_stored) = oneshot::channel();
         let inner = Arc::clone(&self.inner);
-        Ok(Box::pin(async move {
-            let mut message = message;
-            let first_attempts = inner.hold_for_first_attempt(&mut message);
-            if inner
-                .writes
-                .send(Write::Message(message, stored))
-                .await
-                .is_err()
-                || is_stored.await.is_err()
-            {
-                // Not stored (shutting down): never resolve, so the offset is not stored
-                // and the event is consumed again after the restart.
-                return std::future::pending().await;
-            }
-            for due in first_attempts {
-                match inner.slots_for(&due.endpoint_id, FAST_PATH_SLOT_WAIT).await {
-                    Some(slots) => {
-                        let inner = Arc::clone(&inner);
-                        inner
-                            .tasks
-                            .clone()
-                            .spawn(async move { inner.attempt(due, slots).await });
-                    }
-                    // The endpoint is busy: hand the delivery to the poll.
-                    None => {
-                        let _ = inner.writes.send(Write::Defer(due.id, now_ms())).await;
-                    }
-                }
-            }
-        }))
+        Ok(Box::pin(async move { inner.deliver_new(message).await }))
     }
 }
 
 impl Inner {
+    /// Attempts a new event's deliveries that can go at once, then logs them all.
+    async fn deliver_new(self: Arc<Self>, mut message: NewMessage) {
+        let mut attempts = Vec::new();
+        for (index, due) in self.hold_for_first_attempt(&mut message) {
+            match self.slots_for(&due.endpoint_id, FAST_PATH_SLOT_WAIT).await {
+                Some(slots) => {
+                    let (result, outcome) = oneshot::channel();
+                    let inner = Arc::clone(&self);
+                    self.tasks.spawn(async move {
+                        if let Some(late) = inner
+                            .attempt(due, slots)
+                            .await
+                            .and_then(|o| result.send(o).err())
+                        {
+                            // Logged as pending meanwhile: the result updates the row.
+                            inner.record(late).await;
+                        }
+                    });
+                    attempts.push((index, outcome));
+                }
+                // The endpoint is busy: the delivery is logged as due now, for the poll.
+                None => message.deliveries[index].first_attempt_at = now_ms(),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + FIRST_ATTEMPT_WAIT;
+        let mut unfinished = Vec::new();
+        for (index, mut outcome) in attempts {
+            match tokio::time::timeout_at(deadline, &mut outcome).await {
+                Ok(Ok(done)) => message.deliveries[index].first_outcome = Some(done),
+                // No result (endpoint deleted or disabled meanwhile): it stays held
+                // until its lease ends, then the poll decides.
+                Ok(Err(_)) => {}
+                Err(_) => unfinished.push(outcome),
+            }
+        }
+        let (stored, is_stored) = oneshot::channel();
+        if self
+            .writes
+            .send(Write::Message(message, stored))
+            .await
+            .is_err()
+            || is_stored.await.is_err()
+        {
+            // Not stored (shutting down): never resolve, so the offset is not stored
+            // and the event is consumed again after the restart.
+            return std::future::pending().await;
+        }
+        // The rows exist now. A result that came in the meantime is recorded here;
+        // after `close` the attempt's own task records it.
+        for mut outcome in unfinished {
+            outcome.close();
+            if let Ok(done) = outcome.try_recv() {
+                self.record(done).await;
+            }
+        }
+    }
+
+    /// Queues an attempt's result for the store.
+    async fn record(&self, outcome: Outcome) {
+        if self.writes.send(Write::Outcome(outcome)).await.is_err() {
+            tracing::warn!(
+                "Attempt outcome not recorded (shutting down); the delivery is retried after its lease"
+            );
+        }
+    }
+
     fn endpoints(&self) -> Arc<Endpoints> {
         self.endpoints
             .read()
@@ -248,8 +294,9 @@ impl Inner {
                 tenant: e.tenant.clone(),
                 ordering_key: ordering_key.clone(),
                 seq: record.offset,
-                // Due now for the poll, unless `take_first_attempts` attempts it at once.
+                // Due now for the poll, unless `hold_for_first_attempt` attempts it at once.
                 first_attempt_at: now,
+                first_outcome: None,
             })
             .collect();
         if deliveries.is_empty() {
@@ -271,14 +318,14 @@ impl Inner {
         })
     }
 
-    /// Marks the deliveries of a new message that this dispatcher attempts as soon as
-    /// they are stored as held by it for a lease, and returns them. Deliveries to ordered
+    /// Marks the deliveries of a new message that this dispatcher attempts at once as
+    /// held by it for a lease, and returns them with their index. Deliveries to ordered
     /// endpoints stay due for the poll, which keeps each conversation in order.
-    fn hold_for_first_attempt(&self, message: &mut NewMessage) -> Vec<DueDelivery> {
+    fn hold_for_first_attempt(&self, message: &mut NewMessage) -> Vec<(usize, DueDelivery)> {
         let endpoints = self.endpoints();
         let lease_until = now_ms() + self.config.lease().as_millis() as i64;
         let mut held = Vec::new();
-        for delivery in &mut message.deliveries {
+        for (index, delivery) in message.deliveries.iter_mut().enumerate() {
             if endpoints
                 .by_id
                 .get(&delivery.endpoint_id)
@@ -287,13 +334,16 @@ impl Inner {
                 continue;
             }
             delivery.first_attempt_at = lease_until;
-            held.push(DueDelivery {
-                id: delivery.id.clone(),
-                endpoint_id: delivery.endpoint_id.clone(),
-                event_id: message.event_id.clone(),
-                attempts: 0,
-                body: message.body.clone(),
-            });
+            held.push((
+                index,
+                DueDelivery {
+                    id: delivery.id.clone(),
+                    endpoint_id: delivery.endpoint_id.clone(),
+                    event_id: message.event_id.clone(),
+                    attempts: 0,
+                    body: message.body.clone(),
+                },
+            ));
         }
         held
     }
@@ -346,12 +396,14 @@ impl Inner {
         start - now
     }
 
-    async fn attempt(self: Arc<Self>, due: DueDelivery, slots: Slots) {
+    /// Makes one attempt and returns its result for the store; None when the endpoint
+    /// is gone or disabled.
+    async fn attempt(&self, due: DueDelivery, slots: Slots) -> Option<Outcome> {
         let Some(endpoint) = self.endpoints().by_id.get(&due.endpoint_id).cloned() else {
-            return; // deleted meanwhile: its deliveries went with it
+            return None; // deleted meanwhile: its deliveries went with it
         };
         if !endpoint.enabled {
-            return; // stays pending; the poll takes it up if the endpoint is enabled again
+            return None; // stays pending; the poll takes it up if the endpoint is enabled again
         }
         tokio::time::sleep(self.rate_wait(&endpoint)).await;
         let number = due.attempts + 1;
@@ -362,7 +414,9 @@ impl Inner {
                 .client
                 .attempt(&endpoint, &due.id, due.body.clone(), started_at / 1000)
                 .await;
-            let verdict = self.retry.verdict(number as usize, &report.end, fastrand::f64());
+            let verdict = self
+                .retry
+                .verdict(number as usize, &report.end, fastrand::f64());
             let finished = now_ms();
             let (state, next_attempt_at, error, outcome) = match &verdict {
                 Verdict::Delivered => (status::SUCCEEDED, 0, String::new(), "delivered"),
@@ -376,13 +430,14 @@ impl Inner {
                 Verdict::EndpointGone => (status::FAILED, 0, "answered 410 Gone".into(), "gone"),
             };
             metrics::counter!("omnigate_webhook_attempts_total", "outcome" => outcome).increment(1);
-            metrics::histogram!("omnigate_webhook_attempt_duration_seconds").record(report.duration.as_secs_f64());
+            metrics::histogram!("omnigate_webhook_attempt_duration_seconds")
+                .record(report.duration.as_secs_f64());
             tracing::debug!(outcome, error, "Webhook attempt");
             let status_code = match report.end {
                 crate::retry::AttemptEnd::Answered { status, .. } => i64::from(status),
                 _ => 0,
             };
-            let write = Write::Outcome(Outcome {
+            let outcome = Outcome {
                 delivery_id: due.id.clone(),
                 status: state,
                 next_attempt_at,
@@ -394,15 +449,14 @@ impl Inner {
                     error,
                     response_body: report.response_body,
                 },
-            });
-            if self.writes.send(write).await.is_err() {
-                tracing::warn!("Attempt outcome not recorded (shutting down); the delivery is retried after its lease");
-            }
+            };
             drop(slots);
             self.track_health(&endpoint, &verdict, finished).await;
+            outcome
         }
         .instrument(span)
-        .await;
+        .await
+        .into()
     }
 
     /// Keeps the endpoint's failure clock and disables it on 410 or after failing too long.
@@ -527,9 +581,16 @@ async fn write_loop(
             }
         }
         let mut backoff = Duration::from_millis(100);
+        let started = std::time::Instant::now();
         loop {
             match store.write(&writes, now_ms()).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    metrics::histogram!("omnigate_webhook_store_write_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("omnigate_webhook_store_write_batch_size")
+                        .record(received as f64);
+                    break;
+                }
                 Err(err) => {
                     metrics::counter!("omnigate_webhook_store_errors_total").increment(1);
                     tracing::warn!(error = %err, "Webhook store write failed; retrying");
@@ -594,7 +655,11 @@ async fn poll_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
                             .slots_for(&delivery.endpoint_id, Duration::from_secs(1))
                             .await
                         {
-                            Some(slots) => inner2.attempt(delivery, slots).await,
+                            Some(slots) => {
+                                if let Some(outcome) = inner2.attempt(delivery, slots).await {
+                                    inner2.record(outcome).await;
+                                }
+                            }
                             None => {
                                 let again =
                                     now_ms() + inner2.config.poll_interval.as_millis() as i64;

@@ -167,6 +167,9 @@ pub struct NewDelivery {
     /// When its first attempt may start: now, or later when the dispatcher that
     /// created it attempts it at once and holds it for that long.
     pub first_attempt_at: i64,
+    /// The first attempt's result, when the dispatcher made it before logging the
+    /// delivery (the usual case): the row is written with it, in one go.
+    pub first_outcome: Option<Outcome>,
 }
 
 /// An event's body and its deliveries, written together.
@@ -216,6 +219,20 @@ struct DeliveryUpdate<'a> {
     last_error: &'a str,
 }
 
+impl<'a> DeliveryUpdate<'a> {
+    /// The delivery's state after the attempt of `outcome`.
+    fn after(outcome: &'a Outcome) -> Self {
+        Self {
+            id: &outcome.delivery_id,
+            status: outcome.status,
+            attempts: outcome.attempt.attempt,
+            next_attempt_at: outcome.next_attempt_at,
+            last_status_code: outcome.attempt.status_code,
+            last_error: &outcome.attempt.error,
+        }
+    }
+}
+
 /// Rows per multi-row statement. sqlx's SQLite driver looks parameters up by name at a
 /// cost that grows with their count squared, so statements stay small.
 const ROWS_PER_STATEMENT: usize = 25;
@@ -252,9 +269,10 @@ pub struct DueDelivery {
 #[derive(Debug, Clone)]
 pub struct WebhookStore {
     pool: AnyPool,
-    /// SQLite plans `UPDATE … FROM (VALUES …)` as a scan of the table per row, so
-    /// there updates go row by row (cheap: no round trip); PostgreSQL joins them.
-    row_updates: bool,
+    /// The database is SQLite. It plans `UPDATE … FROM (VALUES …)` as a scan of the
+    /// table per row, so there updates go row by row; PostgreSQL joins them. The two
+    /// also spell "rows of a JSON array" differently.
+    sqlite: bool,
 }
 
 const ENDPOINT_COLUMNS: &str = "id, tenant, url, description, events, filters, headers, rate_limit, ordered, enabled, disabled_reason, secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at";
@@ -330,7 +348,7 @@ impl WebhookStore {
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self {
             pool,
-            row_updates: url.starts_with("sqlite:"),
+            sqlite: url.starts_with("sqlite:"),
         })
     }
 
@@ -512,86 +530,113 @@ impl WebhookStore {
     }
 
     /// Writes messages with their deliveries, attempt outcomes and deferrals in one
-    /// transaction, with multi-row statements so a batch costs a handful of round trips.
+    /// transaction. Each table's new rows go in one statement, whatever their number,
+    /// as one JSON parameter (see [`WebhookStore::json_rows`]): a batch of thousands of
+    /// deliveries costs a handful of round trips to the database.
     /// Writing a message or delivery again changes nothing (a re-consumed event).
     pub async fn write(&self, batch: &WriteBatch, now: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for chunk in batch.messages.chunks(ROWS_PER_STATEMENT) {
+        if !batch.messages.is_empty() {
+            let rows: Vec<(&str, &str, std::borrow::Cow<'_, str>)> = batch
+                .messages
+                .iter()
+                .map(|m| {
+                    (
+                        &*m.event_id,
+                        &*m.event_type,
+                        String::from_utf8_lossy(&m.body),
+                    )
+                })
+                .collect();
             let sql = format!(
-                "INSERT INTO webhook_messages (event_id, event_type, body, created_at) VALUES {}
+                "INSERT INTO webhook_messages (event_id, event_type, body, created_at)
+                 SELECT value->>0, value->>1, value->>2, $2 FROM {} WHERE true
                  ON CONFLICT (event_id) DO NOTHING",
-                placeholders(chunk.len(), 4)
+                self.json_rows()
             );
-            let mut query = sqlx::query(&sql);
-            for message in chunk {
-                query = query
-                    .bind(&message.event_id)
-                    .bind(&message.event_type)
-                    .bind(String::from_utf8_lossy(&message.body).into_owned())
-                    .bind(now);
-            }
-            query.execute(&mut *tx).await?;
+            sqlx::query(&sql)
+                .bind(to_json(&rows))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
         }
         let deliveries: Vec<(&NewMessage, &NewDelivery)> = batch
             .messages
             .iter()
             .flat_map(|m| m.deliveries.iter().map(move |d| (m, d)))
             .collect();
-        for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO webhook_deliveries (id, endpoint_id, tenant, event_id, event_type,
-                 ordering_key, seq, next_attempt_at, created_at, updated_at, status, attempts,
-                 last_status_code, last_error) SELECT column1, column2, column3, column4, column5,
-                 column6, column7, column8, column9, column9, 'pending', 0, 0, '' FROM (VALUES {}) AS v
-                 WHERE true ON CONFLICT (id) DO NOTHING",
-                placeholders(chunk.len(), 9)
-            );
-            let mut query = sqlx::query(&sql);
-            for (message, delivery) in chunk {
-                query = query
-                    .bind(&delivery.id)
-                    .bind(&delivery.endpoint_id)
-                    .bind(&delivery.tenant)
-                    .bind(&message.event_id)
-                    .bind(&message.event_type)
-                    .bind(&delivery.ordering_key)
-                    .bind(delivery.seq)
-                    .bind(delivery.first_attempt_at)
-                    .bind(now);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        for chunk in batch.outcomes.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms,
-                 status_code, error, response_body) VALUES {}
-                 ON CONFLICT (delivery_id, attempt) DO NOTHING",
-                placeholders(chunk.len(), 7)
-            );
-            let mut query = sqlx::query(&sql);
-            for outcome in chunk {
-                let attempt = &outcome.attempt;
-                query = query
-                    .bind(&outcome.delivery_id)
-                    .bind(attempt.attempt)
-                    .bind(attempt.started_at)
-                    .bind(attempt.duration_ms)
-                    .bind(attempt.status_code)
-                    .bind(&attempt.error)
-                    .bind(&attempt.response_body);
-            }
-            query.execute(&mut *tx).await?;
-            let updates: Vec<DeliveryUpdate<'_>> = chunk
+        if !deliveries.is_empty() {
+            let rows: Vec<_> = deliveries
                 .iter()
-                .map(|o| DeliveryUpdate {
-                    id: &o.delivery_id,
-                    status: o.status,
-                    attempts: o.attempt.attempt,
-                    next_attempt_at: o.next_attempt_at,
-                    last_status_code: o.attempt.status_code,
-                    last_error: &o.attempt.error,
+                .map(|(message, delivery)| {
+                    let state = match &delivery.first_outcome {
+                        Some(o) => DeliveryUpdate::after(o),
+                        None => DeliveryUpdate {
+                            id: &delivery.id,
+                            status: status::PENDING,
+                            attempts: 0,
+                            next_attempt_at: delivery.first_attempt_at,
+                            last_status_code: 0,
+                            last_error: "",
+                        },
+                    };
+                    (
+                        (state.id, &delivery.endpoint_id, &delivery.tenant),
+                        (&message.event_id, &message.event_type),
+                        (&delivery.ordering_key, delivery.seq),
+                        (state.status, state.attempts, state.next_attempt_at),
+                        (state.last_status_code, state.last_error),
+                    )
                 })
                 .collect();
+            let sql = format!(
+                "INSERT INTO webhook_deliveries (id, endpoint_id, tenant, event_id, event_type,
+                 ordering_key, seq, status, attempts, next_attempt_at, last_status_code,
+                 last_error, created_at, updated_at)
+                 SELECT value->0->>0, value->0->>1, value->0->>2, value->1->>0, value->1->>1,
+                 value->2->>0, CAST(value->2->>1 AS BIGINT), value->3->>0,
+                 CAST(value->3->>1 AS BIGINT), CAST(value->3->>2 AS BIGINT),
+                 CAST(value->4->>0 AS BIGINT), value->4->>1, $2, $2 FROM {} WHERE true
+                 ON CONFLICT (id) DO NOTHING",
+                self.json_rows()
+            );
+            sqlx::query(&sql)
+                .bind(to_json(&rows))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Attempt rows: first attempts made before their delivery was logged, then the
+        // outcomes of deliveries logged earlier (which also update their row).
+        let attempts: Vec<_> = deliveries
+            .iter()
+            .filter_map(|(_, d)| d.first_outcome.as_ref())
+            .chain(&batch.outcomes)
+            .map(|o| {
+                let a = &o.attempt;
+                (
+                    (&o.delivery_id, a.attempt, a.started_at, a.duration_ms),
+                    (a.status_code, &a.error, &a.response_body),
+                )
+            })
+            .collect();
+        if !attempts.is_empty() {
+            let sql = format!(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms,
+                 status_code, error, response_body)
+                 SELECT value->0->>0, CAST(value->0->>1 AS BIGINT), CAST(value->0->>2 AS BIGINT),
+                 CAST(value->0->>3 AS BIGINT), CAST(value->1->>0 AS BIGINT), value->1->>1,
+                 value->1->>2 FROM {} WHERE true ON CONFLICT (delivery_id, attempt) DO NOTHING",
+                self.json_rows()
+            );
+            sqlx::query(&sql)
+                .bind(to_json(&attempts))
+                .execute(&mut *tx)
+                .await?;
+        }
+        for chunk in batch.outcomes.chunks(ROWS_PER_STATEMENT) {
+            let updates: Vec<DeliveryUpdate<'_>> =
+                chunk.iter().map(DeliveryUpdate::after).collect();
             self.update_deliveries(&mut tx, &updates, now).await?;
         }
         for (id, at) in &batch.deferred {
@@ -607,13 +652,25 @@ impl WebhookStore {
         Ok(())
     }
 
+    /// The rows of parameter `$1`, a JSON array of rows (each an array, nested up to
+    /// two levels), as a table with one column `value`: binding a batch as one value
+    /// keeps statements small (sqlx's SQLite driver looks parameters up at a cost that
+    /// grows with their count squared) and makes one statement per table enough.
+    fn json_rows(&self) -> &'static str {
+        if self.sqlite {
+            "json_each($1)"
+        } else {
+            "jsonb_array_elements($1::jsonb) AS rows (value)"
+        }
+    }
+
     async fn update_deliveries(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         updates: &[DeliveryUpdate<'_>],
         now: i64,
     ) -> Result<(), StoreError> {
-        if self.row_updates {
+        if self.sqlite {
             for u in updates {
                 sqlx::query(
                     "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at = $3,
