@@ -5,7 +5,7 @@
 
 use omnigate_core::publish::{Outgoing, Publisher, Topic};
 use omnigate_e2e::{
-    bench::{env_or, own_peak_mib, peak_mib, release_bin, stop},
+    bench::{cpu_seconds, env_or, own_cpu_seconds, own_peak_mib, peak_mib, release_bin, stop},
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{
@@ -164,11 +164,7 @@ async fn routed_so_far(metrics: &str) -> i64 {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    omnigate_e2e::bench::block_on(async {
         let n = events();
         println!("router_throughput: {n} events over {CONVERSATIONS} conversations\n");
         let baseline_prefix = unique_prefix("bench-pass");
@@ -176,9 +172,16 @@ fn main() {
         backlog(&baseline_prefix, n).await;
         backlog(&router_prefix, n).await;
 
+        let cpu_before = own_cpu_seconds();
         let elapsed = passthrough(&baseline_prefix, n).await;
+        let baseline_cpu = (own_cpu_seconds() - cpu_before) / n as f64 * 1e6;
         let baseline = n as f64 / elapsed.as_secs_f64();
-        println!("{:<38} {baseline:>9.0} /s  ({:.1} s)  peak RSS {:>6.1} MiB (bench process)", "baseline: consume + re-produce", elapsed.as_secs_f64(), own_peak_mib());
+        println!(
+            "{:<38} {baseline:>9.0} /s  ({:.1} s)  peak RSS {:>6.1} MiB (bench process)  CPU {baseline_cpu:.1} us per event",
+            "baseline: consume + re-produce",
+            elapsed.as_secs_f64(),
+            own_peak_mib()
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -187,12 +190,19 @@ fn main() {
             port,
             brokers(),
             dir.path().join("blobs").display(),
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/routing.toml").display(),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config/routing.toml")
+                .display(),
             dir.path().join("router.db").display(),
         );
         let path = dir.path().join("router.toml");
         std::fs::write(&path, config).unwrap();
-        let router = Command::new(release_bin("omnigate")).args(["serve", "--config"]).arg(&path).stdout(Stdio::null()).spawn().unwrap();
+        let router = Command::new(release_bin("omnigate"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         // Routed records: one per event plus one conversation.assigned per conversation,
         // counted by the router's own acknowledged-produce metric.
         let target = (n + CONVERSATIONS) as i64;
@@ -211,8 +221,17 @@ fn main() {
         };
         let elapsed = first.map(|f| f.elapsed()).unwrap_or_default();
         let rate = n as f64 * (size as f64 / target as f64) / elapsed.as_secs_f64();
-        println!("{:<38} {rate:>9.0} /s  ({:.1} s)  peak RSS {:>6.1} MiB", "omnigate router", elapsed.as_secs_f64(), peak_mib(&router));
+        println!(
+            "{:<38} {rate:>9.0} /s  ({:.1} s)  peak RSS {:>6.1} MiB  CPU {:.1} us per event",
+            "omnigate router",
+            elapsed.as_secs_f64(),
+            peak_mib(&router),
+            cpu_seconds(&router) / n as f64 * 1e6
+        );
         stop(router);
-        println!("\nratio: router / baseline = {:.2} (target >= 0.70); routed events/s = {rate:.0} (target >= 20000)", rate / baseline);
+        println!(
+            "\nratio: router / baseline = {:.2} (target >= 0.70); routed events/s = {rate:.0} (target >= 20000)",
+            rate / baseline
+        );
     });
 }

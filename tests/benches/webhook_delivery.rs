@@ -7,7 +7,7 @@
 use axum::{extract::State, http::HeaderMap};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
-    bench::{Run, cpu_seconds, env_or, own_peak_mib, peak_mib, release_bin, stop},
+    bench::{Run, cpu_seconds, env_or, own_cpu_seconds, own_peak_mib, peak_mib, release_bin, stop},
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{KafkaPublisher, admin};
@@ -140,18 +140,23 @@ async fn wait_for(arrivals: &Arrivals, n: usize, timeout: Duration) -> usize {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    omnigate_e2e::bench::block_on(async {
         let n: usize = env_or("BENCH_DELIVERIES", 20_000);
         let concurrency: usize = env_or("BENCH_CONCURRENCY", 64);
-        println!("webhook_delivery: {n} deliveries to one local receiver, {concurrency} concurrent posts in the baseline and per endpoint in the dispatcher\n");
+        println!(
+            "webhook_delivery: {n} deliveries to one local receiver, {concurrency} concurrent posts in the baseline and per endpoint in the dispatcher\n"
+        );
         let (url, arrivals) = receiver().await;
 
+        let cpu_before = own_cpu_seconds();
         let baseline = bare_reqwest(&url, n, concurrency).await;
+        let baseline_cpu = own_cpu_seconds() - cpu_before;
         baseline.print("baseline: bare reqwest loop", own_peak_mib());
+        println!(
+            "{:<38} CPU {:.1} us per delivery (client and receiver)",
+            "",
+            baseline_cpu / n as f64 * 1e6
+        );
         arrivals.lock().unwrap().clear();
 
         let prefix = unique_prefix("bench-hooks");
@@ -172,7 +177,12 @@ fn main() {
         let start = |roles: &str| {
             let path = dir.path().join("omnigate.toml");
             std::fs::write(&path, format!("roles = [{roles}]\n{config}")).unwrap();
-            Command::new(release_bin("omnigate")).args(["serve", "--config"]).arg(&path).stdout(Stdio::null()).spawn().unwrap()
+            Command::new(release_bin("omnigate"))
+                .args(["serve", "--config"])
+                .arg(&path)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
         };
         let api_only = start("\"api\"");
         let client = reqwest::Client::new();
@@ -224,9 +234,14 @@ fn main() {
         for i in 0..paced {
             ticker.tick().await;
             let event = event(n + i);
-            published.insert(omnigate_webhooks::dispatcher::delivery_id(&endpoint_id, &event.id), Instant::now());
+            published.insert(
+                omnigate_webhooks::dispatcher::delivery_id(&endpoint_id, &event.id),
+                Instant::now(),
+            );
             let publisher = publisher.clone();
-            pending.push(tokio::spawn(async move { publisher.event(Topic::Routed, event).await.unwrap() }));
+            pending.push(tokio::spawn(async move {
+                publisher.event(Topic::Routed, event).await.unwrap()
+            }));
         }
         for p in pending {
             p.await.unwrap();
@@ -236,7 +251,9 @@ fn main() {
         for (id, at) in arrivals.lock().unwrap().iter() {
             if let Some(sent) = published.get(id) {
                 latency.requests += 1;
-                latency.latencies_us.push(at.duration_since(*sent).as_micros() as u32);
+                latency
+                    .latencies_us
+                    .push(at.duration_since(*sent).as_micros() as u32);
             }
         }
         latency.latencies_us.sort_unstable();

@@ -11,7 +11,7 @@
 use omnigate_connector_whatsapp::{NormalizeCtx, normalize, verify::sign};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
-    bench::{Run, cpu_seconds, env_or, peak_mib, release_bin, stop},
+    bench::{Run, cpu_seconds, env_or, own_cpu_seconds, peak_mib, release_bin, stop},
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{KafkaPublisher, admin};
@@ -162,19 +162,23 @@ async fn wait_http(url: &str) {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    omnigate_e2e::bench::block_on(async {
         let duration = Duration::from_secs(seconds());
         let bodies = Arc::new(bodies());
         let mean = bodies.iter().map(|(b, _)| b.len()).sum::<usize>() / bodies.len();
-        println!("webhook_ingest: {} connections, {}s per run, bodies of {mean} bytes\n", concurrency(), duration.as_secs());
+        println!(
+            "webhook_ingest: {} connections, {}s per run, bodies of {mean} bytes\n",
+            concurrency(),
+            duration.as_secs()
+        );
 
         // Baseline 1: bare hyper.
         let port = free_port();
-        let hyper = Command::new(release_bin("bench-bare-hyper")).arg(port.to_string()).stdout(Stdio::null()).spawn().unwrap();
+        let hyper = Command::new(release_bin("bench-bare-hyper"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         let url = format!("http://127.0.0.1:{port}/");
         wait_http(&url).await;
         let bare = load(url, bodies.clone(), duration, None).await;
@@ -184,7 +188,9 @@ fn main() {
         bare.print("baseline: bare hyper, 200", bare_mem);
 
         // Baseline 2: rdkafka producing the same event bytes, no HTTP.
+        let cpu_before = own_cpu_seconds();
         let produce = produce_baseline(&bodies, duration).await;
+        let produce_cpu = own_cpu_seconds() - cpu_before;
         produce.print("baseline: rdkafka produce, acked", f64::NAN);
 
         // The gateway.
@@ -214,13 +220,17 @@ fn main() {
         full.print("omnigate: signed POST -> Kafka ack", peak_mib(&gateway));
         let half_rate = full.rate() / 2.0;
         let half = load(url, bodies.clone(), duration, Some(half_rate)).await;
-        half.print(&format!("omnigate at half rate ({half_rate:.0}/s)"), peak_mib(&gateway));
+        half.print(
+            &format!("omnigate at half rate ({half_rate:.0}/s)"),
+            peak_mib(&gateway),
+        );
         stop(gateway);
 
         println!(
-            "CPU per request: omnigate {:.1} us, bare hyper {:.1} us (server processes only)",
+            "CPU per request: omnigate {:.1} us, bare hyper {:.1} us (server processes only); rdkafka produce {:.1} us per event",
             gateway_cpu / full.requests as f64 * 1e6,
-            bare_cpu / bare.requests as f64 * 1e6
+            bare_cpu / bare.requests as f64 * 1e6,
+            produce_cpu / produce.requests as f64 * 1e6
         );
         let lower = bare.rate().min(produce.rate());
         println!(

@@ -101,9 +101,18 @@ fn peak_mib_of(path: &str) -> f64 {
 /// Unlike throughput it barely depends on what else the machine is doing, so it is the
 /// figure to compare between builds.
 pub fn cpu_seconds(child: &Child) -> f64 {
+    cpu_seconds_of(&format!("/proc/{}/stat", child.id()))
+}
+
+/// CPU time this process has used so far, in seconds (see [`cpu_seconds`]).
+pub fn own_cpu_seconds() -> f64 {
+    cpu_seconds_of("/proc/self/stat")
+}
+
+fn cpu_seconds_of(path: &str) -> f64 {
     // utime and stime are fields 14 and 15, in USER_HZ ticks (100 per second on Linux);
     // the command name (field 2) may hold spaces, so count from its closing parenthesis.
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
@@ -129,4 +138,13 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Runs a bench's `main` body on a multi-threaded runtime.
+pub fn block_on<F: Future>(body: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(body)
 }
