@@ -581,11 +581,18 @@ impl WebhookStore {
                         },
                     };
                     (
-                        (state.id, &delivery.endpoint_id, &delivery.tenant),
-                        (&message.event_id, &message.event_type),
-                        (&delivery.ordering_key, delivery.seq),
-                        (state.status, state.attempts, state.next_attempt_at),
-                        (state.last_status_code, state.last_error),
+                        state.id,
+                        &delivery.endpoint_id,
+                        &delivery.tenant,
+                        &message.event_id,
+                        &message.event_type,
+                        &delivery.ordering_key,
+                        delivery.seq,
+                        state.status,
+                        state.attempts,
+                        state.next_attempt_at,
+                        state.last_status_code,
+                        state.last_error,
                     )
                 })
                 .collect();
@@ -593,10 +600,10 @@ impl WebhookStore {
                 "INSERT INTO webhook_deliveries (id, endpoint_id, tenant, event_id, event_type,
                  ordering_key, seq, status, attempts, next_attempt_at, last_status_code,
                  last_error, created_at, updated_at)
-                 SELECT value->0->>0, value->0->>1, value->0->>2, value->1->>0, value->1->>1,
-                 value->2->>0, CAST(value->2->>1 AS BIGINT), value->3->>0,
-                 CAST(value->3->>1 AS BIGINT), CAST(value->3->>2 AS BIGINT),
-                 CAST(value->4->>0 AS BIGINT), value->4->>1, $2, $2 FROM {} WHERE true
+                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5,
+                 CAST(value->>6 AS BIGINT), value->>7, CAST(value->>8 AS BIGINT),
+                 CAST(value->>9 AS BIGINT), CAST(value->>10 AS BIGINT), value->>11, $2, $2
+                 FROM {} WHERE true
                  ON CONFLICT (id) DO NOTHING",
                 self.json_rows()
             );
@@ -615,8 +622,13 @@ impl WebhookStore {
             .map(|o| {
                 let a = &o.attempt;
                 (
-                    (&o.delivery_id, a.attempt, a.started_at, a.duration_ms),
-                    (a.status_code, &a.error, &a.response_body),
+                    &o.delivery_id,
+                    a.attempt,
+                    a.started_at,
+                    a.duration_ms,
+                    a.status_code,
+                    &a.error,
+                    &a.response_body,
                 )
             })
             .collect();
@@ -624,9 +636,9 @@ impl WebhookStore {
             let sql = format!(
                 "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms,
                  status_code, error, response_body)
-                 SELECT value->0->>0, CAST(value->0->>1 AS BIGINT), CAST(value->0->>2 AS BIGINT),
-                 CAST(value->0->>3 AS BIGINT), CAST(value->1->>0 AS BIGINT), value->1->>1,
-                 value->1->>2 FROM {} WHERE true ON CONFLICT (delivery_id, attempt) DO NOTHING",
+                 SELECT value->>0, CAST(value->>1 AS BIGINT), CAST(value->>2 AS BIGINT),
+                 CAST(value->>3 AS BIGINT), CAST(value->>4 AS BIGINT), value->>5, value->>6
+                 FROM {} WHERE true ON CONFLICT (delivery_id, attempt) DO NOTHING",
                 self.json_rows()
             );
             sqlx::query(&sql)
@@ -652,8 +664,7 @@ impl WebhookStore {
         Ok(())
     }
 
-    /// The rows of parameter `$1`, a JSON array of rows (each an array, nested up to
-    /// two levels), as a table with one column `value`: binding a batch as one value
+    /// The rows of parameter `$1`, a JSON array of rows (each an array), as a table with one column `value`: binding a batch as one value
     /// keeps statements small (sqlx's SQLite driver looks parameters up at a cost that
     /// grows with their count squared) and makes one statement per table enough.
     fn json_rows(&self) -> &'static str {
