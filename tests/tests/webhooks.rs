@@ -682,6 +682,58 @@ async fn a_slow_endpoint_does_not_hold_up_the_others() {
     );
 }
 
+/// A first attempt longer than the dispatcher waits (1 s) is logged as pending while it
+/// runs, then completed by its own result: one request each, no second attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_first_attempt_is_logged_pending_then_completed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix("hooks-handoff");
+    let gateway = gateway(&prefix, &config(&sqlite(&dir), ALLOW_LOOPBACK)).await;
+    let receiver = Receiver::start(|_, _| Reply {
+        delay: Duration::from_secs(4),
+        ..Reply::status(200)
+    })
+    .await;
+    let (id, _) = register(&gateway, json!({"url": receiver.url, "events": ["*"]})).await;
+    publish_events(
+        &prefix,
+        Topic::Routed,
+        (0..3)
+            .map(|n| routed(n, &format!("c{n}"), "support"))
+            .collect(),
+    )
+    .await;
+    let client = &gateway;
+    let deliveries = async |status: &str| {
+        let path = format!("/v1/webhooks/{id}/deliveries?status={status}");
+        let (code, list) = api(client, "GET", &path, None).await;
+        assert_eq!(code, 200, "{list}");
+        list["deliveries"].as_array().unwrap().clone()
+    };
+    wait_until("the running deliveries are logged as pending", async || {
+        deliveries("pending").await.len() == 3
+    })
+    .await;
+    assert!(
+        deliveries("pending")
+            .await
+            .iter()
+            .all(|d| d["attempts"] == 0),
+        "pending rows do not claim a finished attempt yet"
+    );
+    wait_until("the results complete the rows", async || {
+        deliveries("succeeded").await.len() == 3
+    })
+    .await;
+    for delivery in deliveries("succeeded").await {
+        assert_eq!(delivery["attempts"], 1, "{delivery}");
+        assert_eq!(delivery["last_status_code"], 200, "{delivery}");
+    }
+    // Held for its lease (attempt timeout + 10 s), so the poll never sends it again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), 3, "one request per delivery");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_api_validates_manages_tests_and_replays() {
     let dir = tempfile::tempdir().unwrap();
