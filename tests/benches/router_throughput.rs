@@ -5,7 +5,7 @@
 
 use omnigate_core::publish::{Outgoing, Publisher, Topic};
 use omnigate_e2e::{
-    bench::{cpu_seconds, env_or, own_cpu_seconds, own_peak_mib, peak_mib, release_bin, stop},
+    bench::{cpu_seconds, env_or, own_cpu_seconds, own_peak_mib, peak_mib, start_omnigate, stop},
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{
@@ -13,10 +13,7 @@ use omnigate_kafka::{
     consumer::{self, Completion},
 };
 use omnigate_model::{EventType, event_id, pb};
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 fn events() -> usize {
@@ -197,12 +194,7 @@ fn main() {
         );
         let path = dir.path().join("router.toml");
         std::fs::write(&path, config).unwrap();
-        let router = Command::new(release_bin("omnigate"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let router = start_omnigate(&path);
         // Routed records: one per event plus one conversation.assigned per conversation,
         // counted by the router's own acknowledged-produce metric.
         let target = (n + CONVERSATIONS) as i64;

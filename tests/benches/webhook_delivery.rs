@@ -7,14 +7,15 @@
 use axum::{extract::State, http::HeaderMap};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
-    bench::{Run, cpu_seconds, env_or, own_cpu_seconds, own_peak_mib, peak_mib, release_bin, stop},
+    bench::{
+        Run, cpu_seconds, env_or, own_cpu_seconds, own_peak_mib, peak_mib, start_omnigate, stop,
+    },
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{KafkaPublisher, admin};
 use omnigate_model::{EventType, pb};
 use std::{
     collections::HashMap,
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -177,12 +178,7 @@ fn main() {
         let start = |roles: &str| {
             let path = dir.path().join("omnigate.toml");
             std::fs::write(&path, format!("roles = [{roles}]\n{config}")).unwrap();
-            Command::new(release_bin("omnigate"))
-                .args(["serve", "--config"])
-                .arg(&path)
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap()
+            start_omnigate(&path)
         };
         let api_only = start("\"api\"");
         let client = reqwest::Client::new();

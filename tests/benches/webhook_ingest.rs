@@ -11,7 +11,9 @@
 use omnigate_connector_whatsapp::{NormalizeCtx, normalize, verify::sign};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
-    bench::{Run, cpu_seconds, env_or, own_cpu_seconds, peak_mib, release_bin, stop},
+    bench::{
+        Run, cpu_seconds, env_or, own_cpu_seconds, peak_mib, release_bin, start_omnigate, stop,
+    },
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{KafkaPublisher, admin};
@@ -206,12 +208,7 @@ fn main() {
         );
         let path = dir.path().join("bench.toml");
         std::fs::write(&path, config).unwrap();
-        let gateway = Command::new(release_bin("omnigate"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let gateway = start_omnigate(&path);
         wait_http(&format!("http://127.0.0.1:{port}/readyz")).await;
         let url = format!("http://127.0.0.1:{port}/webhooks/whatsapp/bench");
         let cpu_before = cpu_seconds(&gateway);

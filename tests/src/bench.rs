@@ -1,6 +1,10 @@
 //! Shared pieces of the `make bench` programs.
 
-use std::{path::PathBuf, process::Child, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 /// Throughput and latency of one measured run.
 #[derive(Debug, Default)]
@@ -74,6 +78,16 @@ pub fn release_bin(name: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Starts the release `omnigate serve --config <config>`, its stdout discarded.
+pub fn start_omnigate(config: &Path) -> Child {
+    Command::new(release_bin("omnigate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("omnigate starts")
 }
 
 /// Peak resident memory of a child process, in MiB (VmHWM); NaN when unknown.

@@ -408,7 +408,7 @@ impl Inner {
         tokio::time::sleep(self.rate_wait(&endpoint)).await;
         let number = due.attempts + 1;
         let span = tracing::info_span!("webhook_attempt", delivery = %due.id, endpoint = %endpoint.id, attempt = number);
-        async {
+        let outcome = async {
             let started_at = now_ms();
             let report = self
                 .client
@@ -455,8 +455,8 @@ impl Inner {
             outcome
         }
         .instrument(span)
-        .await
-        .into()
+        .await;
+        Some(outcome)
     }
 
     /// Keeps the endpoint's failure clock and disables it on 410 or after failing too long.

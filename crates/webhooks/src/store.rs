@@ -531,88 +531,76 @@ impl WebhookStore {
 
     /// Writes messages with their deliveries, attempt outcomes and deferrals in one
     /// transaction. Each table's new rows go in one statement, whatever their number,
-    /// as one JSON parameter (see [`WebhookStore::json_rows`]): a batch of thousands of
+    /// as one JSON parameter (see `insert_rows`): a batch of thousands of
     /// deliveries costs a handful of round trips to the database.
     /// Writing a message or delivery again changes nothing (a re-consumed event).
     pub async fn write(&self, batch: &WriteBatch, now: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        if !batch.messages.is_empty() {
-            let rows: Vec<(&str, &str, std::borrow::Cow<'_, str>)> = batch
-                .messages
-                .iter()
-                .map(|m| {
-                    (
-                        &*m.event_id,
-                        &*m.event_type,
-                        String::from_utf8_lossy(&m.body),
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO webhook_messages (event_id, event_type, body, created_at)
-                 SELECT value->>0, value->>1, value->>2, $2 FROM {} WHERE true
-                 ON CONFLICT (event_id) DO NOTHING",
-                self.json_rows()
-            );
-            sqlx::query(&sql)
-                .bind(to_json(&rows))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let messages: Vec<_> = batch
+            .messages
+            .iter()
+            .map(|m| {
+                let body = String::from_utf8_lossy(&m.body);
+                (&m.event_id, &m.event_type, body, now)
+            })
+            .collect();
+        self.insert_rows(
+            &mut tx,
+            "webhook_messages (event_id, event_type, body, created_at)",
+            "value->>0, value->>1, value->>2, CAST(value->>3 AS BIGINT)",
+            "event_id",
+            &messages,
+        )
+        .await?;
         let deliveries: Vec<(&NewMessage, &NewDelivery)> = batch
             .messages
             .iter()
             .flat_map(|m| m.deliveries.iter().map(move |d| (m, d)))
             .collect();
-        if !deliveries.is_empty() {
-            let rows: Vec<_> = deliveries
-                .iter()
-                .map(|(message, delivery)| {
-                    let state = match &delivery.first_outcome {
-                        Some(o) => DeliveryUpdate::after(o),
-                        None => DeliveryUpdate {
-                            id: &delivery.id,
-                            status: status::PENDING,
-                            attempts: 0,
-                            next_attempt_at: delivery.first_attempt_at,
-                            last_status_code: 0,
-                            last_error: "",
-                        },
-                    };
-                    (
-                        state.id,
-                        &delivery.endpoint_id,
-                        &delivery.tenant,
-                        &message.event_id,
-                        &message.event_type,
-                        &delivery.ordering_key,
-                        delivery.seq,
-                        state.status,
-                        state.attempts,
-                        state.next_attempt_at,
-                        state.last_status_code,
-                        state.last_error,
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO webhook_deliveries (id, endpoint_id, tenant, event_id, event_type,
-                 ordering_key, seq, status, attempts, next_attempt_at, last_status_code,
-                 last_error, created_at, updated_at)
-                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5,
-                 CAST(value->>6 AS BIGINT), value->>7, CAST(value->>8 AS BIGINT),
-                 CAST(value->>9 AS BIGINT), CAST(value->>10 AS BIGINT), value->>11, $2, $2
-                 FROM {} WHERE true
-                 ON CONFLICT (id) DO NOTHING",
-                self.json_rows()
-            );
-            sqlx::query(&sql)
-                .bind(to_json(&rows))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let delivery_rows: Vec<_> = deliveries
+            .iter()
+            .map(|(message, delivery)| {
+                let state = match &delivery.first_outcome {
+                    Some(o) => DeliveryUpdate::after(o),
+                    None => DeliveryUpdate {
+                        id: &delivery.id,
+                        status: status::PENDING,
+                        attempts: 0,
+                        next_attempt_at: delivery.first_attempt_at,
+                        last_status_code: 0,
+                        last_error: "",
+                    },
+                };
+                (
+                    state.id,
+                    &delivery.endpoint_id,
+                    &delivery.tenant,
+                    &message.event_id,
+                    &message.event_type,
+                    &delivery.ordering_key,
+                    delivery.seq,
+                    state.status,
+                    state.attempts,
+                    state.next_attempt_at,
+                    state.last_status_code,
+                    state.last_error,
+                    now,
+                )
+            })
+            .collect();
+        self.insert_rows(
+            &mut tx,
+            "webhook_deliveries (id, endpoint_id, tenant, event_id, event_type, ordering_key,
+             seq, status, attempts, next_attempt_at, last_status_code, last_error, created_at,
+             updated_at)",
+            "value->>0, value->>1, value->>2, value->>3, value->>4, value->>5,
+             CAST(value->>6 AS BIGINT), value->>7, CAST(value->>8 AS BIGINT),
+             CAST(value->>9 AS BIGINT), CAST(value->>10 AS BIGINT), value->>11,
+             CAST(value->>12 AS BIGINT), CAST(value->>12 AS BIGINT)",
+            "id",
+            &delivery_rows,
+        )
+        .await?;
         // Attempt rows: first attempts made before their delivery was logged, then the
         // outcomes of deliveries logged earlier (which also update their row).
         let attempts: Vec<_> = deliveries
@@ -632,20 +620,16 @@ impl WebhookStore {
                 )
             })
             .collect();
-        if !attempts.is_empty() {
-            let sql = format!(
-                "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms,
-                 status_code, error, response_body)
-                 SELECT value->>0, CAST(value->>1 AS BIGINT), CAST(value->>2 AS BIGINT),
-                 CAST(value->>3 AS BIGINT), CAST(value->>4 AS BIGINT), value->>5, value->>6
-                 FROM {} WHERE true ON CONFLICT (delivery_id, attempt) DO NOTHING",
-                self.json_rows()
-            );
-            sqlx::query(&sql)
-                .bind(to_json(&attempts))
-                .execute(&mut *tx)
-                .await?;
-        }
+        self.insert_rows(
+            &mut tx,
+            "webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code,
+             error, response_body)",
+            "value->>0, CAST(value->>1 AS BIGINT), CAST(value->>2 AS BIGINT),
+             CAST(value->>3 AS BIGINT), CAST(value->>4 AS BIGINT), value->>5, value->>6",
+            "delivery_id, attempt",
+            &attempts,
+        )
+        .await?;
         for chunk in batch.outcomes.chunks(ROWS_PER_STATEMENT) {
             let updates: Vec<DeliveryUpdate<'_>> =
                 chunk.iter().map(DeliveryUpdate::after).collect();
@@ -664,15 +648,36 @@ impl WebhookStore {
         Ok(())
     }
 
-    /// The rows of parameter `$1`, a JSON array of rows (each an array), as a table with one column `value`: binding a batch as one value
-    /// keeps statements small (sqlx's SQLite driver looks parameters up at a cost that
-    /// grows with their count squared) and makes one statement per table enough.
-    fn json_rows(&self) -> &'static str {
-        if self.sqlite {
+    /// Inserts `rows` into `target` (`table (columns)`), skipping rows whose `conflict`
+    /// key exists. The rows go as one JSON parameter, an array of arrays, read back by
+    /// `select` from a one-column table `value`: one statement per table whatever the
+    /// batch size, where a parameter per value would cost sqlx's SQLite driver time
+    /// that grows with their count squared.
+    async fn insert_rows<T: Serialize>(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        target: &str,
+        select: &str,
+        conflict: &str,
+        rows: &[T],
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let source = if self.sqlite {
             "json_each($1)"
         } else {
             "jsonb_array_elements($1::jsonb) AS rows (value)"
-        }
+        };
+        let sql = format!(
+            "INSERT INTO {target} SELECT {select} FROM {source} WHERE true
+             ON CONFLICT ({conflict}) DO NOTHING"
+        );
+        sqlx::query(&sql)
+            .bind(to_json(&rows))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     async fn update_deliveries(
