@@ -5,14 +5,16 @@
 //!   2. rdkafka producing the same event bytes with no HTTP at all.
 //!
 //! Prints requests/s, p50/p99 latency and peak memory, and the gateway's ratio to the
-//! lower baseline. Needs the broker `make bench` starts (Tansu, memory storage).
+//! lower baseline. Needs the broker `make bench` starts (Tansu, memory storage); each
+//! measured phase restarts it empty.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use omnigate_connector_whatsapp::{NormalizeCtx, normalize, verify::sign};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
     bench::{
-        Run, cpu_seconds, env_or, own_cpu_seconds, peak_mib, release_bin, start_omnigate, stop,
+        Run, broker_cpu_seconds, cpu_seconds, env_or, fresh_broker, own_cpu_seconds, peak_mib,
+        release_bin, start_omnigate, stop,
     },
     brokers, free_port, kafka_config, unique_prefix,
 };
@@ -190,18 +192,22 @@ fn main() {
         bare.print("baseline: bare hyper, 200", bare_mem);
 
         // Baseline 2: rdkafka producing the same event bytes, no HTTP.
-        let cpu_before = own_cpu_seconds();
+        fresh_broker();
+        let (cpu_before, broker_before) = (own_cpu_seconds(), broker_cpu_seconds());
         let produce = produce_baseline(&bodies, duration).await;
         let produce_cpu = own_cpu_seconds() - cpu_before;
+        let produce_broker_cpu = broker_cpu_seconds() - broker_before;
         produce.print("baseline: rdkafka produce, acked", f64::NAN);
 
-        // The gateway.
+        // The gateway, on an empty broker too, into the same topic layout as the baseline
+        // (3 partitions).
+        fresh_broker();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         // The gateway's producer batching delay; the default config's value unless set.
         let linger: u64 = env_or("BENCH_LINGER_MS", 5);
         let config = format!(
-            "roles = [\"whatsapp\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\npartitions = 6\nlinger_ms = {linger}\n[blobs]\nurl = \"file://{}\"\n[whatsapp.channels.bench]\nphone_number_id = \"106540352242922\"\nverify_token = \"v\"\napp_secret = \"bench-secret\"\naccess_token = \"t\"\n",
+            "roles = [\"whatsapp\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\npartitions = 3\nlinger_ms = {linger}\n[blobs]\nurl = \"file://{}\"\n[whatsapp.channels.bench]\nphone_number_id = \"106540352242922\"\nverify_token = \"v\"\napp_secret = \"bench-secret\"\naccess_token = \"t\"\n",
             brokers(),
             unique_prefix("bench-gateway"),
             dir.path().join("blobs").display()
@@ -211,10 +217,17 @@ fn main() {
         let gateway = start_omnigate(&path);
         wait_http(&format!("http://127.0.0.1:{port}/readyz")).await;
         let url = format!("http://127.0.0.1:{port}/webhooks/whatsapp/bench");
-        let cpu_before = cpu_seconds(&gateway);
+        let (cpu_before, broker_before) = (cpu_seconds(&gateway), broker_cpu_seconds());
         let full = load(url.clone(), bodies.clone(), duration, None).await;
         let gateway_cpu = cpu_seconds(&gateway) - cpu_before;
+        let gateway_broker_cpu = broker_cpu_seconds() - broker_before;
         full.print("omnigate: signed POST -> Kafka ack", peak_mib(&gateway));
+        stop(gateway);
+
+        // Half the measured rate, for the latency at moderate load; again from empty.
+        fresh_broker();
+        let gateway = start_omnigate(&path);
+        wait_http(&format!("http://127.0.0.1:{port}/readyz")).await;
         let half_rate = full.rate() / 2.0;
         let half = load(url, bodies.clone(), duration, Some(half_rate)).await;
         half.print(
@@ -228,6 +241,11 @@ fn main() {
             gateway_cpu / full.requests as f64 * 1e6,
             bare_cpu / bare.requests as f64 * 1e6,
             produce_cpu / produce.requests as f64 * 1e6
+        );
+        println!(
+            "Broker (Tansu) CPU per event: {:.1} us under the gateway, {:.1} us under the produce baseline",
+            gateway_broker_cpu / full.requests as f64 * 1e6,
+            produce_broker_cpu / produce.requests as f64 * 1e6
         );
         let lower = bare.rate().min(produce.rate());
         println!(

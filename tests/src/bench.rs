@@ -140,6 +140,36 @@ fn cpu_seconds_of(path: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The workspace root, where `scripts/` and `.tmp/` live.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// Restarts `make bench`'s broker empty (`scripts/tansu.sh bench`) before a measured
+/// phase. Tansu's memory engine spends more CPU per record the more it holds (about
+/// 3 us per event when empty, over 30 us after a million events), so phases that shared
+/// one broker were not comparable: the later phase paid for the earlier one's data.
+pub fn fresh_broker() {
+    let root = workspace_root();
+    let status = Command::new(root.join("scripts/tansu.sh"))
+        .arg("bench")
+        .current_dir(&root)
+        .stdout(Stdio::null())
+        .status()
+        .expect("scripts/tansu.sh runs");
+    assert!(status.success(), "scripts/tansu.sh bench failed");
+}
+
+/// CPU time the bench broker has used so far, in seconds; NaN when it is not running.
+pub fn broker_cpu_seconds() -> f64 {
+    std::fs::read_to_string(workspace_root().join(".tmp/tansu-bench.pid"))
+        .map(|pid| cpu_seconds_of(&format!("/proc/{}/stat", pid.trim())))
+        .unwrap_or(f64::NAN)
+}
+
 /// Kills a child process and reaps it.
 pub fn stop(mut child: Child) {
     let _ = child.kill();
