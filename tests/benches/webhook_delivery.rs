@@ -8,7 +8,8 @@ use axum::{extract::State, http::HeaderMap};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
     bench::{
-        Run, cpu_seconds, env_or, own_cpu_seconds, own_peak_mib, peak_mib, start_omnigate, stop,
+        Run, cpu_seconds, env_or, fresh_broker, own_cpu_seconds, own_peak_mib, peak_mib,
+        start_omnigate, stop,
     },
     brokers, free_port, kafka_config, unique_prefix,
 };
@@ -160,6 +161,9 @@ fn main() {
         );
         arrivals.lock().unwrap().clear();
 
+        // An empty broker, as in the other benches: Tansu's memory engine costs more per
+        // record the more it holds.
+        fresh_broker();
         let prefix = unique_prefix("bench-hooks");
         let kafka = kafka_config(&brokers(), &prefix);
         admin::ensure_topics(&kafka).await.unwrap();
