@@ -348,7 +348,7 @@ impl WebhookStore {
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self {
             pool,
-            sqlite: url.starts_with("sqlite:"),
+            sqlite: omnigate_core::db::is_sqlite(url),
         })
     }
 
@@ -544,11 +544,12 @@ impl WebhookStore {
                 (&m.event_id, &m.event_type, body, now)
             })
             .collect();
-        self.insert_rows(
-            &mut tx,
+        omnigate_core::db::insert_json_rows(
+            &mut *tx,
+            self.sqlite,
             "webhook_messages (event_id, event_type, body, created_at)",
             "value->>0, value->>1, value->>2, CAST(value->>3 AS BIGINT)",
-            "event_id",
+            "(event_id) DO NOTHING",
             &messages,
         )
         .await?;
@@ -588,8 +589,9 @@ impl WebhookStore {
                 )
             })
             .collect();
-        self.insert_rows(
-            &mut tx,
+        omnigate_core::db::insert_json_rows(
+            &mut *tx,
+            self.sqlite,
             "webhook_deliveries (id, endpoint_id, tenant, event_id, event_type, ordering_key,
              seq, status, attempts, next_attempt_at, last_status_code, last_error, created_at,
              updated_at)",
@@ -597,7 +599,7 @@ impl WebhookStore {
              CAST(value->>6 AS BIGINT), value->>7, CAST(value->>8 AS BIGINT),
              CAST(value->>9 AS BIGINT), CAST(value->>10 AS BIGINT), value->>11,
              CAST(value->>12 AS BIGINT), CAST(value->>12 AS BIGINT)",
-            "id",
+            "(id) DO NOTHING",
             &delivery_rows,
         )
         .await?;
@@ -620,13 +622,14 @@ impl WebhookStore {
                 )
             })
             .collect();
-        self.insert_rows(
-            &mut tx,
+        omnigate_core::db::insert_json_rows(
+            &mut *tx,
+            self.sqlite,
             "webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code,
              error, response_body)",
             "value->>0, CAST(value->>1 AS BIGINT), CAST(value->>2 AS BIGINT),
              CAST(value->>3 AS BIGINT), CAST(value->>4 AS BIGINT), value->>5, value->>6",
-            "delivery_id, attempt",
+            "(delivery_id, attempt) DO NOTHING",
             &attempts,
         )
         .await?;
@@ -645,38 +648,6 @@ impl WebhookStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
-    }
-
-    /// Inserts `rows` into `target` (`table (columns)`), skipping rows whose `conflict`
-    /// key exists. The rows go as one JSON parameter, an array of arrays, read back by
-    /// `select` from a one-column table `value`: one statement per table whatever the
-    /// batch size, where a parameter per value would cost sqlx's SQLite driver time
-    /// that grows with their count squared.
-    async fn insert_rows<T: Serialize>(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        target: &str,
-        select: &str,
-        conflict: &str,
-        rows: &[T],
-    ) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let source = if self.sqlite {
-            "json_each($1)"
-        } else {
-            "jsonb_array_elements($1::jsonb) AS rows (value)"
-        };
-        let sql = format!(
-            "INSERT INTO {target} SELECT {select} FROM {source} WHERE true
-             ON CONFLICT ({conflict}) DO NOTHING"
-        );
-        sqlx::query(&sql)
-            .bind(to_json(&rows))
-            .execute(&mut **tx)
-            .await?;
         Ok(())
     }
 
