@@ -378,3 +378,59 @@ impl ContactStore {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn assignment(conversation: &str, inbox: &str, last_event_at: i64) -> Assignment {
+        Assignment {
+            conversation_id: conversation.into(),
+            conversation_key: format!("key-{conversation}"),
+            inbox: inbox.into(),
+            contact_id: "contact".into(),
+            channel_kind: "email".into(),
+            rule: "default".into(),
+            opened_at: 0,
+            last_event_at,
+            linked: Vec::new(),
+            recent_events: Vec::new(),
+            stored_last_event_at: 0,
+        }
+    }
+
+    /// Saves issued together share one batched statement; each resolves only once stored,
+    /// and when a batch holds one conversation twice, its newest row wins.
+    #[tokio::test]
+    async fn concurrent_saves_are_batched_and_the_newest_row_wins() {
+        let store = ContactStore::connect("sqlite::memory:").await.unwrap();
+        let saves: Vec<_> = (0..300)
+            .map(|i| assignment(&format!("c{i}"), "sales", 100))
+            .chain([
+                assignment("c7", "billing", 300),
+                assignment("c7", "vip", 200),
+            ])
+            .collect();
+        // Every save is started before any is awaited, so they queue together.
+        let results = futures::future::join_all(saves.iter().map(|a| store.save("acme", a))).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+        let count: i64 = sqlx::query("SELECT COUNT(*) FROM router_conversations")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(count, 300);
+        let view = store.conversation("acme", "c7").await.unwrap().unwrap();
+        assert_eq!(view.inbox, "billing");
+        let row = sqlx::query(
+            "SELECT last_event_at FROM router_conversations WHERE conversation_id = 'c7'",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(row.try_get::<i64, _>(0).unwrap(), 300);
+    }
+}
