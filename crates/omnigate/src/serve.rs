@@ -16,7 +16,7 @@ use omnigate_core::{
     shutdown, telemetry,
 };
 use omnigate_kafka::{
-    KafkaPublisher, admin,
+    KafkaConfig, KafkaPublisher, admin,
     consumer::{self, ConsumedRecord, HandlerError},
 };
 use omnigate_model::pb;
@@ -63,6 +63,7 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         spawn_consumer(
             &tasks,
             &config,
+            config.whatsapp.fetch_wait_max_ms,
             "whatsapp-media",
             Topic::Inbound,
             &shutdown,
@@ -84,6 +85,7 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         spawn_consumer(
             &tasks,
             &config,
+            config.whatsapp.fetch_wait_max_ms,
             "whatsapp-sender",
             Topic::Outbound,
             &shutdown,
@@ -221,6 +223,7 @@ where
 fn spawn_consumer<H, F>(
     tasks: &TaskTracker,
     config: &Config,
+    fetch_wait_max_ms: u64,
     group: &str,
     topic: Topic,
     shutdown: &CancellationToken,
@@ -230,7 +233,11 @@ where
     H: FnMut(ConsumedRecord) -> F + Send + 'static,
     F: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    let consumer = consumer::subscribe(&config.kafka, group, &[topic])
+    let kafka = KafkaConfig {
+        fetch_wait_max_ms,
+        ..config.kafka.clone()
+    };
+    let consumer = consumer::subscribe(&kafka, group, &[topic])
         .with_context(|| format!("cannot start the Kafka consumer {group}"))?;
     let group = group.to_string();
     let shutdown = shutdown.clone();
