@@ -48,6 +48,7 @@ pub fn kafka_config(brokers: &str, prefix: &str) -> KafkaConfig {
         client_id: "omnigate-test".into(),
         probe_interval_ms: 500,
         fetch_wait_max_ms: 10,
+        background_fetch_wait_max_ms: 100,
         instance_id: String::new(),
         protobuf_topics: vec![],
         properties: BTreeMap::new(),

@@ -24,11 +24,6 @@ pub struct WhatsappConfig {
     pub send_retry_delays_ms: Vec<u64>,
     /// Timeout of one Graph API call, in milliseconds. Default 10000.
     pub http_timeout_ms: u64,
-    /// Longest the role's two consumers (media downloads, send commands) wait at the
-    /// broker for records, in milliseconds; replaces `kafka.fetch_wait_max_ms` for
-    /// them. Default 100: neither needs the router's 10 ms, and on brokers that answer
-    /// a fetch only when the wait runs out (Tansu) every fetch costs broker CPU.
-    pub fetch_wait_max_ms: u64,
     /// Channels by name; the name is the `{channel}` in `/webhooks/whatsapp/{channel}`.
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelConfig>,
@@ -74,12 +69,6 @@ impl WhatsappConfig {
             return Err(ConfigError::new(
                 "whatsapp.graph_api_base",
                 "must be an http(s) URL",
-            ));
-        }
-        if self.fetch_wait_max_ms > 300_000 {
-            return Err(ConfigError::new(
-                "whatsapp.fetch_wait_max_ms",
-                "must be at most 300000 (librdkafka's limit)",
             ));
         }
         for (name, channel) in &self.channels {

@@ -34,6 +34,11 @@ pub struct KafkaConfig {
     /// Longest a consumer's fetch waits at the broker for new records, in
     /// milliseconds: the idle-to-first-record latency of every consumer. Default 10.
     pub fetch_wait_max_ms: u64,
+    /// `fetch_wait_max_ms` of the consumers off the main path, whose latency does not
+    /// matter to the millisecond: WhatsApp media downloads and send commands, and the
+    /// router's follower of other instances' state. Default 100. On brokers that
+    /// answer a fetch only when the wait runs out (Tansu) every fetch costs broker CPU.
+    pub background_fetch_wait_max_ms: u64,
     /// A stable id of this instance (e.g. the pod name) for static consumer-group
     /// membership: a restarted instance takes its partitions back at once instead of
     /// waiting for the group to notice the old one is gone. Empty: dynamic membership.
@@ -62,6 +67,10 @@ impl std::fmt::Debug for KafkaConfig {
             .field("compression", &self.compression)
             .field("client_id", &self.client_id)
             .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
+            .field(
+                "background_fetch_wait_max_ms",
+                &self.background_fetch_wait_max_ms,
+            )
             .field("instance_id", &self.instance_id)
             .field("protobuf_topics", &self.protobuf_topics)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
@@ -106,7 +115,30 @@ impl KafkaConfig {
                 "must be at least 100",
             ));
         }
+        for (key, wait) in [
+            ("kafka.fetch_wait_max_ms", self.fetch_wait_max_ms),
+            (
+                "kafka.background_fetch_wait_max_ms",
+                self.background_fetch_wait_max_ms,
+            ),
+        ] {
+            if wait > 300_000 {
+                return Err(ConfigError::new(
+                    key,
+                    "must be at most 300000 (librdkafka's limit)",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// This config for a consumer off the main path: its fetches wait
+    /// `background_fetch_wait_max_ms` instead of `fetch_wait_max_ms`.
+    pub fn for_background(&self) -> Self {
+        Self {
+            fetch_wait_max_ms: self.background_fetch_wait_max_ms,
+            ..self.clone()
+        }
     }
 
     /// The librdkafka settings every client shares.

@@ -76,7 +76,11 @@ pub async fn start(
     // Then follow it, so assignments made by other instances arrive before a rebalance
     // hands us their keys.
     let follow_group = format!("{}-state-{}", config.router.group_id, uuid::Uuid::new_v4());
-    let follower = consumer::subscribe(&config.kafka, &follow_group, &[Topic::Assignments])?;
+    let follower = consumer::subscribe(
+        &config.kafka.for_background(),
+        &follow_group,
+        &[Topic::Assignments],
+    )?;
     {
         let (router, shutdown) = (router.clone(), shutdown.clone());
         tasks.spawn(async move {

@@ -62,8 +62,7 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         let media = whatsapp.clone();
         spawn_consumer(
             &tasks,
-            &config,
-            config.whatsapp.fetch_wait_max_ms,
+            &config.kafka.for_background(),
             "whatsapp-media",
             Topic::Inbound,
             &shutdown,
@@ -84,8 +83,7 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         )?;
         spawn_consumer(
             &tasks,
-            &config,
-            config.whatsapp.fetch_wait_max_ms,
+            &config.kafka.for_background(),
             "whatsapp-sender",
             Topic::Outbound,
             &shutdown,
@@ -222,8 +220,7 @@ where
 
 fn spawn_consumer<H, F>(
     tasks: &TaskTracker,
-    config: &Config,
-    fetch_wait_max_ms: u64,
+    kafka: &KafkaConfig,
     group: &str,
     topic: Topic,
     shutdown: &CancellationToken,
@@ -233,11 +230,7 @@ where
     H: FnMut(ConsumedRecord) -> F + Send + 'static,
     F: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    let kafka = KafkaConfig {
-        fetch_wait_max_ms,
-        ..config.kafka.clone()
-    };
-    let consumer = consumer::subscribe(&kafka, group, &[topic])
+    let consumer = consumer::subscribe(kafka, group, &[topic])
         .with_context(|| format!("cannot start the Kafka consumer {group}"))?;
     let group = group.to_string();
     let shutdown = shutdown.clone();
