@@ -67,6 +67,18 @@ fn bad_url_is_named() {
 }
 
 #[test]
+fn fetch_waits_past_librdkafkas_limit_are_named() {
+    for key in ["fetch_wait_max_ms", "background_fetch_wait_max_ms"] {
+        let (ok, out) = check(&format!("[kafka]\n{key} = 300001\n"));
+        assert!(!ok, "{out}");
+        assert!(
+            out.contains(&format!("kafka.{key}")) && out.contains("300000"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
 fn the_shipped_configs_are_valid() {
     for file in ["default.toml", "standalone.toml"] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

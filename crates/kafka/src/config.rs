@@ -161,3 +161,43 @@ impl KafkaConfig {
         config
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn background_consumers_get_their_own_fetch_wait_and_nothing_else_changes() {
+        let config = KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: "omnigate.".into(),
+            partitions: 6,
+            replication_factor: 1,
+            create_topics: true,
+            message_timeout_ms: 5000,
+            linger_ms: 5,
+            compression: "lz4".into(),
+            client_id: "omnigate".into(),
+            probe_interval_ms: 2000,
+            fetch_wait_max_ms: 10,
+            background_fetch_wait_max_ms: 100,
+            instance_id: String::new(),
+            protobuf_topics: Vec::new(),
+            properties: BTreeMap::new(),
+        };
+        let background = config.for_background();
+        assert_eq!(background.fetch_wait_max_ms, 100);
+        assert_eq!(background.background_fetch_wait_max_ms, 100);
+        assert_eq!(
+            format!(
+                "{:?}",
+                KafkaConfig {
+                    fetch_wait_max_ms: 10,
+                    ..background
+                }
+            ),
+            format!("{config:?}")
+        );
+    }
+}
