@@ -100,6 +100,7 @@ where
     H: FnMut(ConsumedRecord) -> F,
     F: Future<Output = Result<(), HandlerError>>,
 {
+    let consumed = metrics::counter!("omnigate_kafka_consumed_total");
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -134,7 +135,7 @@ where
             }
         }
         consumer.store_offset_from_message(&message)?;
-        metrics::counter!("omnigate_kafka_consumed_total").increment(1);
+        consumed.increment(1);
     }
     commit(&consumer)
 }
@@ -220,12 +221,13 @@ where
 {
     use futures::{StreamExt, stream::FuturesOrdered};
     let mut in_flight: InFlight = FuturesOrdered::new();
+    let consumed = metrics::counter!("omnigate_kafka_consumed_total");
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some((topic, partition, offset)) = in_flight.next(), if !in_flight.is_empty() => {
                 consumer.store_offset(&topic, partition, offset)?;
-                metrics::counter!("omnigate_kafka_consumed_total").increment(1);
+                consumed.increment(1);
             }
             message = consumer.recv(), if in_flight.len() < max_in_flight => {
                 let message = match message {
