@@ -152,6 +152,13 @@ fn chrono_now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
 
+/// Starts the gateway with `config` and waits until it is ready on `port`.
+async fn start_gateway(config: &std::path::Path, port: u16) -> std::process::Child {
+    let gateway = start_omnigate(config);
+    wait_http(&format!("http://127.0.0.1:{port}/readyz")).await;
+    gateway
+}
+
 async fn wait_http(url: &str) {
     for _ in 0..300 {
         if reqwest::get(url)
@@ -214,8 +221,7 @@ fn main() {
         );
         let path = dir.path().join("bench.toml");
         std::fs::write(&path, config).unwrap();
-        let gateway = start_omnigate(&path);
-        wait_http(&format!("http://127.0.0.1:{port}/readyz")).await;
+        let gateway = start_gateway(&path, port).await;
         let url = format!("http://127.0.0.1:{port}/webhooks/whatsapp/bench");
         let (cpu_before, broker_before) = (cpu_seconds(&gateway), broker_cpu_seconds());
         let full = load(url.clone(), bodies.clone(), duration, None).await;
@@ -226,8 +232,7 @@ fn main() {
 
         // Half the measured rate, for the latency at moderate load; again from empty.
         fresh_broker();
-        let gateway = start_omnigate(&path);
-        wait_http(&format!("http://127.0.0.1:{port}/readyz")).await;
+        let gateway = start_gateway(&path, port).await;
         let half_rate = full.rate() / 2.0;
         let half = load(url, bodies.clone(), duration, Some(half_rate)).await;
         half.print(

@@ -150,8 +150,9 @@ fn workspace_root() -> PathBuf {
 
 /// Restarts `make bench`'s broker empty (`scripts/tansu.sh bench`) before a measured
 /// phase. Tansu's memory engine spends more CPU per record the more it holds (about
-/// 3 us per event when empty, over 30 us after a million events), so phases that shared
-/// one broker were not comparable: the later phase paid for the earlier one's data.
+/// 3 us per event when empty, over 30 us once it held about half a million events), so
+/// phases that shared one broker were not comparable: the later phase paid for the
+/// earlier one's data.
 pub fn fresh_broker() {
     let root = workspace_root();
     let status = Command::new(root.join("scripts/tansu.sh"))

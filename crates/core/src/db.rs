@@ -6,8 +6,9 @@ use sqlx::{AnyPool, any::AnyPoolOptions};
 /// Connects to `sqlite://path?mode=rwc` or `postgres://…`.
 ///
 /// SQLite gets one connection (it has one writer; more connections only fight over
-/// its lock) that is not pinged before each use, WAL so readers run beside the writer, and a busy timeout so another
-/// process's writer is waited for instead of failing at once.
+/// its lock) that is not pinged before each use, WAL so readers run beside the writer,
+/// and a busy timeout so another process's writer is waited for instead of failing at
+/// once.
 pub async fn connect(url: &str) -> Result<AnyPool, sqlx::Error> {
     sqlx::any::install_default_drivers();
     let sqlite = is_sqlite(url);

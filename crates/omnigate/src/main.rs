@@ -11,10 +11,10 @@ use config::{Config, Role};
 use std::{future::Future, path::PathBuf, process::ExitCode};
 
 // jemalloc, unprefixed, replaces malloc for the whole process, librdkafka's C code
-// included. glibc's malloc spent about a fifth of the gateway's CPU in arena locks and
+// included. glibc's malloc spent about a quarter of the gateway's CPU in arena locks and
 // consolidation, because librdkafka's threads free what tokio's threads allocated (and
 // the other way round); jemalloc's per-thread caches cut CPU per ingested request
-// from 66-69 us to 55-58 us in `make bench`. A Rust-only allocator did not help: the
+// from 66-69 us to 55-56 us in `make bench`. A Rust-only allocator did not help: the
 // C side kept glibc.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
