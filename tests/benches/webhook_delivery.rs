@@ -130,6 +130,65 @@ async fn publish(publisher: &Publisher, events: Vec<pb::Event>) {
     }
 }
 
+/// The delivery log alone, as the dispatcher's writer fills it: `n` deliveries that
+/// succeeded at their first attempt, written in batches of `batch` (message, delivery
+/// and attempt rows). The log has one writer, so its time per delivery bounds the
+/// dispatcher's rate. Returns the elapsed time.
+async fn log_only(n: usize, batch: usize, path: &std::path::Path) -> Duration {
+    use omnigate_webhooks::store::{
+        Attempt, NewDelivery, NewMessage, Outcome, WebhookStore, WriteBatch, status,
+    };
+    let store = WebhookStore::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    let now = omnigate_webhooks::dispatcher::now_ms();
+    let batches: Vec<WriteBatch> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .map(|chunk| WriteBatch {
+            messages: chunk
+                .iter()
+                .map(|&i| {
+                    let event = event(i);
+                    let id = omnigate_webhooks::dispatcher::delivery_id("ep_bench", &event.id);
+                    NewMessage {
+                        event_id: event.id.clone(),
+                        event_type: event.r#type.clone(),
+                        body: bytes::Bytes::from(omnigate_model::to_json(&event)),
+                        deliveries: vec![NewDelivery {
+                            id: id.clone(),
+                            endpoint_id: "ep_bench".into(),
+                            tenant: "acme".into(),
+                            ordering_key: event.conversation_key.clone(),
+                            seq: i as i64,
+                            first_attempt_at: now,
+                            first_outcome: Some(Outcome {
+                                delivery_id: id,
+                                status: status::SUCCEEDED,
+                                next_attempt_at: 0,
+                                attempt: Attempt {
+                                    attempt: 1,
+                                    started_at: now,
+                                    duration_ms: 2,
+                                    status_code: 204,
+                                    error: String::new(),
+                                    response_body: String::new(),
+                                },
+                            }),
+                        }],
+                    }
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in &batches {
+        store.write(batch, now).await.unwrap();
+    }
+    started.elapsed()
+}
+
 async fn wait_for(arrivals: &Arrivals, n: usize, timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {
@@ -160,6 +219,17 @@ fn main() {
             baseline_cpu / n as f64 * 1e6
         );
         arrivals.lock().unwrap().clear();
+
+        let log_dir = tempfile::tempdir().unwrap();
+        // The dispatcher's writer takes up to 2048 deliveries per transaction.
+        let log_batch: usize = env_or("BENCH_LOG_BATCH", 2048);
+        let log = log_only(n, log_batch, &log_dir.path().join("log.db")).await;
+        println!(
+            "{:<38} {:>9.0} /s  ({:.1} us per delivery on the log's one writer, batches of {log_batch})",
+            "delivery log alone (SQLite)",
+            n as f64 / log.as_secs_f64(),
+            log.as_secs_f64() / n as f64 * 1e6
+        );
 
         // An empty broker, as in the other benches: Tansu's memory engine costs more per
         // record the more it holds.

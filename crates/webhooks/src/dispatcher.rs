@@ -555,7 +555,10 @@ async fn write_loop(
     mut queue: mpsc::Receiver<Write>,
     shutdown: CancellationToken,
 ) {
-    const BATCH: usize = 512;
+    // Up to 2048 per transaction: in `make bench`'s log-only phase, batches of 2048
+    // cost 31-38 us per delivery against 47-60 us for batches of 512, since a commit
+    // writes each changed page once however many rows changed it.
+    const BATCH: usize = 2048;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let received = tokio::select! {
