@@ -221,8 +221,10 @@ fn main() {
         arrivals.lock().unwrap().clear();
 
         let log_dir = tempfile::tempdir().unwrap();
-        // The dispatcher's writer takes up to 2048 deliveries per transaction.
-        let log_batch: usize = env_or("BENCH_LOG_BATCH", 2048);
+        let log_batch: usize = env_or(
+            "BENCH_LOG_BATCH",
+            omnigate_webhooks::dispatcher::WRITE_BATCH,
+        );
         let log = log_only(n, log_batch, &log_dir.path().join("log.db")).await;
         println!(
             "{:<38} {:>9.0} /s  ({:.1} us per delivery on the log's one writer, batches of {log_batch})",

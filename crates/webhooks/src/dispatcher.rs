@@ -547,6 +547,11 @@ fn disabled_event(endpoint: &Endpoint, reason: &str, now: i64) -> pb::Event {
     }
 }
 
+/// The most writes one store transaction carries. In `make bench`'s log-only phase,
+/// batches of 2048 cost 31-38 us per delivery against 47-60 us for batches of 512,
+/// since a commit writes each changed page once however many rows changed it.
+pub const WRITE_BATCH: usize = 2048;
+
 /// Writes in batches: one transaction for whatever queued up meanwhile, so the store
 /// keeps up with thousands of deliveries a second. A failed write is retried until it
 /// lands or the process stops.
@@ -555,16 +560,12 @@ async fn write_loop(
     mut queue: mpsc::Receiver<Write>,
     shutdown: CancellationToken,
 ) {
-    // Up to 2048 per transaction: in `make bench`'s log-only phase, batches of 2048
-    // cost 31-38 us per delivery against 47-60 us for batches of 512, since a commit
-    // writes each changed page once however many rows changed it.
-    const BATCH: usize = 2048;
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
         let received = tokio::select! {
-            n = queue.recv_many(&mut batch, BATCH) => n,
+            n = queue.recv_many(&mut batch, WRITE_BATCH) => n,
             // Outcomes of attempts still finishing are written for a little longer.
-            () = shutdown.cancelled() => tokio::time::timeout(Duration::from_secs(3), queue.recv_many(&mut batch, BATCH))
+            () = shutdown.cancelled() => tokio::time::timeout(Duration::from_secs(3), queue.recv_many(&mut batch, WRITE_BATCH))
                 .await
                 .unwrap_or_default(),
         };
