@@ -121,6 +121,7 @@ async fn passthrough(prefix: &str, n: usize) -> Duration {
         consumer,
         shutdown,
         2000,
+        1,
         move |record| {
             let (publisher, tx) = (publisher.clone(), tx.clone());
             async move {

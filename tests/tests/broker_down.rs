@@ -43,7 +43,7 @@ async fn publish_fails_retriably_within_the_bounded_wait() {
         let outcome = publisher
             .publish(
                 Topic::Inbound,
-                omnigate_core::publish::Outgoing::Event(Box::new(event())),
+                &omnigate_core::publish::Outgoing::Event(Box::new(event())),
             )
             .await;
         warm = outcome.map_err(Some);
@@ -58,7 +58,7 @@ async fn publish_fails_retriably_within_the_bounded_wait() {
     let err = publisher
         .publish(
             Topic::Inbound,
-            omnigate_core::publish::Outgoing::Event(Box::new(event())),
+            &omnigate_core::publish::Outgoing::Event(Box::new(event())),
         )
         .await
         .expect_err("nothing can be acknowledged while the broker is down");

@@ -136,3 +136,156 @@ async fn ten_thousand_events_round_trip_in_order() {
     assert_eq!(next_seq.len(), TASKS);
     assert!(next_seq.values().all(|n| *n == PER_TASK));
 }
+
+/// `run_pipelined` with lanes: partitions are decided at once, each in offset order,
+/// and every offset is stored and committed, so the group re-reads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_lanes_decide_partitions_at_once_each_in_order() {
+    use omnigate_kafka::consumer::{self, Completion};
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
+    use tokio_util::sync::CancellationToken;
+
+    const KEYS: usize = 12;
+    const PER_KEY: usize = 100;
+    let prefix = unique_prefix("lanes");
+    let config = kafka_config(&brokers(), &prefix);
+    admin::ensure_topics(&config).await.unwrap();
+    let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());
+    let publish = |keys: std::ops::Range<usize>, per_key: usize| {
+        let publisher = publisher.clone();
+        async move {
+            let tasks: Vec<_> = keys
+                .map(|task| {
+                    let publisher = publisher.clone();
+                    tokio::spawn(async move {
+                        for seq in 0..per_key {
+                            publisher
+                                .event(Topic::Inbound, event(task, seq))
+                                .await
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }
+    };
+    publish(0..KEYS, PER_KEY).await;
+
+    // Decided (partition, offset, key, seq) in deciding order, and how many decide at once.
+    type Seen = Arc<Mutex<Vec<(i32, i64, String, usize)>>>;
+    let run = |expected: usize| {
+        let config = config.clone();
+        async move {
+            let seen: Seen = Arc::default();
+            let (deciding, most_at_once) =
+                (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (done, mut finished) = tokio::sync::mpsc::unbounded_channel::<()>();
+            let consumer = consumer::subscribe(&config, "lanes", &[Topic::Inbound]).unwrap();
+            let shutdown = CancellationToken::new();
+            let decide = {
+                let (seen, deciding, most_at_once) = (
+                    Arc::clone(&seen),
+                    Arc::clone(&deciding),
+                    Arc::clone(&most_at_once),
+                );
+                move |record: consumer::ConsumedRecord| {
+                    let (seen, deciding, most_at_once, done) = (
+                        Arc::clone(&seen),
+                        Arc::clone(&deciding),
+                        Arc::clone(&most_at_once),
+                        done.clone(),
+                    );
+                    async move {
+                        let now = deciding.fetch_add(1, Ordering::SeqCst) + 1;
+                        most_at_once.fetch_max(now, Ordering::SeqCst);
+                        // A decision that waits (as the router's does on its database).
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        let event: pb::Event = record.decode().unwrap();
+                        let Some(pb::event::Payload::Message(m)) = &event.payload else {
+                            panic!("not a message");
+                        };
+                        let seq: usize = m.parts[0]
+                            .part
+                            .as_ref()
+                            .map(|p| match p {
+                                pb::content_part::Part::Text(t) => t.parse().unwrap(),
+                                _ => panic!("not text"),
+                            })
+                            .unwrap();
+                        seen.lock().unwrap().push((
+                            record.partition,
+                            record.offset,
+                            event.conversation_key,
+                            seq,
+                        ));
+                        deciding.fetch_sub(1, Ordering::SeqCst);
+                        let completion: Completion = Box::pin(async move {
+                            // Completions finish out of order; offsets must not.
+                            tokio::time::sleep(Duration::from_millis(seq as u64 % 5)).await;
+                            let _ = done.send(());
+                        });
+                        Ok(completion)
+                    }
+                }
+            };
+            let task = tokio::spawn(consumer::run_pipelined(
+                consumer,
+                shutdown.clone(),
+                200,
+                3,
+                decide,
+            ));
+            for _ in 0..expected {
+                tokio::time::timeout(Duration::from_secs(60), finished.recv())
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+            // Anything beyond `expected` would be a record read twice.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            shutdown.cancel();
+            task.await.unwrap().unwrap();
+            let seen = std::mem::take(&mut *seen.lock().unwrap());
+            (seen, most_at_once.load(Ordering::SeqCst))
+        }
+    };
+
+    let (seen, most_at_once) = run(KEYS * PER_KEY).await;
+    assert_eq!(seen.len(), KEYS * PER_KEY, "every record decided once");
+    assert!(
+        most_at_once > 1,
+        "lanes decide at once: at most {most_at_once} did"
+    );
+    let mut last_offset: HashMap<i32, i64> = HashMap::new();
+    let mut next_seq: HashMap<String, usize> = HashMap::new();
+    for (partition, offset, key, seq) in &seen {
+        let last = last_offset.entry(*partition).or_insert(-1);
+        assert!(
+            offset > last,
+            "partition {partition} decided in order: {offset} after {last}"
+        );
+        *last = *offset;
+        let expected = next_seq.entry(key.clone()).or_default();
+        assert_eq!(seq, expected, "key {key} decided in order");
+        *expected += 1;
+    }
+
+    // The offsets were committed: the group, started again, sees only what is new.
+    publish(KEYS..KEYS + 2, 5).await;
+    let (again, _) = run(10).await;
+    assert_eq!(
+        again.len(),
+        10,
+        "only the 10 new records are read again: {again:?}"
+    );
+    let new_keys: std::collections::HashSet<String> = (KEYS..KEYS + 2)
+        .map(|task| event(task, 0).conversation_key)
+        .collect();
+    assert!(again.iter().all(|(_, _, key, _)| new_keys.contains(key)));
+}

@@ -565,7 +565,7 @@ async fn transactional_router_routes_exactly_once_and_survives_a_kill() {
             .iter()
             .map(|e| (Topic::Inbound, Outgoing::Event(Box::new(e.clone()))))
             .collect();
-        publisher.publish_all(records).await.unwrap();
+        publisher.publish_all(&records).await.unwrap();
     }
     let env = [
         ("OMNIGATE_ROUTER__TRANSACTIONS", "true".to_string()),
@@ -632,7 +632,7 @@ async fn transactional_router_routes_exactly_once_and_survives_a_kill() {
         .into_iter()
         .map(|e| (Topic::Inbound, Outgoing::Event(Box::new(e))))
         .collect();
-    publisher.publish_all(records).await.unwrap();
+    publisher.publish_all(&records).await.unwrap();
     let dir = first.kill_keep_dir();
     let second = Gateway::start_roles(&brokers, prefix, &["router"], "", Some(dir), &env).await;
     // The mock replays the whole stream (see above); no new conversations open.

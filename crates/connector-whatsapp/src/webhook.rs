@@ -102,15 +102,14 @@ async fn receive(
         wa.inner.windows.observe(event);
     }
     let count = normalized.events.len();
-    publisher
-        .publish_all(
-            normalized
-                .events
-                .into_iter()
-                .map(|e| (Topic::Inbound, Outgoing::Event(Box::new(e)))),
-        )
-        .await
-        .inspect_err(|err| tracing::warn!(channel, error = %err, "Kafka did not take the events; answering 503"))?;
+    let records: Vec<_> = normalized
+        .events
+        .into_iter()
+        .map(|e| (Topic::Inbound, Outgoing::Event(Box::new(e))))
+        .collect();
+    publisher.publish_all(&records).await.inspect_err(
+        |err| tracing::warn!(channel, error = %err, "Kafka did not take the events; answering 503"),
+    )?;
     if !normalized.rejected.is_empty() {
         dead_letter(&wa, &cx, &body, &normalized.rejected.join("; ")).await?;
     }

@@ -120,7 +120,7 @@ pub struct Delivered {
 pub trait Publish: Send + Sync + 'static {
     /// Publishes one record; resolves after the broker acknowledged it, or fails within
     /// the configured bounded wait.
-    async fn publish(&self, topic: Topic, record: Outgoing) -> Result<Delivered, PublishError>;
+    async fn publish(&self, topic: Topic, record: &Outgoing) -> Result<Delivered, PublishError>;
 }
 
 /// A cheap-to-clone handle on the process's one publisher.
@@ -141,7 +141,7 @@ impl Publisher {
 
     /// Publishes one record and waits for its acknowledgement.
     pub async fn publish(&self, topic: Topic, record: Outgoing) -> Result<Delivered, PublishError> {
-        self.0.publish(topic, record).await
+        self.0.publish(topic, &record).await
     }
 
     /// Publishes an event.
@@ -151,14 +151,15 @@ impl Publisher {
 
     /// Publishes every record concurrently and succeeds only if all were acknowledged.
     /// The first error is returned; the others may still have landed, which is fine
-    /// because ids are deterministic and consumers drop duplicates.
-    pub async fn publish_all(
+    /// because ids are deterministic and consumers drop duplicates. The records are
+    /// borrowed, so a caller can retry with the same ones without copying them.
+    pub async fn publish_all<'a>(
         &self,
-        records: impl IntoIterator<Item = (Topic, Outgoing)>,
+        records: impl IntoIterator<Item = &'a (Topic, Outgoing)>,
     ) -> Result<Vec<Delivered>, PublishError> {
         let sends = records
             .into_iter()
-            .map(|(topic, record)| self.publish(topic, record));
+            .map(|(topic, record)| self.0.publish(*topic, record));
         futures::future::try_join_all(sends).await
     }
 }

@@ -197,35 +197,64 @@ impl ConsumedRecord {
 }
 
 /// Records whose completion is pending, in consumption order, each resolving to its
-/// (topic, partition, offset).
+/// (topic, partition, offset), or to None when it was never decided (shutdown).
 type InFlight = futures::stream::FuturesOrdered<
-    std::pin::Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>,
+    std::pin::Pin<Box<dyn Future<Output = Option<(String, i32, i64)>> + Send>>,
 >;
 
 /// The second stage of a pipelined handler: resolves when the record's outputs are
 /// acknowledged. It should retry on its own; it is awaited in consumption order.
 pub type Completion = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A decided record: its completion, running, or None when it was skipped.
+type Decided = Option<tokio::task::JoinHandle<()>>;
+
 /// Like [`run`], but overlaps the waits for acknowledgements: `decide` runs for each
-/// record in order and returns a [`Completion`]; up to `max_in_flight` completions run
-/// at once, and offsets are stored strictly in consumption order as they finish.
+/// record and returns a [`Completion`]; up to `max_in_flight` completions run at once,
+/// and offsets are stored strictly in consumption order as they finish.
+///
+/// With `lanes` above 1, that many tasks decide at once, each for the partitions whose
+/// number modulo `lanes` is its own, so each partition is still decided in order. A
+/// handler whose state is per record key (keys never span partitions) can use them to
+/// spread its deciding over the cores; 1 decides every record in this loop.
 pub async fn run_pipelined<H, F>(
     consumer: StreamConsumer,
     shutdown: CancellationToken,
     max_in_flight: usize,
+    lanes: usize,
     mut decide: H,
 ) -> Result<(), KafkaError>
 where
-    H: FnMut(ConsumedRecord) -> F,
-    F: Future<Output = Result<Completion, HandlerError>>,
+    H: FnMut(ConsumedRecord) -> F + Clone + Send + 'static,
+    F: Future<Output = Result<Completion, HandlerError>> + Send + 'static,
 {
     use futures::{StreamExt, stream::FuturesOrdered};
+    use tokio::sync::{mpsc, oneshot};
     let mut in_flight: InFlight = FuturesOrdered::new();
     let consumed = metrics::counter!("omnigate_kafka_consumed_total");
+    let lanes: Vec<mpsc::UnboundedSender<(ConsumedRecord, oneshot::Sender<Decided>)>> = if lanes > 1
+    {
+        (0..lanes)
+            .map(|_| {
+                let (lane, queue) = mpsc::unbounded_channel();
+                tokio::spawn(decide_lane(queue, decide.clone(), shutdown.clone()));
+                lane
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some((topic, partition, offset)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                // Undecided: its lane stopped, so store nothing after it.
+                let Some((topic, partition, offset)) = done else {
+                    if !shutdown.is_cancelled() {
+                        tracing::error!("A decision lane stopped (its handler panicked); the consumer stops");
+                    }
+                    break;
+                };
                 consumer.store_offset(&topic, partition, offset)?;
                 consumed.increment(1);
             }
@@ -240,44 +269,98 @@ where
                 };
                 let record = copy(&message);
                 let position = (record.topic.clone(), record.partition, record.offset);
-                let mut backoff = Duration::from_millis(100);
-                let completion = loop {
-                    match decide(record.clone()).await {
-                        Ok(completion) => break Some(completion),
-                        Err(HandlerError::Permanent(reason)) => {
-                            tracing::error!(topic = %position.0, partition = position.1, offset = position.2, %reason, "Skipping record");
-                            break None;
+                if lanes.is_empty() {
+                    let Some(decided) = decide_with_retry(&mut decide, record, &shutdown).await
+                    else {
+                        return finish(&consumer, in_flight).await;
+                    };
+                    in_flight.push_back(Box::pin(async move {
+                        if let Some(task) = decided {
+                            let _ = task.await;
                         }
-                        Err(HandlerError::Retriable(reason)) => {
-                            tracing::warn!(topic = %position.0, partition = position.1, offset = position.2, %reason, "Retrying record");
-                            tokio::select! {
-                                () = shutdown.cancelled() => return finish(&consumer, in_flight).await,
-                                () = tokio::time::sleep(backoff) => {}
-                            }
-                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                        Some(position)
+                    }));
+                } else {
+                    let (reply, decided) = oneshot::channel();
+                    let lane = &lanes[record.partition.unsigned_abs() as usize % lanes.len()];
+                    if lane.send((record, reply)).is_err() {
+                        break;
+                    }
+                    in_flight.push_back(Box::pin(async move {
+                        // A lane that stopped (shutdown) drops the reply: not decided.
+                        if let Some(task) = decided.await.ok()? {
+                            let _ = task.await;
                         }
-                    }
-                };
-                // Spawned, so completions progress while the next record is decided
-                // (a completion holding a pooled connection must never wait on this loop).
-                let task = completion.map(tokio::spawn);
-                in_flight.push_back(Box::pin(async move {
-                    if let Some(task) = task {
-                        let _ = task.await;
-                    }
-                    position
-                }));
+                        Some(position)
+                    }));
+                }
             }
         }
     }
     finish(&consumer, in_flight).await
 }
 
+/// One lane of [`run_pipelined`]: decides its records in the order they come.
+async fn decide_lane<H, F>(
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<(
+        ConsumedRecord,
+        tokio::sync::oneshot::Sender<Decided>,
+    )>,
+    mut decide: H,
+    shutdown: CancellationToken,
+) where
+    H: FnMut(ConsumedRecord) -> F,
+    F: Future<Output = Result<Completion, HandlerError>>,
+{
+    while let Some((record, reply)) = queue.recv().await {
+        let Some(decided) = decide_with_retry(&mut decide, record, &shutdown).await else {
+            return;
+        };
+        let _ = reply.send(decided);
+    }
+}
+
+/// Decides one record, retrying a retriable failure with backoff (up to 30 s between
+/// tries) and skipping a permanent one. The completion is spawned, so it progresses
+/// while the next record is decided (a completion holding a pooled connection must
+/// never wait on the deciding loop). None when shutdown came first.
+async fn decide_with_retry<H, F>(
+    decide: &mut H,
+    record: ConsumedRecord,
+    shutdown: &CancellationToken,
+) -> Option<Decided>
+where
+    H: FnMut(ConsumedRecord) -> F,
+    F: Future<Output = Result<Completion, HandlerError>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        match decide(record.clone()).await {
+            Ok(completion) => return Some(Some(tokio::spawn(completion))),
+            Err(HandlerError::Permanent(reason)) => {
+                tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "Skipping record");
+                return Some(None);
+            }
+            Err(HandlerError::Retriable(reason)) => {
+                tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "Retrying record");
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
 /// Lets acknowledged work finish (bounded), stores its offsets, and commits.
 async fn finish(consumer: &StreamConsumer, mut in_flight: InFlight) -> Result<(), KafkaError> {
     use futures::StreamExt;
     let drain = async {
-        while let Some((topic, partition, offset)) = in_flight.next().await {
+        while let Some(Some((topic, partition, offset))) = in_flight.next().await {
             let _ = consumer.store_offset(&topic, partition, offset);
         }
     };

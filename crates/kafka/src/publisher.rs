@@ -283,9 +283,9 @@ pub fn classify(err: &KafkaError) -> ErrorKind {
 
 #[async_trait]
 impl Publish for KafkaPublisher {
-    async fn publish(&self, topic: Topic, record: Outgoing) -> Result<Delivered, PublishError> {
+    async fn publish(&self, topic: Topic, record: &Outgoing) -> Result<Delivered, PublishError> {
         let name = self.topic_name(topic);
-        let (key, value, ce) = self.encode(topic, &record);
+        let (key, value, ce) = self.encode(topic, record);
         let started = Instant::now();
         let fail = |kind: ErrorKind, message: String| {
             metrics::counter!("omnigate_kafka_produce_errors_total", "topic" => topic.suffix(), "kind" => format!("{kind:?}").to_lowercase()).increment(1);

@@ -96,6 +96,7 @@ pub async fn start(
     }
 
     let main = consumer::subscribe(&config.kafka, &config.router.group_id, &[Topic::Inbound])?;
+    let lanes = config.router.decision_lanes;
     {
         let (router, shutdown) = (router.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -118,7 +119,7 @@ pub async fn start(
                     result
                 }
                 None => {
-                    consumer::run_pipelined(main, shutdown, 2000, move |record| {
+                    consumer::run_pipelined(main, shutdown, 2000, lanes, move |record| {
                         let router = router.clone();
                         async move { router.handle(record).await }
                     })

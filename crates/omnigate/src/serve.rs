@@ -131,7 +131,7 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
                 .context("cannot start the Kafka consumer for webhooks")?;
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let result = consumer::run_pipelined(consumer, shutdown, 4096, move |record| {
+            let result = consumer::run_pipelined(consumer, shutdown, 4096, 1, move |record| {
                 let dispatcher = dispatcher.clone();
                 async move { dispatcher.handle(record).await }
             })

@@ -26,6 +26,9 @@ pub struct RouterConfig {
     /// Needs a broker with transactions (not Tansu 0.6). Default false: at-least-once
     /// with deterministic ids.
     pub transactions: bool,
+    /// How many partitions the router decides at once (each partition stays in order).
+    /// Default 4; 1 decides one record at a time.
+    pub decision_lanes: usize,
 }
 
 impl RouterConfig {
@@ -35,6 +38,12 @@ impl RouterConfig {
         if self.reopen_after_hours == 0 {
             return Err(ConfigError::new(
                 "router.reopen_after_hours",
+                "must be at least 1",
+            ));
+        }
+        if self.decision_lanes == 0 {
+            return Err(ConfigError::new(
+                "router.decision_lanes",
                 "must be at least 1",
             ));
         }

@@ -88,6 +88,9 @@ struct PendingSave {
 /// The most rows one conversation write carries.
 const MAX_SAVE_BATCH: usize = 1_000;
 
+/// How long the conversation writer waits for more rows after the first of a batch.
+const SAVE_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Writes queued conversation rows, all that are waiting, in one statement. One
 /// statement per conversation cost a transaction and two thread hand-offs to sqlx's
 /// SQLite worker each; batching them took the router from 42 us to 40 us of CPU per
@@ -99,6 +102,14 @@ async fn write_conversations(
 ) {
     let mut batch = Vec::with_capacity(MAX_SAVE_BATCH);
     while queue.recv_many(&mut batch, MAX_SAVE_BATCH).await > 0 {
+        // Saves trickle in one or two at a time, so without a pause each would be its own
+        // transaction. The save runs beside the publish of the same records (about 7 ms
+        // to be acknowledged in `make bench`), so the pause seldom delays an offset.
+        tokio::time::sleep(SAVE_LINGER).await;
+        while batch.len() < MAX_SAVE_BATCH {
+            let Ok(pending) = queue.try_recv() else { break };
+            batch.push(pending);
+        }
         // A statement may not touch a row twice (PostgreSQL refuses): keep the latest
         // row of each conversation.
         let mut latest: HashMap<&str, &ConversationRow> = HashMap::with_capacity(batch.len());

@@ -248,6 +248,14 @@ impl Rules {
                     format!("`{bad}` is not a calling code like \"49\""),
                 ));
             }
+            let languages = lower(m.languages);
+            let detected = crate::facts::language_codes();
+            if let Some(bad) = languages.iter().find(|l| !detected.contains(&l.as_str())) {
+                return Err(err(
+                    place("match.languages"),
+                    format!("`{bad}` is not a language the router detects: {detected:?}"),
+                ));
+            }
             let regex = match m.regex {
                 Some(r) => {
                     Some(Regex::new(&r).map_err(|e| err(place("match.regex"), e.to_string()))?)
@@ -279,7 +287,7 @@ impl Rules {
                 senders: lower(m.senders),
                 sender_domains: lower(m.sender_domains),
                 country_codes: m.country_codes,
-                languages: lower(m.languages),
+                languages,
                 keywords: lower(m.keywords),
                 regex,
                 vip,

@@ -218,22 +218,21 @@ impl Router {
         metrics::counter!("omnigate_router_events_total", "outcome" => outcome_label).increment(1);
         let (publisher, contacts, tenant) = (self.publisher.clone(), self.contacts(), event.tenant);
         Ok(Box::pin(async move {
-            // Off the ordered path: the SQL copy only feeds continuity and the API.
-            if let Some(assignment) = &save {
-                let mut backoff = std::time::Duration::from_millis(100);
-                while let Err(err) = contacts.save(&tenant, assignment).await {
-                    tracing::warn!(error = %err, "Conversation not saved; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+            // The SQL copy only feeds continuity and the API, so it is written beside the
+            // records, not before them: the offset waits for the slower of the two only.
+            let saved = async {
+                if let Some(assignment) = &save {
+                    retry_until_ok("Conversation not saved", || {
+                        contacts.save(&tenant, assignment)
+                    })
+                    .await;
                 }
-            }
+            };
             // The records are deterministic, so publishing them again is harmless.
-            let mut backoff = std::time::Duration::from_millis(100);
-            while let Err(err) = publisher.publish_all(records.clone()).await {
-                tracing::warn!(error = %err, "Routed records not acknowledged; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
-            }
+            let published = retry_until_ok("Routed records not acknowledged", || {
+                publisher.publish_all(&records)
+            });
+            tokio::join!(saved, published);
         }))
     }
 
@@ -246,6 +245,20 @@ impl Router {
             .await
             .map_err(|e| HandlerError::Retriable(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// Runs `attempt` until it succeeds, backing off from 100 ms to 10 s between tries.
+async fn retry_until_ok<T, E, F>(what: &str, mut attempt: impl FnMut() -> F)
+where
+    E: std::fmt::Display,
+    F: Future<Output = Result<T, E>>,
+{
+    let mut backoff = std::time::Duration::from_millis(100);
+    while let Err(err) = attempt().await {
+        tracing::warn!(error = %err, "{what}; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
     }
 }
 

@@ -176,6 +176,10 @@ fn invalid_rules_name_the_rule_and_field() {
             "rule `r4` field `match.vip_list`",
         ),
         (
+            "default_inbox = \"g\"\n[[rules]]\nname = \"r6\"\ninbox = \"g\"\nmatch = { languages = [\"xx\"] }\n",
+            "rule `r6` field `match.languages`",
+        ),
+        (
             "default_inbox = \"g\"\n[inboxes.b]\ntimezone = \"Mars/Olympus\"\n",
             "inbox `b` field `timezone`",
         ),
