@@ -103,8 +103,8 @@ async fn write_conversations(
     let mut batch = Vec::with_capacity(MAX_SAVE_BATCH);
     while queue.recv_many(&mut batch, MAX_SAVE_BATCH).await > 0 {
         // Saves trickle in one or two at a time, so without a pause each would be its own
-        // transaction. The save runs beside the publish of the same records (about 7 ms
-        // to be acknowledged in `make bench`), so the pause seldom delays an offset.
+        // transaction. The save runs beside the publish of the same records (7-11 ms on
+        // average to be acknowledged in `make bench`), so the pause seldom delays an offset.
         tokio::time::sleep(SAVE_LINGER).await;
         while batch.len() < MAX_SAVE_BATCH {
             let Ok(pending) = queue.try_recv() else { break };
