@@ -209,6 +209,9 @@ pub type Completion = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A decided record: its completion, running, or None when it was skipped.
 type Decided = Option<tokio::task::JoinHandle<()>>;
 
+/// A record for a decision lane, and where the lane answers.
+type ForLane = (ConsumedRecord, tokio::sync::oneshot::Sender<Decided>);
+
 /// Like [`run`], but overlaps the waits for acknowledgements: `decide` runs for each
 /// record and returns a [`Completion`]; up to `max_in_flight` completions run at once,
 /// and offsets are stored strictly in consumption order as they finish.
@@ -232,8 +235,7 @@ where
     use tokio::sync::{mpsc, oneshot};
     let mut in_flight: InFlight = FuturesOrdered::new();
     let consumed = metrics::counter!("omnigate_kafka_consumed_total");
-    let lanes: Vec<mpsc::UnboundedSender<(ConsumedRecord, oneshot::Sender<Decided>)>> = if lanes > 1
-    {
+    let lanes: Vec<mpsc::UnboundedSender<ForLane>> = if lanes > 1 {
         (0..lanes)
             .map(|_| {
                 let (lane, queue) = mpsc::unbounded_channel();
@@ -302,10 +304,7 @@ where
 
 /// One lane of [`run_pipelined`]: decides its records in the order they come.
 async fn decide_lane<H, F>(
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<(
-        ConsumedRecord,
-        tokio::sync::oneshot::Sender<Decided>,
-    )>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<ForLane>,
     mut decide: H,
     shutdown: CancellationToken,
 ) where
