@@ -198,9 +198,10 @@ impl ConsumedRecord {
 
 /// Records whose completion is pending, in consumption order, each resolving to its
 /// (topic, partition, offset), or to None when it was never decided (shutdown).
-type InFlight = futures::stream::FuturesOrdered<
-    std::pin::Pin<Box<dyn Future<Output = Option<(String, i32, i64)>> + Send>>,
->;
+type InFlight = futures::stream::FuturesOrdered<InFlightEntry>;
+
+/// One record of [`InFlight`].
+type InFlightEntry = std::pin::Pin<Box<dyn Future<Output = Option<(String, i32, i64)>> + Send>>;
 
 /// The second stage of a pipelined handler: resolves when the record's outputs are
 /// acknowledged. It should retry on its own; it is awaited in consumption order.
@@ -276,30 +277,34 @@ where
                     else {
                         return finish(&consumer, in_flight).await;
                     };
-                    in_flight.push_back(Box::pin(async move {
-                        if let Some(task) = decided {
-                            let _ = task.await;
-                        }
-                        Some(position)
-                    }));
+                    in_flight.push_back(awaiting(std::future::ready(Some(decided)), position));
                 } else {
                     let (reply, decided) = oneshot::channel();
                     let lane = &lanes[record.partition.unsigned_abs() as usize % lanes.len()];
                     if lane.send((record, reply)).is_err() {
                         break;
                     }
-                    in_flight.push_back(Box::pin(async move {
-                        // A lane that stopped (shutdown) drops the reply: not decided.
-                        if let Some(task) = decided.await.ok()? {
-                            let _ = task.await;
-                        }
-                        Some(position)
-                    }));
+                    // A lane that stopped (shutdown) drops the reply: not decided.
+                    in_flight.push_back(awaiting(async { decided.await.ok() }, position));
                 }
             }
         }
     }
     finish(&consumer, in_flight).await
+}
+
+/// The in-flight entry of a record at `position`: resolves once `decided` has and the
+/// completion it started (if any) has finished; to None if the record was never decided.
+fn awaiting(
+    decided: impl Future<Output = Option<Decided>> + Send + 'static,
+    position: (String, i32, i64),
+) -> InFlightEntry {
+    Box::pin(async move {
+        if let Some(task) = decided.await? {
+            let _ = task.await;
+        }
+        Some(position)
+    })
 }
 
 /// One lane of [`run_pipelined`]: decides its records in the order they come.

@@ -548,7 +548,7 @@ fn disabled_event(endpoint: &Endpoint, reason: &str, now: i64) -> pb::Event {
 }
 
 /// The most writes one store transaction carries. In `make bench`'s log-only phase,
-/// batches of 2048 cost 31-38 us per delivery against 47-60 us for batches of 512,
+/// batches of 2048 cost 31-53 us per delivery against 47-68 us for batches of 512,
 /// since a commit writes each changed page once however many rows changed it.
 pub const WRITE_BATCH: usize = 2048;
 
