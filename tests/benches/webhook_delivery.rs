@@ -150,8 +150,9 @@ async fn log_only(n: usize, batch: usize, path: &std::path::Path) -> Duration {
                 .iter()
                 .map(|&i| {
                     let event = event(i);
-                    let id = omnigate_webhooks::dispatcher::delivery_id("ep_bench", &event.id);
+                    let id = omnigate_webhooks::dispatcher::delivery_id("ep_bench", &event);
                     NewMessage {
+                        key: omnigate_webhooks::dispatcher::message_key(&event),
                         event_id: event.id.clone(),
                         event_type: event.r#type.clone(),
                         body: bytes::Bytes::from(omnigate_model::to_json(&event)),
@@ -307,7 +308,7 @@ fn main() {
             ticker.tick().await;
             let event = event(n + i);
             published.insert(
-                omnigate_webhooks::dispatcher::delivery_id(&endpoint_id, &event.id),
+                omnigate_webhooks::dispatcher::delivery_id(&endpoint_id, &event),
                 Instant::now(),
             );
             let publisher = publisher.clone();

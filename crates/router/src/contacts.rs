@@ -3,6 +3,7 @@
 //! contact. A read-through cache keeps SQL off the hot path.
 
 use crate::policy::{Assignment, OpenConversation};
+use omnigate_core::db::{SqlValue, insert_rows};
 use sqlx::{AnyPool, Row};
 use std::{collections::HashMap, sync::Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -72,11 +73,24 @@ pub struct ContactStore {
     saves: mpsc::UnboundedSender<PendingSave>,
 }
 
-/// One `router_conversations` row, serialized as a JSON array for
-/// [`omnigate_core::db::insert_json_rows`]: id, tenant, key, contact, inbox, channel
-/// kind, last event time.
-#[derive(Debug, serde::Serialize)]
+/// One `router_conversations` row: id, tenant, key, contact, inbox, channel kind, last
+/// event time.
+#[derive(Debug)]
 struct ConversationRow(String, String, String, String, String, String, i64);
+
+impl ConversationRow {
+    fn values(&self) -> Vec<SqlValue<'_>> {
+        vec![
+            (&self.0).into(),
+            (&self.1).into(),
+            (&self.2).into(),
+            (&self.3).into(),
+            (&self.4).into(),
+            (&self.5).into(),
+            self.6.into(),
+        ]
+    }
+}
 
 /// A row waiting for the next batched write, and who to tell when it is stored.
 #[derive(Debug)]
@@ -121,27 +135,38 @@ async fn write_conversations(
                 latest.insert(&row.0, row);
             }
         }
-        let rows: Vec<&ConversationRow> = latest.into_values().collect();
+        let rows: Vec<Vec<SqlValue<'_>>> =
+            latest.into_values().map(ConversationRow::values).collect();
         metrics::histogram!("omnigate_router_conversation_write_batch_size")
             .record(rows.len() as f64);
-        let result = omnigate_core::db::insert_json_rows(
-            &pool,
-            sqlite,
-            "router_conversations (conversation_id, tenant, conversation_key, contact_id, inbox,
-             channel_kind, last_event_at)",
-            "value->>0, value->>1, value->>2, value->>3, value->>4, value->>5,
-             CAST(value->>6 AS BIGINT)",
-            "(conversation_id) DO UPDATE SET contact_id = excluded.contact_id,
-             inbox = excluded.inbox, last_event_at = excluded.last_event_at",
-            &rows,
-        )
-        .await
-        .map_err(|e| e.to_string());
+        let result = save_rows(&pool, sqlite, &rows)
+            .await
+            .map_err(|e| e.to_string());
         for pending in batch.drain(..) {
             // The caller may have given up (shutdown); nothing to tell then.
             let _ = pending.done.send(result.clone());
         }
     }
+}
+
+/// Upserts conversation rows in one transaction.
+async fn save_rows(
+    pool: &AnyPool,
+    sqlite: bool,
+    rows: &[Vec<SqlValue<'_>>],
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    insert_rows(
+        &mut tx,
+        sqlite,
+        "router_conversations (conversation_id, tenant, conversation_key, contact_id, inbox,
+         channel_kind, last_event_at)",
+        "(conversation_id) DO UPDATE SET contact_id = excluded.contact_id,
+         inbox = excluded.inbox, last_event_at = excluded.last_event_at",
+        rows,
+    )
+    .await?;
+    tx.commit().await
 }
 
 const SCHEMA: [&str; 3] = [

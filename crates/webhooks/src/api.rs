@@ -2,7 +2,7 @@
 //! Tenant-scoped by the API key; every handler is described in the OpenAPI document.
 
 use crate::{
-    dispatcher::{delivery_id, now_ms},
+    dispatcher::{delivery_id, message_key, now_ms},
     signing::SigningKey,
     store::{
         Attempt, Delivery, DeliveryQuery, Endpoint, EndpointFields, NewDelivery, NewMessage,
@@ -635,7 +635,7 @@ async fn send_test(
         routing: None,
     };
     let delivery = NewDelivery {
-        id: delivery_id(&endpoint.id, &event_id),
+        id: delivery_id(&endpoint.id, &event),
         endpoint_id: endpoint.id.clone(),
         tenant,
         ordering_key: String::new(),
@@ -644,6 +644,7 @@ async fn send_test(
         first_outcome: None,
     };
     let message = NewMessage {
+        key: message_key(&event),
         event_id,
         event_type: kind.as_str().into(),
         body: omnigate_model::to_json(&event).into(),

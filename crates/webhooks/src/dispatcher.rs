@@ -48,13 +48,35 @@ pub fn now_ms() -> i64 {
 
 /// The `webhook-id` of an event's delivery to an endpoint: the same whenever the
 /// event is consumed again, and on every attempt.
-pub fn delivery_id(endpoint_id: &str, event_id: &str) -> String {
+///
+/// It starts with the event's time (see [`time_prefix`]), then 20 hex digits of a hash
+/// of the endpoint and event ids.
+pub fn delivery_id(endpoint_id: &str, event: &pb::Event) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f6d_6e69_6761_5e00_8000_0000_0000_0004);
-    let name = format!("{endpoint_id}\u{1f}{event_id}");
-    format!(
-        "msg_{}",
-        uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).simple()
-    )
+    let name = format!("{endpoint_id}\u{1f}{}", event.id);
+    let hash = uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes())
+        .simple()
+        .to_string();
+    format!("msg_{}{}", time_prefix(event), &hash[..20])
+}
+
+/// The key of an event's body in the delivery log: its time (see [`time_prefix`]),
+/// then its id. The same whenever the event is consumed again.
+pub fn message_key(event: &pb::Event) -> String {
+    format!("{}{}", time_prefix(event), event.id)
+}
+
+/// The event's time as 12 hex digits of Unix milliseconds. Keys that start with it
+/// grow with time, so the delivery log's inserts land at the end of its key indexes;
+/// with random keys, every batch rewrote pages all over those indexes.
+fn time_prefix(event: &pb::Event) -> String {
+    let millis = event
+        .time
+        .as_ref()
+        .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
+        .unwrap_or_default()
+        .clamp(0, 0xffff_ffff_ffff);
+    format!("{millis:012x}")
 }
 
 /// Endpoints as the dispatcher last read them.
@@ -289,7 +311,7 @@ impl Inner {
             .iter()
             .filter(|e| matches(&e.events, &e.filters, &facts))
             .map(|e| NewDelivery {
-                id: delivery_id(&e.id, &event.id),
+                id: delivery_id(&e.id, event),
                 endpoint_id: e.id.clone(),
                 tenant: e.tenant.clone(),
                 ordering_key: ordering_key.clone(),
@@ -311,6 +333,7 @@ impl Inner {
             Bytes::from(record.value.clone())
         };
         Some(NewMessage {
+            key: message_key(event),
             event_id: event.id.clone(),
             event_type: event.r#type.clone(),
             body,
@@ -552,6 +575,9 @@ fn disabled_event(endpoint: &Endpoint, reason: &str, now: i64) -> pb::Event {
 /// since a commit writes each changed page once however many rows changed it.
 pub const WRITE_BATCH: usize = 2048;
 
+/// How long the writer waits for more writes after the first of a batch.
+const WRITE_LINGER: Duration = Duration::from_millis(10);
+
 /// Writes in batches: one transaction for whatever queued up meanwhile, so the store
 /// keeps up with thousands of deliveries a second. A failed write is retried until it
 /// lands or the process stops.
@@ -571,6 +597,13 @@ async fn write_loop(
         };
         if received == 0 {
             return;
+        }
+        if !shutdown.is_cancelled() && batch.len() < WRITE_BATCH {
+            tokio::time::sleep(WRITE_LINGER).await;
+            while batch.len() < WRITE_BATCH {
+                let Ok(write) = queue.try_recv() else { break };
+                batch.push(write);
+            }
         }
         let mut writes = WriteBatch::default();
         let mut replies = Vec::new();
@@ -692,5 +725,33 @@ async fn purge_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
             Ok(deleted) => tracing::info!(deleted, "Old webhook deliveries purged"),
             Err(err) => tracing::warn!(error = %err, "Webhook purge failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event_at(id: &str, seconds: i64) -> pb::Event {
+        pb::Event {
+            id: id.into(),
+            time: Some(omnigate_model::Timestamp { seconds, nanos: 0 }),
+            ..Default::default()
+        }
+    }
+
+    /// Log keys are the same for the same event and grow with the event's time,
+    /// whatever the (random) event ids.
+    #[test]
+    fn log_keys_are_deterministic_and_grow_with_time() {
+        let (early, late) = (event_at("ffff-early", 1_000), event_at("0000-late", 1_001));
+        assert_eq!(delivery_id("ep_1", &early), delivery_id("ep_1", &early));
+        assert_ne!(delivery_id("ep_1", &early), delivery_id("ep_2", &early));
+        assert!(delivery_id("ep_1", &early) < delivery_id("ep_1", &late));
+        assert!(message_key(&early) < message_key(&late));
+        assert_eq!(message_key(&early), "0000000f4240ffff-early");
+        let id = delivery_id("ep_1", &early);
+        assert!(id.starts_with("msg_0000000f4240"), "{id}");
+        assert_eq!(id.len(), "msg_".len() + 32);
     }
 }

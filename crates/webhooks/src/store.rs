@@ -2,6 +2,7 @@
 //! driver, one set of migrations). Times are Unix milliseconds.
 
 use crate::{signing::SigningKey, subscription::Filters};
+use omnigate_core::db::{SqlValue, insert_rows};
 use serde::Serialize;
 use sqlx::{AnyPool, Row, any::AnyRow};
 use std::collections::BTreeMap;
@@ -175,6 +176,9 @@ pub struct NewDelivery {
 /// An event's body and its deliveries, written together.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
+    /// The message's key in the log: the event's time, then its id
+    /// (`dispatcher::message_key`).
+    pub key: String,
     /// The Omnigate event id.
     pub event_id: String,
     /// The event type.
@@ -536,20 +540,24 @@ impl WebhookStore {
     /// Writing a message or delivery again changes nothing (a re-consumed event).
     pub async fn write(&self, batch: &WriteBatch, now: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let messages: Vec<_> = batch
+        let messages: Vec<Vec<SqlValue<'_>>> = batch
             .messages
             .iter()
             .map(|m| {
-                let body = String::from_utf8_lossy(&m.body);
-                (&m.event_id, &m.event_type, body, now)
+                vec![
+                    (&m.key).into(),
+                    (&m.event_id).into(),
+                    (&m.event_type).into(),
+                    SqlValue::Text(String::from_utf8_lossy(&m.body)),
+                    now.into(),
+                ]
             })
             .collect();
-        omnigate_core::db::insert_json_rows(
-            &mut *tx,
+        insert_rows(
+            &mut tx,
             self.sqlite,
-            "webhook_messages (event_id, event_type, body, created_at)",
-            "value->>0, value->>1, value->>2, CAST(value->>3 AS BIGINT)",
-            "(event_id) DO NOTHING",
+            "webhook_messages (message_key, event_id, event_type, body, created_at)",
+            "(message_key) DO NOTHING",
             &messages,
         )
         .await?;
@@ -558,7 +566,7 @@ impl WebhookStore {
             .iter()
             .flat_map(|m| m.deliveries.iter().map(move |d| (m, d)))
             .collect();
-        let delivery_rows: Vec<_> = deliveries
+        let delivery_rows: Vec<Vec<SqlValue<'_>>> = deliveries
             .iter()
             .map(|(message, delivery)| {
                 let state = match &delivery.first_outcome {
@@ -572,63 +580,59 @@ impl WebhookStore {
                         last_error: "",
                     },
                 };
-                (
-                    state.id,
-                    &delivery.endpoint_id,
-                    &delivery.tenant,
-                    &message.event_id,
-                    &message.event_type,
-                    &delivery.ordering_key,
-                    delivery.seq,
-                    state.status,
-                    state.attempts,
-                    state.next_attempt_at,
-                    state.last_status_code,
-                    state.last_error,
-                    now,
-                )
+                vec![
+                    state.id.into(),
+                    (&delivery.endpoint_id).into(),
+                    (&delivery.tenant).into(),
+                    (&message.event_id).into(),
+                    (&message.key).into(),
+                    (&message.event_type).into(),
+                    (&delivery.ordering_key).into(),
+                    delivery.seq.into(),
+                    state.status.into(),
+                    state.attempts.into(),
+                    state.next_attempt_at.into(),
+                    state.last_status_code.into(),
+                    state.last_error.into(),
+                    now.into(),
+                    now.into(),
+                ]
             })
             .collect();
-        omnigate_core::db::insert_json_rows(
-            &mut *tx,
+        insert_rows(
+            &mut tx,
             self.sqlite,
-            "webhook_deliveries (id, endpoint_id, tenant, event_id, event_type, ordering_key,
+            "webhook_deliveries (id, endpoint_id, tenant, event_id, message_key, event_type, ordering_key,
              seq, status, attempts, next_attempt_at, last_status_code, last_error, created_at,
              updated_at)",
-            "value->>0, value->>1, value->>2, value->>3, value->>4, value->>5,
-             CAST(value->>6 AS BIGINT), value->>7, CAST(value->>8 AS BIGINT),
-             CAST(value->>9 AS BIGINT), CAST(value->>10 AS BIGINT), value->>11,
-             CAST(value->>12 AS BIGINT), CAST(value->>12 AS BIGINT)",
             "(id) DO NOTHING",
             &delivery_rows,
         )
         .await?;
         // Attempt rows: first attempts made before their delivery was logged, then the
         // outcomes of deliveries logged earlier (which also update their row).
-        let attempts: Vec<_> = deliveries
+        let attempts: Vec<Vec<SqlValue<'_>>> = deliveries
             .iter()
             .filter_map(|(_, d)| d.first_outcome.as_ref())
             .chain(&batch.outcomes)
             .map(|o| {
                 let a = &o.attempt;
-                (
-                    &o.delivery_id,
-                    a.attempt,
-                    a.started_at,
-                    a.duration_ms,
-                    a.status_code,
-                    &a.error,
-                    &a.response_body,
-                )
+                vec![
+                    (&o.delivery_id).into(),
+                    a.attempt.into(),
+                    a.started_at.into(),
+                    a.duration_ms.into(),
+                    a.status_code.into(),
+                    (&a.error).into(),
+                    (&a.response_body).into(),
+                ]
             })
             .collect();
-        omnigate_core::db::insert_json_rows(
-            &mut *tx,
+        insert_rows(
+            &mut tx,
             self.sqlite,
             "webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code,
              error, response_body)",
-            "value->>0, CAST(value->>1 AS BIGINT), CAST(value->>2 AS BIGINT),
-             CAST(value->>3 AS BIGINT), CAST(value->>4 AS BIGINT), value->>5, value->>6",
             "(delivery_id, attempt) DO NOTHING",
             &attempts,
         )
@@ -724,7 +728,7 @@ impl WebhookStore {
                    WHERE p.endpoint_id = d.endpoint_id AND p.ordering_key = d.ordering_key
                      AND p.status = 'pending' AND p.seq < d.seq))
                ORDER BY d.next_attempt_at LIMIT $3)
-             RETURNING id, endpoint_id, event_id, attempts"
+             RETURNING id, endpoint_id, event_id, message_key, attempts"
         );
         let mut query = sqlx::query(&sql).bind(lease_until).bind(now).bind(limit);
         for endpoint in busy {
@@ -740,34 +744,35 @@ impl WebhookStore {
                 row.try_get::<String, _>("id")?,
                 row.try_get::<String, _>("endpoint_id")?,
                 row.try_get::<String, _>("event_id")?,
+                row.try_get::<String, _>("message_key")?,
                 row.try_get::<i64, _>("attempts")?,
             ));
         }
-        let mut event_ids: Vec<&String> = claimed.iter().map(|c| &c.2).collect();
-        event_ids.sort_unstable();
-        event_ids.dedup();
-        let mut bodies = std::collections::HashMap::with_capacity(event_ids.len());
-        for chunk in event_ids.chunks(ROWS_PER_STATEMENT) {
+        let mut keys: Vec<&String> = claimed.iter().map(|c| &c.3).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut bodies = std::collections::HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
             let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT event_id, body FROM webhook_messages WHERE event_id IN ({})",
+                "SELECT message_key, body FROM webhook_messages WHERE message_key IN ({})",
                 list.join(", ")
             );
             let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(*id);
+            for key in chunk {
+                query = query.bind(*key);
             }
             for row in query.fetch_all(&self.pool).await? {
                 bodies.insert(
-                    row.try_get::<String, _>("event_id")?,
+                    row.try_get::<String, _>("message_key")?,
                     bytes::Bytes::from(row.try_get::<String, _>("body")?),
                 );
             }
         }
         Ok(claimed
             .into_iter()
-            .map(|(id, endpoint_id, event_id, attempts)| DueDelivery {
-                body: bodies.get(&event_id).cloned().unwrap_or_default(),
+            .map(|(id, endpoint_id, event_id, key, attempts)| DueDelivery {
+                body: bodies.get(&key).cloned().unwrap_or_default(),
                 id,
                 endpoint_id,
                 event_id,
@@ -877,12 +882,58 @@ impl WebhookStore {
         .rows_affected();
         sqlx::query(
             "DELETE FROM webhook_messages WHERE created_at < $1 AND NOT EXISTS
-             (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = webhook_messages.event_id)",
+             (SELECT 1 FROM webhook_deliveries d WHERE d.message_key = webhook_messages.message_key)",
         )
         .bind(cutoff)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A pending delivery logged before migration 0003 (messages keyed by event id)
+    /// is still claimed with its body after it.
+    #[tokio::test]
+    async fn deliveries_logged_before_time_ordered_keys_keep_their_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("log.db").display());
+        let pool = omnigate_core::db::connect(&url).await.unwrap();
+        // The schema as it was: the migrations before 0003, loaded from a copy.
+        let before = dir.path().join("migrations");
+        std::fs::create_dir(&before).unwrap();
+        for name in ["0001_webhooks.sql", "0002_pending_only_indexes.sql"] {
+            let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+            std::fs::copy(source.join(name), before.join(name)).unwrap();
+        }
+        sqlx::migrate::Migrator::new(before.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO webhook_endpoints VALUES ('ep_1', 'acme', 'http://127.0.0.1:9/hook',
+               '', '[\"*\"]', '{}', '{}', 0, 0, 1, '', 'whsec_x', '', 0, 0, 1, 1);
+             INSERT INTO webhook_messages VALUES ('ev-1', 'message.received', '{\"id\":\"ev-1\"}', 1);
+             INSERT INTO webhook_deliveries VALUES ('msg_old', 'ep_1', 'acme', 'ev-1',
+               'message.received', '', 0, 'pending', 1, 5, 500, 'status 500', 1, 1);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = WebhookStore::connect(&url).await.unwrap();
+        let due = store.claim_due(10, 1_000, 10, &[]).await.unwrap();
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].id, "msg_old");
+        assert_eq!(due[0].event_id, "ev-1");
+        assert_eq!(&due[0].body[..], br#"{"id":"ev-1"}"#);
     }
 }
