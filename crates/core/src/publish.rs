@@ -56,6 +56,15 @@ impl Topic {
 pub enum Outgoing {
     /// An event, keyed by its conversation key, with CloudEvents headers.
     Event(Box<pb::Event>),
+    /// An event whose JSON the sender already has: the router adds routing to
+    /// the inbound bytes ([`omnigate_model::with_routing_json`]) instead of encoding the
+    /// whole event again. Protobuf topics still get the event encoded.
+    EventJson {
+        /// The event, for the key, the headers and protobuf topics.
+        event: Box<pb::Event>,
+        /// The event as JSON (`to_json`, or the same fields in another order).
+        json: Vec<u8>,
+    },
     /// A dead letter, keyed by its source.
     DeadLetter(Box<pb::DeadLetter>),
     /// A send command, keyed by its channel and recipient.

@@ -16,6 +16,7 @@ use rdkafka::{
     util::Timeout,
 };
 use std::{
+    borrow::Cow,
     collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
@@ -185,7 +186,11 @@ impl KafkaPublisher {
         }
     }
 
-    fn encode(&self, topic: Topic, record: &Outgoing) -> (String, Vec<u8>, CloudEvent) {
+    fn encode<'a>(
+        &self,
+        topic: Topic,
+        record: &'a Outgoing,
+    ) -> (String, Cow<'a, [u8]>, CloudEvent) {
         let protobuf = self.protobuf_topics.contains(topic.suffix());
         let content_type = if protobuf {
             headers::PROTOBUF
@@ -198,6 +203,15 @@ impl KafkaPublisher {
                     event.encode_to_vec()
                 } else {
                     omnigate_model::to_json(event)
+                };
+                let ce = CloudEvent::of_event(event, content_type);
+                (event.conversation_key.clone(), value.into(), ce)
+            }
+            Outgoing::EventJson { event, json } => {
+                let value = if protobuf {
+                    event.encode_to_vec().into()
+                } else {
+                    Cow::Borrowed(json.as_slice())
                 };
                 let ce = CloudEvent::of_event(event, content_type);
                 (event.conversation_key.clone(), value, ce)
@@ -217,7 +231,7 @@ impl KafkaPublisher {
                     tenant: letter.tenant.clone(),
                     content_type,
                 };
-                (letter.source.clone(), value, ce)
+                (letter.source.clone(), value.into(), ce)
             }
             Outgoing::Command(command) => {
                 let value = if protobuf {
@@ -240,7 +254,7 @@ impl KafkaPublisher {
                     content_type,
                 };
                 // One recipient's commands stay in order in one partition.
-                (format!("{channel}:{}", command.to), value, ce)
+                (format!("{channel}:{}", command.to), value.into(), ce)
             }
             Outgoing::State {
                 key,
@@ -257,7 +271,7 @@ impl KafkaPublisher {
                     tenant: String::new(),
                     content_type: headers::JSON,
                 };
-                (key.clone(), value.clone(), ce)
+                (key.clone(), Cow::Borrowed(value.as_slice()), ce)
             }
         }
     }
@@ -298,7 +312,7 @@ impl Publish for KafkaPublisher {
         let send = self.producer.send(
             FutureRecord::to(&name)
                 .key(&key)
-                .payload(&value)
+                .payload(value.as_ref())
                 .headers(ce.to_headers()),
             Timeout::After(self.queue_wait),
         );

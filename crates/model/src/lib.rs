@@ -51,6 +51,26 @@ pub fn to_json(event: &pb::Event) -> Vec<u8> {
     serde_json::to_vec(event).unwrap_or_default()
 }
 
+/// The JSON of an event with `routing`, made from the JSON of the same event without
+/// routing by appending the `routing` field before the closing brace, instead of
+/// encoding the whole event again. It decodes to the same event as [`to_json`] of the
+/// routed event and holds the same fields; only their order differs (`to_json` puts
+/// `routing` before the payload), which JSON readers ignore. `None` when `json` is not
+/// an object.
+pub fn with_routing_json(json: &[u8], routing: &pb::Routing) -> Option<Vec<u8>> {
+    let body = json.trim_ascii_end().strip_suffix(b"}")?;
+    let routing = serde_json::to_vec(routing).ok()?;
+    let mut routed = Vec::with_capacity(body.len() + routing.len() + 13);
+    routed.extend_from_slice(body);
+    if body.trim_ascii_end().last() != Some(&b'{') {
+        routed.push(b',');
+    }
+    routed.extend_from_slice(b"\"routing\":");
+    routed.extend_from_slice(&routing);
+    routed.push(b'}');
+    Some(routed)
+}
+
 /// Decodes an event from canonical JSON; unknown fields from newer producers are ignored.
 pub fn from_json(bytes: &[u8]) -> Result<pb::Event, serde_json::Error> {
     serde_json::from_slice(bytes)

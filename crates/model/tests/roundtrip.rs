@@ -288,3 +288,33 @@ fn json_from_a_newer_producer_still_decodes() {
     assert_eq!(message.provider_message_id, "wamid.1");
     assert_eq!(message.parts[0].part, Some(Part::Text("hi".into())));
 }
+
+/// Adding routing to an event's JSON gives the JSON of the routed event (the same
+/// fields and values, routing last), for every payload; routing whose values need
+/// escaping stays valid JSON.
+#[test]
+fn routing_added_to_json_matches_encoding_the_routed_event() {
+    let routing = pb::Routing {
+        conversation_id: "conv-1".into(),
+        contact_id: "contact \"7\"\n".into(),
+        inbox: "billing".into(),
+    };
+    for payload in every_payload() {
+        let mut event = envelope(payload);
+        event.routing = None;
+        let inbound = omnigate_model::to_json(&event);
+        let spliced = omnigate_model::with_routing_json(&inbound, &routing).expect("an object");
+        let mut routed = event.clone();
+        routed.routing = Some(routing.clone());
+        let as_value = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).unwrap();
+        assert_eq!(
+            as_value(&spliced),
+            as_value(&omnigate_model::to_json(&routed))
+        );
+        assert_eq!(omnigate_model::from_json(&spliced).unwrap(), routed);
+        assert!(spliced.starts_with(&inbound[..inbound.len() - 1]));
+    }
+    let empty = omnigate_model::with_routing_json(b"{ } \n", &pb::Routing::default()).unwrap();
+    assert_eq!(empty, br#"{ "routing":{}}"#);
+    assert_eq!(omnigate_model::with_routing_json(b"[1]", &routing), None);
+}
