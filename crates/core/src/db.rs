@@ -68,12 +68,6 @@ impl<'a> From<&'a String> for SqlValue<'a> {
     }
 }
 
-impl From<String> for SqlValue<'_> {
-    fn from(text: String) -> Self {
-        Self::Text(std::borrow::Cow::Owned(text))
-    }
-}
-
 impl From<i64> for SqlValue<'_> {
     fn from(number: i64) -> Self {
         Self::Int(number)
@@ -91,8 +85,8 @@ const SQLITE_PARAMS_PER_STATEMENT: usize = 2_000;
 /// On SQLite the values are bound as anonymous `?` parameters of multi-row `VALUES`
 /// statements. Numbered `$N` parameters cost sqlx a scan of the statement's parameter
 /// names per value (time growing with their count squared), and passing the rows as
-/// one JSON parameter made SQLite parse every row's JSON again for each column: 30-40%
-/// of the SQLite thread in `make bench`. On PostgreSQL, a network away, the rows go
+/// one JSON parameter made SQLite parse every row's JSON again for each column: 30-43%
+/// of the SQLite thread's samples in `make bench`. On PostgreSQL, a network away, the rows go
 /// as one JSON parameter read by `jsonb_array_elements`: one round trip per call.
 pub async fn insert_rows(
     conn: &mut sqlx::AnyConnection,
@@ -114,10 +108,9 @@ pub async fn insert_rows(
                 SqlValue::Int(_) => format!("CAST(value->>{i} AS BIGINT)"),
             })
             .collect();
-        // `WHERE true` keeps the ON CONFLICT with the INSERT, not the SELECT's FROM.
         let sql = format!(
             "INSERT INTO {target} SELECT {} FROM jsonb_array_elements($1::jsonb) AS rows (value)
-             WHERE true ON CONFLICT {on_conflict}",
+             ON CONFLICT {on_conflict}",
             select.join(", ")
         );
         let json = serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
