@@ -134,8 +134,18 @@ pub fn decide(input: &Input<'_>, rules: &Rules, settings: PolicySettings) -> Dec
             next.contact_id = input.contact_id.to_string();
             remember(&mut next, input.event_id);
             if rules.has_inbox(&existing.inbox) {
+                // The event that opened this conversation, consumed again: the process
+                // died after the state record was acknowledged but perhaps before
+                // `conversation.assigned` was. Open it again, so that event (same id) is
+                // published again too.
+                let opened_it = existing.conversation_id
+                    == conversation_id(input.conversation_key, input.event_id);
                 return Decision {
-                    outcome: Outcome::Continued,
+                    outcome: if opened_it {
+                        Outcome::Opened
+                    } else {
+                        Outcome::Continued
+                    },
                     assignment: next,
                 };
             }

@@ -277,6 +277,25 @@ fn stickiness_reopening_duplicates_and_removed_inboxes() {
         (Outcome::Continued, "billing")
     );
 
+    // The opening event consumed again after a restart (the state was loaded from the
+    // state topic, without fingerprints): opened again, in the same conversation, so
+    // `conversation.assigned` is published again.
+    let mut loaded = sticky.assignment.clone();
+    loaded.recent_events.clear();
+    let replayed = decide(
+        &input("e1", "email:m:<root@x>", t0, &refund, Some(&loaded), None),
+        &rules,
+        settings(),
+    );
+    assert_eq!(replayed.outcome, Outcome::Opened);
+    assert_eq!(
+        (
+            replayed.assignment.conversation_id.as_str(),
+            replayed.assignment.inbox.as_str()
+        ),
+        (first.assignment.conversation_id.as_str(), "billing")
+    );
+
     // The same event again is a duplicate.
     let dup = decide(
         &input(
