@@ -90,7 +90,6 @@ const SQLITE_PARAMS_PER_STATEMENT: usize = 2_000;
 /// as one JSON parameter read by `jsonb_array_elements`: one round trip per call.
 pub async fn insert_rows(
     conn: &mut sqlx::AnyConnection,
-    sqlite: bool,
     target: &str,
     on_conflict: &str,
     rows: &[Vec<SqlValue<'_>>],
@@ -99,7 +98,7 @@ pub async fn insert_rows(
         return Ok(());
     };
     let columns = first.len().max(1);
-    if !sqlite {
+    if conn.backend_name() != <sqlx::Sqlite as sqlx::Database>::NAME {
         let select: Vec<String> = first
             .iter()
             .enumerate()
@@ -133,6 +132,26 @@ pub async fn insert_rows(
         query.execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// Waits `linger` after the first item of a batch, then adds what `next` has queued
+/// meanwhile, up to `limit` items in all. For writers that commit a batch per
+/// transaction: items trickle in a few at a time, and without the pause each would be
+/// its own transaction.
+pub async fn linger_for_batch<T>(
+    batch: &mut Vec<T>,
+    limit: usize,
+    linger: std::time::Duration,
+    mut next: impl FnMut() -> Option<T>,
+) {
+    if batch.len() >= limit {
+        return;
+    }
+    tokio::time::sleep(linger).await;
+    while batch.len() < limit {
+        let Some(item) = next() else { break };
+        batch.push(item);
+    }
 }
 
 /// Whether `url` names an SQLite database (the other choice is PostgreSQL).

@@ -198,20 +198,11 @@ impl KafkaPublisher {
             headers::JSON
         };
         match record {
-            Outgoing::Event(event) => {
-                let value = if protobuf {
-                    event.encode_to_vec()
-                } else {
-                    omnigate_model::to_json(event)
-                };
-                let ce = CloudEvent::of_event(event, content_type);
-                (event.conversation_key.clone(), value.into(), ce)
-            }
-            Outgoing::EventJson { event, json } => {
-                let value = if protobuf {
-                    event.encode_to_vec().into()
-                } else {
-                    Cow::Borrowed(json.as_slice())
+            Outgoing::Event(event) | Outgoing::EventJson { event, .. } => {
+                let value = match record {
+                    _ if protobuf => event.encode_to_vec().into(),
+                    Outgoing::EventJson { json, .. } => Cow::Borrowed(json.as_slice()),
+                    _ => omnigate_model::to_json(event).into(),
                 };
                 let ce = CloudEvent::of_event(event, content_type);
                 (event.conversation_key.clone(), value, ce)

@@ -58,14 +58,18 @@ pub fn to_json(event: &pb::Event) -> Vec<u8> {
 /// `routing` before the payload), which JSON readers ignore. `None` when `json` is not
 /// an object.
 pub fn with_routing_json(json: &[u8], routing: &pb::Routing) -> Option<Vec<u8>> {
+    const FIELD: &[u8] = b",\"routing\":";
     let body = json.trim_ascii_end().strip_suffix(b"}")?;
     let routing = serde_json::to_vec(routing).ok()?;
-    let mut routed = Vec::with_capacity(body.len() + routing.len() + 13);
+    let mut routed = Vec::with_capacity(body.len() + FIELD.len() + routing.len() + 1);
     routed.extend_from_slice(body);
-    if body.trim_ascii_end().last() != Some(&b'{') {
-        routed.push(b',');
-    }
-    routed.extend_from_slice(b"\"routing\":");
+    // No comma after the opening brace of an empty object.
+    let field = if body.trim_ascii_end().last() == Some(&b'{') {
+        &FIELD[1..]
+    } else {
+        FIELD
+    };
+    routed.extend_from_slice(field);
     routed.extend_from_slice(&routing);
     routed.push(b'}');
     Some(routed)

@@ -3,7 +3,7 @@
 //! contact. A read-through cache keeps SQL off the hot path.
 
 use crate::policy::{Assignment, OpenConversation};
-use omnigate_core::db::{SqlValue, insert_rows};
+use omnigate_core::db::{SqlValue, insert_rows, linger_for_batch};
 use sqlx::{AnyPool, Row};
 use std::{collections::HashMap, sync::Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -109,21 +109,15 @@ const SAVE_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// statement per conversation cost a transaction and two thread hand-offs to sqlx's
 /// SQLite worker each; batching them took the router from 42 us to 40 us of CPU per
 /// event in `make bench`.
-async fn write_conversations(
-    pool: AnyPool,
-    sqlite: bool,
-    mut queue: mpsc::UnboundedReceiver<PendingSave>,
-) {
+async fn write_conversations(pool: AnyPool, mut queue: mpsc::UnboundedReceiver<PendingSave>) {
     let mut batch = Vec::with_capacity(MAX_SAVE_BATCH);
     while queue.recv_many(&mut batch, MAX_SAVE_BATCH).await > 0 {
-        // Saves trickle in one or two at a time, so without a pause each would be its own
-        // transaction. The save runs beside the publish of the same records (7-11 ms on
-        // average to be acknowledged in `make bench`), so the pause seldom delays an offset.
-        tokio::time::sleep(SAVE_LINGER).await;
-        while batch.len() < MAX_SAVE_BATCH {
-            let Ok(pending) = queue.try_recv() else { break };
-            batch.push(pending);
-        }
+        // The save runs beside the publish of the same records (7-11 ms on average to be
+        // acknowledged in `make bench`), so the pause seldom delays an offset.
+        linger_for_batch(&mut batch, MAX_SAVE_BATCH, SAVE_LINGER, || {
+            queue.try_recv().ok()
+        })
+        .await;
         // A statement may not touch a row twice (PostgreSQL refuses): keep the latest
         // row of each conversation.
         let mut latest: HashMap<&str, &ConversationRow> = HashMap::with_capacity(batch.len());
@@ -139,9 +133,7 @@ async fn write_conversations(
             latest.into_values().map(ConversationRow::values).collect();
         metrics::histogram!("omnigate_router_conversation_write_batch_size")
             .record(rows.len() as f64);
-        let result = save_rows(&pool, sqlite, &rows)
-            .await
-            .map_err(|e| e.to_string());
+        let result = save_rows(&pool, &rows).await.map_err(|e| e.to_string());
         for pending in batch.drain(..) {
             // The caller may have given up (shutdown); nothing to tell then.
             let _ = pending.done.send(result.clone());
@@ -150,15 +142,10 @@ async fn write_conversations(
 }
 
 /// Upserts conversation rows in one transaction.
-async fn save_rows(
-    pool: &AnyPool,
-    sqlite: bool,
-    rows: &[Vec<SqlValue<'_>>],
-) -> Result<(), sqlx::Error> {
+async fn save_rows(pool: &AnyPool, rows: &[Vec<SqlValue<'_>>]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     insert_rows(
         &mut tx,
-        sqlite,
         "router_conversations (conversation_id, tenant, conversation_key, contact_id, inbox,
          channel_kind, last_event_at)",
         "(conversation_id) DO UPDATE SET contact_id = excluded.contact_id,
@@ -198,11 +185,7 @@ impl ContactStore {
             sqlx::query(statement).execute(&pool).await?;
         }
         let (saves, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_conversations(
-            pool.clone(),
-            omnigate_core::db::is_sqlite(url),
-            queue,
-        ));
+        tokio::spawn(write_conversations(pool.clone(), queue));
         Ok(Self {
             pool,
             cache: Mutex::default(),

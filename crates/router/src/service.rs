@@ -210,6 +210,7 @@ impl Router {
             ));
         }
         let tenant = event.tenant.clone();
+        // The routed event goes first; it is built last because it takes the event.
         records.insert(0, (Topic::Routed, routed(event, &record, &assignment)));
         if let Ok(mut state) = self.state.lock() {
             state.insert(key, assignment);

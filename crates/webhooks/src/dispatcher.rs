@@ -18,7 +18,10 @@ use crate::{
     subscription::{EventFacts, matches},
 };
 use bytes::Bytes;
-use omnigate_core::publish::{Outgoing, Publisher, Topic};
+use omnigate_core::{
+    db::linger_for_batch,
+    publish::{Outgoing, Publisher, Topic},
+};
 use omnigate_kafka::consumer::{Completion, ConsumedRecord, HandlerError};
 use omnigate_model::{EventType, pb};
 use std::{
@@ -598,12 +601,11 @@ async fn write_loop(
         if received == 0 {
             return;
         }
-        if !shutdown.is_cancelled() && batch.len() < WRITE_BATCH {
-            tokio::time::sleep(WRITE_LINGER).await;
-            while batch.len() < WRITE_BATCH {
-                let Ok(write) = queue.try_recv() else { break };
-                batch.push(write);
-            }
+        if !shutdown.is_cancelled() {
+            linger_for_batch(&mut batch, WRITE_BATCH, WRITE_LINGER, || {
+                queue.try_recv().ok()
+            })
+            .await;
         }
         let mut writes = WriteBatch::default();
         let mut replies = Vec::new();

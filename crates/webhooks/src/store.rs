@@ -555,7 +555,6 @@ impl WebhookStore {
             .collect();
         insert_rows(
             &mut tx,
-            self.sqlite,
             "webhook_messages (message_key, event_id, event_type, body, created_at)",
             "(message_key) DO NOTHING",
             &messages,
@@ -601,7 +600,6 @@ impl WebhookStore {
             .collect();
         insert_rows(
             &mut tx,
-            self.sqlite,
             "webhook_deliveries (id, endpoint_id, tenant, event_id, message_key, event_type, ordering_key,
              seq, status, attempts, next_attempt_at, last_status_code, last_error, created_at,
              updated_at)",
@@ -630,7 +628,6 @@ impl WebhookStore {
             .collect();
         insert_rows(
             &mut tx,
-            self.sqlite,
             "webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code,
              error, response_body)",
             "(delivery_id, attempt) DO NOTHING",
