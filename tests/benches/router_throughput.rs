@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 fn events() -> usize {
-    env_or("BENCH_EVENTS", 100_000)
+    env_or("BENCH_EVENTS", 300_000)
 }
 
 const CONVERSATIONS: usize = 5_000;
@@ -130,7 +130,7 @@ async fn passthrough(prefix: &str, n: usize) -> Duration {
                 let completion: Completion = Box::pin(async move {
                     let out = Outgoing::State {
                         key,
-                        value: record.value,
+                        value: record.value.clone(),
                         ce_type: "io.omnigate.bench.v1",
                         source: "/bench".into(),
                     };

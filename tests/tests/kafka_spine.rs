@@ -194,7 +194,7 @@ async fn pipelined_lanes_decide_partitions_at_once_each_in_order() {
                     Arc::clone(&deciding),
                     Arc::clone(&most_at_once),
                 );
-                move |record: consumer::ConsumedRecord| {
+                move |record: Arc<consumer::ConsumedRecord>| {
                     let (seen, deciding, most_at_once, done) = (
                         Arc::clone(&seen),
                         Arc::clone(&deciding),

@@ -9,7 +9,7 @@ use rdkafka::{
     error::KafkaError,
     message::Headers,
 };
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 
 /// One record, copied out of librdkafka's buffers.
@@ -211,7 +211,7 @@ pub type Completion = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 type Decided = Option<tokio::task::JoinHandle<()>>;
 
 /// A record for a decision lane, and where the lane answers.
-type ForLane = (ConsumedRecord, tokio::sync::oneshot::Sender<Decided>);
+type ForLane = (Arc<ConsumedRecord>, tokio::sync::oneshot::Sender<Decided>);
 
 /// Like [`run`], but overlaps the waits for acknowledgements: `decide` runs for each
 /// record and returns a [`Completion`]; up to `max_in_flight` completions run at once,
@@ -229,7 +229,7 @@ pub async fn run_pipelined<H, F>(
     mut decide: H,
 ) -> Result<(), KafkaError>
 where
-    H: FnMut(ConsumedRecord) -> F + Clone + Send + 'static,
+    H: FnMut(Arc<ConsumedRecord>) -> F + Clone + Send + 'static,
     F: Future<Output = Result<Completion, HandlerError>> + Send + 'static,
 {
     use futures::{StreamExt, stream::FuturesOrdered};
@@ -270,7 +270,8 @@ where
                         continue;
                     }
                 };
-                let record = copy(&message);
+                // Shared, not cloned, with the handler: a retry needs the record again.
+                let record = Arc::new(copy(&message));
                 let position = (record.topic.clone(), record.partition, record.offset);
                 if lanes.is_empty() {
                     let Some(decided) = decide_with_retry(&mut decide, record, &shutdown).await
@@ -313,7 +314,7 @@ async fn decide_lane<H, F>(
     mut decide: H,
     shutdown: CancellationToken,
 ) where
-    H: FnMut(ConsumedRecord) -> F,
+    H: FnMut(Arc<ConsumedRecord>) -> F,
     F: Future<Output = Result<Completion, HandlerError>>,
 {
     while let Some((record, reply)) = queue.recv().await {
@@ -330,11 +331,11 @@ async fn decide_lane<H, F>(
 /// never wait on the deciding loop). None when shutdown came first.
 async fn decide_with_retry<H, F>(
     decide: &mut H,
-    record: ConsumedRecord,
+    record: Arc<ConsumedRecord>,
     shutdown: &CancellationToken,
 ) -> Option<Decided>
 where
-    H: FnMut(ConsumedRecord) -> F,
+    H: FnMut(Arc<ConsumedRecord>) -> F,
     F: Future<Output = Result<Completion, HandlerError>>,
 {
     let mut backoff = Duration::from_millis(100);
@@ -342,7 +343,7 @@ where
         if shutdown.is_cancelled() {
             return None;
         }
-        match decide(record.clone()).await {
+        match decide(Arc::clone(&record)).await {
             Ok(completion) => return Some(Some(tokio::spawn(completion))),
             Err(HandlerError::Permanent(reason)) => {
                 tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "Skipping record");

@@ -3,45 +3,48 @@
 
 use omnigate_model::{EventType, pb};
 use rdkafka::message::{Header, OwnedHeaders};
+use std::borrow::Cow;
 
 /// `content-type` of JSON values.
 pub const JSON: &str = "application/json";
 /// `content-type` of protobuf values.
 pub const PROTOBUF: &str = "application/protobuf";
 
-/// The attributes of one record, before they become headers.
+/// The attributes of one record, before they become headers. Borrowed from the
+/// record where it can be: every produced record builds one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloudEvent {
+pub struct CloudEvent<'a> {
     /// `ce_id`
-    pub id: String,
+    pub id: Cow<'a, str>,
     /// `ce_source`
-    pub source: String,
+    pub source: Cow<'a, str>,
     /// `ce_type`
-    pub ce_type: String,
+    pub ce_type: Cow<'a, str>,
     /// `ce_time`, RFC 3339
     pub time: String,
     /// `ce_subject`: the conversation key (empty: no header)
-    pub subject: String,
+    pub subject: Cow<'a, str>,
     /// `ce_tenant` (extension)
-    pub tenant: String,
+    pub tenant: Cow<'a, str>,
     /// `content-type`
     pub content_type: &'static str,
 }
 
-impl CloudEvent {
+impl<'a> CloudEvent<'a> {
     /// The attributes of an event envelope.
-    pub fn of_event(event: &pb::Event, content_type: &'static str) -> Self {
-        let ce_type = EventType::parse(&event.r#type)
-            .map(EventType::ce_type)
+    pub fn of_event(event: &'a pb::Event, content_type: &'static str) -> Self {
+        let ce_type = match EventType::parse(&event.r#type) {
+            Some(known) => Cow::Borrowed(known.ce_type()),
             // An event type newer than this build: keep it visible rather than guess.
-            .unwrap_or_else(|| format!("io.omnigate.{}.v1", event.r#type));
+            None => Cow::Owned(format!("io.omnigate.{}.v1", event.r#type)),
+        };
         Self {
-            id: event.id.clone(),
-            source: event.source.clone(),
+            id: Cow::Borrowed(&event.id),
+            source: Cow::Borrowed(&event.source),
             ce_type,
             time: rfc3339(event.time.as_ref()),
-            subject: event.conversation_key.clone(),
-            tenant: event.tenant.clone(),
+            subject: Cow::Borrowed(&event.conversation_key),
+            tenant: Cow::Borrowed(&event.tenant),
             content_type,
         }
     }
@@ -50,15 +53,15 @@ impl CloudEvent {
     pub fn to_headers(&self) -> OwnedHeaders {
         let mut pairs = vec![
             ("ce_specversion", "1.0"),
-            ("ce_id", self.id.as_str()),
-            ("ce_source", self.source.as_str()),
-            ("ce_type", self.ce_type.as_str()),
+            ("ce_id", &*self.id),
+            ("ce_source", &*self.source),
+            ("ce_type", &*self.ce_type),
             ("ce_time", self.time.as_str()),
         ];
         if !self.subject.is_empty() {
-            pairs.push(("ce_subject", self.subject.as_str()));
+            pairs.push(("ce_subject", &*self.subject));
         }
-        pairs.push(("ce_tenant", self.tenant.as_str()));
+        pairs.push(("ce_tenant", &*self.tenant));
         pairs.push(("content-type", self.content_type));
         pairs.into_iter().fold(
             OwnedHeaders::new_with_capacity(8),

@@ -30,28 +30,34 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct KafkaPublisher {
     producer: FutureProducer,
-    /// Per-topic metric handles, in [`Topic::ALL`] order.
-    metrics: Arc<[TopicMetrics]>,
+    /// Each topic's name, encoding and metrics, in [`Topic::ALL`] order.
+    topics: Arc<[PerTopic]>,
     prefix: String,
-    protobuf_topics: HashSet<String>,
     /// How long `send` may wait for room in librdkafka's local queue.
     queue_wait: Duration,
     /// A safety net over librdkafka's own `message.timeout.ms`.
     deadline: Duration,
 }
 
-/// One topic's produce metrics, registered once: looking a labelled metric up by name
-/// on every record cost more than the increment itself.
-struct TopicMetrics {
+/// What the publisher needs of one topic on every record, worked out once: looking a
+/// labelled metric up by name cost more than the increment itself.
+struct PerTopic {
+    /// The full name.
+    name: String,
+    /// Its records are protobuf (`kafka.protobuf_topics`), not JSON.
+    protobuf: bool,
     produced: metrics::Counter,
     duration: metrics::Histogram,
 }
 
-impl TopicMetrics {
-    fn all() -> Arc<[Self]> {
+impl PerTopic {
+    fn all(config: &KafkaConfig) -> Arc<[Self]> {
+        let protobuf: HashSet<&str> = config.protobuf_topics.iter().map(String::as_str).collect();
         Topic::ALL
             .iter()
             .map(|topic| Self {
+                name: topic.name(&config.topic_prefix),
+                protobuf: protobuf.contains(topic.suffix()),
                 produced: metrics::counter!("omnigate_kafka_produced_total", "topic" => topic.suffix()),
                 duration: metrics::histogram!("omnigate_kafka_produce_duration_seconds", "topic" => topic.suffix()),
             })
@@ -90,9 +96,8 @@ impl KafkaPublisher {
             .create()?;
         Ok(Self {
             producer,
-            metrics: TopicMetrics::all(),
+            topics: PerTopic::all(config),
             prefix: config.topic_prefix.clone(),
-            protobuf_topics: config.protobuf_topics.iter().cloned().collect(),
             queue_wait: Duration::from_millis(500),
             deadline: message_timeout + Duration::from_secs(2),
         })
@@ -147,9 +152,10 @@ impl KafkaPublisher {
             .map_err(|_| KafkaError::Canceled)?
     }
 
-    /// The full name of `topic`.
-    pub fn topic_name(&self, topic: Topic) -> String {
-        topic.name(&self.prefix)
+    /// What the publisher keeps of `topic`.
+    fn per_topic(&self, topic: Topic) -> &PerTopic {
+        // `Topic::ALL` lists the variants in declaration order.
+        &self.topics[topic as usize]
     }
 
     /// Waits for every queued record to be acknowledged, for up to `timeout`.
@@ -190,8 +196,8 @@ impl KafkaPublisher {
         &self,
         topic: Topic,
         record: &'a Outgoing,
-    ) -> (String, Cow<'a, [u8]>, CloudEvent) {
-        let protobuf = self.protobuf_topics.contains(topic.suffix());
+    ) -> (Cow<'a, str>, Cow<'a, [u8]>, CloudEvent<'a>) {
+        let protobuf = self.per_topic(topic).protobuf;
         let content_type = if protobuf {
             headers::PROTOBUF
         } else {
@@ -205,7 +211,7 @@ impl KafkaPublisher {
                     _ => omnigate_model::to_json(event).into(),
                 };
                 let ce = CloudEvent::of_event(event, content_type);
-                (event.conversation_key.clone(), value, ce)
+                (Cow::Borrowed(&event.conversation_key), value, ce)
             }
             Outgoing::DeadLetter(letter) => {
                 let value = if protobuf {
@@ -214,15 +220,15 @@ impl KafkaPublisher {
                     serde_json::to_vec(letter.as_ref()).unwrap_or_default()
                 };
                 let ce = CloudEvent {
-                    id: letter.id.clone(),
-                    source: letter.source.clone(),
+                    id: Cow::Borrowed(&letter.id),
+                    source: Cow::Borrowed(&letter.source),
                     ce_type: "io.omnigate.deadletter.v1".into(),
                     time: headers::rfc3339(letter.time.as_ref()),
-                    subject: String::new(),
-                    tenant: letter.tenant.clone(),
+                    subject: "".into(),
+                    tenant: Cow::Borrowed(&letter.tenant),
                     content_type,
                 };
-                (letter.source.clone(), value.into(), ce)
+                (Cow::Borrowed(&letter.source), value.into(), ce)
             }
             Outgoing::Command(command) => {
                 let value = if protobuf {
@@ -236,16 +242,16 @@ impl KafkaPublisher {
                     .map(|c| c.channel_id.as_str())
                     .unwrap_or("");
                 let ce = CloudEvent {
-                    id: command.command_id.clone(),
+                    id: Cow::Borrowed(&command.command_id),
                     source: "/omnigate/api".into(),
                     ce_type: "io.omnigate.command.send.v1".into(),
                     time: headers::now(),
-                    subject: String::new(),
-                    tenant: command.tenant.clone(),
+                    subject: "".into(),
+                    tenant: Cow::Borrowed(&command.tenant),
                     content_type,
                 };
                 // One recipient's commands stay in order in one partition.
-                (format!("{channel}:{}", command.to), value.into(), ce)
+                (format!("{channel}:{}", command.to).into(), value.into(), ce)
             }
             Outgoing::State {
                 key,
@@ -254,15 +260,15 @@ impl KafkaPublisher {
                 source,
             } => {
                 let ce = CloudEvent {
-                    id: key.clone(),
-                    source: source.clone(),
+                    id: Cow::Borrowed(key),
+                    source: Cow::Borrowed(source),
                     ce_type: (*ce_type).into(),
                     time: headers::now(),
-                    subject: key.clone(),
-                    tenant: String::new(),
+                    subject: Cow::Borrowed(key),
+                    tenant: "".into(),
                     content_type: headers::JSON,
                 };
-                (key.clone(), Cow::Borrowed(value.as_slice()), ce)
+                (Cow::Borrowed(key), Cow::Borrowed(value.as_slice()), ce)
             }
         }
     }
@@ -289,20 +295,21 @@ pub fn classify(err: &KafkaError) -> ErrorKind {
 #[async_trait]
 impl Publish for KafkaPublisher {
     async fn publish(&self, topic: Topic, record: &Outgoing) -> Result<Delivered, PublishError> {
-        let name = self.topic_name(topic);
+        let per_topic = self.per_topic(topic);
+        let name = per_topic.name.as_str();
         let (key, value, ce) = self.encode(topic, record);
         let started = Instant::now();
         let fail = |kind: ErrorKind, message: String| {
             metrics::counter!("omnigate_kafka_produce_errors_total", "topic" => topic.suffix(), "kind" => format!("{kind:?}").to_lowercase()).increment(1);
             PublishError {
                 kind,
-                topic: name.clone(),
+                topic: name.to_string(),
                 message,
             }
         };
         let send = self.producer.send(
-            FutureRecord::to(&name)
-                .key(&key)
+            FutureRecord::to(name)
+                .key(key.as_ref())
                 .payload(value.as_ref())
                 .headers(ce.to_headers()),
             Timeout::After(self.queue_wait),
@@ -318,15 +325,9 @@ impl Publish for KafkaPublisher {
                 "no acknowledgement within the bounded wait".into(),
             )),
         };
-        if let Some(m) = Topic::ALL
-            .iter()
-            .position(|t| *t == topic)
-            .and_then(|i| self.metrics.get(i))
-        {
-            m.duration.record(started.elapsed().as_secs_f64());
-            if result.is_ok() {
-                m.produced.increment(1);
-            }
+        per_topic.duration.record(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            per_topic.produced.increment(1);
         }
         result
     }

@@ -77,8 +77,14 @@ impl EventType {
     }
 
     /// The CloudEvents type: reverse-DNS and versioned, e.g. `io.omnigate.message.received.v1`.
-    pub fn ce_type(self) -> String {
-        format!("io.omnigate.{}.v1", self.as_str())
+    pub fn ce_type(self) -> &'static str {
+        // Built once: every record the gateway produces carries one in its headers.
+        static TYPES: std::sync::LazyLock<[String; EventType::ALL.len()]> =
+            std::sync::LazyLock::new(|| {
+                std::array::from_fn(|i| format!("io.omnigate.{}.v1", EventType::ALL[i].as_str()))
+            });
+        // `ALL` lists the variants in declaration order.
+        &TYPES[self as usize]
     }
 
     /// Parses a short name such as `message.received`.
@@ -158,7 +164,7 @@ mod tests {
     fn event_types_parse_back() {
         for t in EventType::ALL {
             assert_eq!(EventType::parse(t.as_str()), Some(t));
-            assert!(t.ce_type().starts_with("io.omnigate.") && t.ce_type().ends_with(".v1"));
+            assert_eq!(t.ce_type(), format!("io.omnigate.{}.v1", t.as_str()));
         }
         assert_eq!(EventType::parse("message.bogus"), None);
     }

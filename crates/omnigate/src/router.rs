@@ -121,7 +121,7 @@ pub async fn start(
                 None => {
                     consumer::run_pipelined(main, shutdown, 2000, lanes, move |record| {
                         let router = router.clone();
-                        async move { router.handle(record).await }
+                        async move { router.handle(&record).await }
                     })
                     .await
                 }

@@ -133,7 +133,7 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         tasks.spawn(async move {
             let result = consumer::run_pipelined(consumer, shutdown, 4096, 1, move |record| {
                 let dispatcher = dispatcher.clone();
-                async move { dispatcher.handle(record).await }
+                async move { dispatcher.handle(&record).await }
             })
             .await;
             if let Err(err) = result {

@@ -138,8 +138,10 @@ pub fn decide(input: &Input<'_>, rules: &Rules, settings: PolicySettings) -> Dec
                 // died after the state record was acknowledged but perhaps before
                 // `conversation.assigned` was. Open it again, so that event (same id) is
                 // published again too.
-                let opened_it = existing.conversation_id
-                    == conversation_id(input.conversation_key, input.event_id);
+                // (The time check spares hashing the id for every follow-up.)
+                let opened_it = existing.opened_at == at
+                    && existing.conversation_id
+                        == conversation_id(input.conversation_key, input.event_id);
                 return Decision {
                     outcome: if opened_it {
                         Outcome::Opened

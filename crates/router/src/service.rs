@@ -26,7 +26,8 @@ pub struct Router {
     /// `ce_source` of this process's state records, so its follower can skip them.
     source: Arc<str>,
     rules: Arc<RwLock<Arc<Rules>>>,
-    state: Arc<Mutex<HashMap<String, Assignment>>>,
+    /// Shared, so reading a conversation's state for a decision copies nothing.
+    state: Arc<Mutex<HashMap<String, Arc<Assignment>>>>,
     contacts: Arc<ContactStore>,
     publisher: Publisher,
     settings: PolicySettings,
@@ -83,7 +84,7 @@ impl Router {
                 .get(&incoming.conversation_key)
                 .is_none_or(|current| incoming.last_event_at >= current.last_event_at);
             if newer {
-                state.insert(incoming.conversation_key.clone(), incoming);
+                state.insert(incoming.conversation_key.clone(), Arc::new(incoming));
             }
         }
     }
@@ -96,11 +97,11 @@ impl Router {
     /// Routes one record of `omnigate.inbound.v1`: decides now (in order, updating the
     /// state), and returns the completion that publishes the outputs, retrying until
     /// they are acknowledged.
-    pub async fn handle(&self, record: ConsumedRecord) -> Result<Completion, HandlerError> {
+    pub async fn handle(&self, record: &ConsumedRecord) -> Result<Completion, HandlerError> {
         let event: pb::Event = match record.decode() {
             Ok(event) => event,
             Err(err) => {
-                self.dead_letter(&record, &err.to_string()).await?;
+                self.dead_letter(record, &err.to_string()).await?;
                 return Ok(Box::pin(async {}));
             }
         };
@@ -121,7 +122,11 @@ impl Router {
             .resolve(&facts.identifiers(), &key)
             .await
             .map_err(|e| retriable(&e))?;
-        let existing = self.state.lock().ok().and_then(|s| s.get(&key).cloned());
+        let existing = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&key).map(Arc::clone));
         let still_open = existing.as_ref().is_some_and(|e| {
             at.timestamp() - e.last_event_at <= self.settings.reopen_after.num_seconds()
         });
@@ -145,7 +150,7 @@ impl Router {
                 at,
                 facts: &facts,
                 contact_id: &contact_id,
-                existing: existing.as_ref(),
+                existing: existing.as_deref(),
                 open_elsewhere: elsewhere.as_ref(),
             },
             &rules,
@@ -156,7 +161,7 @@ impl Router {
                 .increment(1);
             return Ok(Box::pin(async {}));
         }
-        let assignment = decision.assignment;
+        let mut assignment = decision.assignment;
         let mut records = Vec::with_capacity(3);
         let outcome_label = match &decision.outcome {
             Outcome::Opened => {
@@ -188,17 +193,14 @@ impl Router {
         // moves, and otherwise when its last event is more than 10 minutes newer than
         // the stored one: the stored time only serves the reopen window (hours), and
         // the fingerprints are dropped on load anyway. This halves the records per event.
-        let mut assignment = assignment;
         let stale = existing.as_ref().is_none_or(|e| {
             e.inbox != assignment.inbox
                 || e.contact_id != assignment.contact_id
                 || assignment.last_event_at - e.stored_last_event_at > 600
         });
-        let save = (decision.outcome != Outcome::Continued || stale).then(|| {
+        let save = decision.outcome != Outcome::Continued || stale;
+        if save {
             assignment.stored_last_event_at = assignment.last_event_at;
-            assignment.clone()
-        });
-        if save.is_some() {
             records.push((
                 Topic::Assignments,
                 Outgoing::State {
@@ -209,9 +211,11 @@ impl Router {
                 },
             ));
         }
+        let assignment = Arc::new(assignment);
+        let save = save.then(|| Arc::clone(&assignment));
         let tenant = event.tenant.clone();
         // The routed event goes first; it is built last because it takes the event.
-        records.insert(0, (Topic::Routed, routed(event, &record, &assignment)));
+        records.insert(0, (Topic::Routed, routed(event, record, &assignment)));
         if let Ok(mut state) = self.state.lock() {
             state.insert(key, assignment);
         }
@@ -365,7 +369,7 @@ fn linked_event(event: &pb::Event, merge: &crate::contacts::Merge, at: DateTime<
 /// Exactly-once mode: before a batch the router remembers the state of the batch's
 /// conversation keys, and puts it back if the batch's transaction aborts.
 impl omnigate_kafka::consumer::Transactional for Router {
-    type Checkpoint = Vec<(String, Option<Assignment>)>;
+    type Checkpoint = Vec<(String, Option<Arc<Assignment>>)>;
 
     fn checkpoint(&self, batch: &[ConsumedRecord]) -> Self::Checkpoint {
         let Ok(state) = self.state.lock() else {
@@ -380,17 +384,14 @@ impl omnigate_kafka::consumer::Transactional for Router {
         keys.dedup();
         keys.into_iter()
             .map(|key| {
-                let saved = state.get(&key).cloned();
+                let saved = state.get(&key).map(Arc::clone);
                 (key, saved)
             })
             .collect()
     }
 
-    fn handle(
-        &self,
-        record: ConsumedRecord,
-    ) -> impl Future<Output = Result<Completion, HandlerError>> + Send {
-        Router::handle(self, record)
+    async fn handle(&self, record: ConsumedRecord) -> Result<Completion, HandlerError> {
+        Router::handle(self, &record).await
     }
 
     fn rollback(&self, checkpoint: Self::Checkpoint) {

@@ -180,7 +180,7 @@ impl Dispatcher {
     /// The consumer's first stage for one routed record: match. The returned
     /// completion makes the first attempts, then logs the deliveries with their
     /// results; it resolves (so the offset may be stored) once they are stored.
-    pub async fn handle(&self, record: ConsumedRecord) -> Result<Completion, HandlerError> {
+    pub async fn handle(&self, record: &ConsumedRecord) -> Result<Completion, HandlerError> {
         let event: pb::Event = match record.decode() {
             Ok(event) => event,
             Err(err) => {
@@ -193,7 +193,7 @@ impl Dispatcher {
                 return Ok(Box::pin(async {}));
             }
         };
-        let Some(message) = self.inner.message_for(&event, &record) else {
+        let Some(message) = self.inner.message_for(&event, record) else {
             return Ok(Box::pin(async {}));
         };
         let inner = Arc::clone(&self.inner);
