@@ -203,7 +203,7 @@ async fn wait_for(arrivals: &Arrivals, n: usize, timeout: Duration) -> usize {
 
 fn main() {
     omnigate_e2e::bench::block_on(async {
-        let n: usize = env_or("BENCH_DELIVERIES", 20_000);
+        let n: usize = env_or("BENCH_DELIVERIES", 60_000);
         let concurrency: usize = env_or("BENCH_CONCURRENCY", 64);
         println!(
             "webhook_delivery: {n} deliveries to one local receiver, {concurrency} concurrent posts in the baseline and per endpoint in the dispatcher\n"
