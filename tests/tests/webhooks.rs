@@ -188,6 +188,29 @@ async fn delivery_round_trip(database_url: String) {
     assert_eq!(status, 200, "{detail}");
     assert_eq!(detail["attempt_log"][0]["status_code"], 204);
     assert_eq!(detail["attempts"], 1);
+    // A first attempt that succeeded is kept in the delivery's own row; a replay's
+    // attempt is logged after it.
+    let first_started = detail["attempt_log"][0]["started_at"].clone();
+    let (status, _) = api(
+        &gateway,
+        "POST",
+        &format!("/v1/webhooks/{id}/deliveries/{first}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let path = format!("/v1/webhooks/{id}/deliveries/{first}");
+    wait_until("the replay is logged as attempt 2", async || {
+        let (_, d) = api(client, "GET", &path, None).await;
+        d["attempts"] == 2 && d["status"] == "succeeded"
+    })
+    .await;
+    let (_, detail) = api(&gateway, "GET", &path, None).await;
+    let log = detail["attempt_log"].as_array().unwrap();
+    let numbers: Vec<&Value> = log.iter().map(|a| &a["attempt"]).collect();
+    assert_eq!(numbers, [1, 2], "{detail}");
+    assert_eq!(log[0]["started_at"], first_started, "{detail}");
+    assert!(log.iter().all(|a| a["status_code"] == 204), "{detail}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -213,6 +213,14 @@ pub struct WriteBatch {
     pub deferred: Vec<(String, i64)>,
 }
 
+/// Whether a delivery's first attempt, made before the delivery was logged, is kept in
+/// the delivery's own row (`first_*` columns) rather than as a row of
+/// `webhook_attempts`: when it succeeded, as most do, and so is its only attempt until
+/// a replay. One insert fewer per delivery for the log's one writer.
+fn kept_inline(first: &Outcome) -> bool {
+    first.status == status::SUCCEEDED
+}
+
 /// A delivery's state after an attempt.
 struct DeliveryUpdate<'a> {
     id: &'a str,
@@ -579,6 +587,7 @@ impl WebhookStore {
                         last_error: "",
                     },
                 };
+                let first = delivery.first_outcome.as_ref().filter(|o| kept_inline(o));
                 vec![
                     state.id.into(),
                     (&delivery.endpoint_id).into(),
@@ -595,6 +604,12 @@ impl WebhookStore {
                     state.last_error.into(),
                     now.into(),
                     now.into(),
+                    first.map_or(0, |o| o.attempt.started_at).into(),
+                    first.map_or(0, |o| o.attempt.duration_ms).into(),
+                    first.map_or(0, |o| o.attempt.status_code).into(),
+                    first
+                        .map_or("", |o| o.attempt.response_body.as_str())
+                        .into(),
                 ]
             })
             .collect();
@@ -602,16 +617,18 @@ impl WebhookStore {
             &mut tx,
             "webhook_deliveries (id, endpoint_id, tenant, event_id, message_key, event_type, ordering_key,
              seq, status, attempts, next_attempt_at, last_status_code, last_error, created_at,
-             updated_at)",
+             updated_at, first_started_at, first_duration_ms, first_status_code,
+             first_response_body)",
             "(id) DO NOTHING",
             &delivery_rows,
         )
         .await?;
-        // Attempt rows: first attempts made before their delivery was logged, then the
-        // outcomes of deliveries logged earlier (which also update their row).
+        // Attempt rows: first attempts made before their delivery was logged and not
+        // kept in its row, then the outcomes of deliveries logged earlier (which also
+        // update their row).
         let attempts: Vec<Vec<SqlValue<'_>>> = deliveries
             .iter()
-            .filter_map(|(_, d)| d.first_outcome.as_ref())
+            .filter_map(|(_, d)| d.first_outcome.as_ref().filter(|o| !kept_inline(o)))
             .chain(&batch.outcomes)
             .map(|o| {
                 let a = &o.attempt;
@@ -806,7 +823,8 @@ impl WebhookStore {
         id: &str,
     ) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
         let Some(row) = sqlx::query(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE endpoint_id = $1 AND id = $2"
+            "SELECT {DELIVERY_COLUMNS}, first_started_at, first_duration_ms, first_status_code,
+             first_response_body FROM webhook_deliveries WHERE endpoint_id = $1 AND id = $2"
         ))
         .bind(endpoint_id)
         .bind(id)
@@ -815,25 +833,44 @@ impl WebhookStore {
         else {
             return Ok(None);
         };
-        let attempts = sqlx::query(
+        let first_started_at: i64 = row.try_get("first_started_at")?;
+        let first = if first_started_at > 0 {
+            Some(Attempt {
+                attempt: 1,
+                started_at: first_started_at,
+                duration_ms: row.try_get("first_duration_ms")?,
+                status_code: row.try_get("first_status_code")?,
+                error: String::new(),
+                response_body: row.try_get("first_response_body")?,
+            })
+        } else {
+            None
+        };
+        let logged = sqlx::query(
             "SELECT attempt, started_at, duration_ms, status_code, error, response_body
              FROM webhook_attempts WHERE delivery_id = $1 ORDER BY attempt",
         )
         .bind(id)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(Attempt {
-                attempt: row.try_get("attempt")?,
+        .await?;
+        let kept_inline = first.is_some();
+        let mut attempts = first.into_iter().collect::<Vec<_>>();
+        for row in &logged {
+            let attempt: i64 = row.try_get("attempt")?;
+            // A first attempt of the same event consumed again after a crash: the
+            // row's own first attempt stands, as a duplicate attempt row never landed.
+            if kept_inline && attempt == 1 {
+                continue;
+            }
+            attempts.push(Attempt {
+                attempt,
                 started_at: row.try_get("started_at")?,
                 duration_ms: row.try_get("duration_ms")?,
                 status_code: row.try_get("status_code")?,
                 error: row.try_get("error")?,
                 response_body: row.try_get("response_body")?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+            });
+        }
         Ok(Some((delivery_from(&row)?, attempts)))
     }
 
