@@ -408,7 +408,7 @@ pub trait Transactional: Send + Sync {
     /// Processes one record; its outputs are published by the returned completion.
     fn handle(
         &self,
-        record: ConsumedRecord,
+        record: &ConsumedRecord,
     ) -> impl Future<Output = Result<Completion, HandlerError>> + Send;
     /// Restores the state captured by `checkpoint`.
     fn rollback(&self, checkpoint: Self::Checkpoint);
@@ -500,7 +500,7 @@ async fn process_in_transaction<T: Transactional>(
     for record in batch {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match handler.handle(record.clone()).await {
+            match handler.handle(record).await {
                 Ok(completion) => {
                     completions.push(completion);
                     break;

@@ -198,8 +198,8 @@ impl Router {
                 || e.contact_id != assignment.contact_id
                 || assignment.last_event_at - e.stored_last_event_at > 600
         });
-        let save = decision.outcome != Outcome::Continued || stale;
-        if save {
+        let changed = decision.outcome != Outcome::Continued || stale;
+        if changed {
             assignment.stored_last_event_at = assignment.last_event_at;
             records.push((
                 Topic::Assignments,
@@ -212,7 +212,7 @@ impl Router {
             ));
         }
         let assignment = Arc::new(assignment);
-        let save = save.then(|| Arc::clone(&assignment));
+        let to_save = changed.then(|| Arc::clone(&assignment));
         let tenant = event.tenant.clone();
         // The routed event goes first; it is built last because it takes the event.
         records.insert(0, (Topic::Routed, routed(event, record, &assignment)));
@@ -225,7 +225,7 @@ impl Router {
             // The SQL copy only feeds continuity and the API, so it is written beside the
             // records, not before them: the offset waits for the slower of the two only.
             let saved = async {
-                if let Some(assignment) = &save {
+                if let Some(assignment) = &to_save {
                     retry_until_ok("Conversation not saved", || {
                         contacts.save(&tenant, assignment)
                     })
@@ -390,8 +390,8 @@ impl omnigate_kafka::consumer::Transactional for Router {
             .collect()
     }
 
-    async fn handle(&self, record: ConsumedRecord) -> Result<Completion, HandlerError> {
-        Router::handle(self, &record).await
+    async fn handle(&self, record: &ConsumedRecord) -> Result<Completion, HandlerError> {
+        Router::handle(self, record).await
     }
 
     fn rollback(&self, checkpoint: Self::Checkpoint) {

@@ -853,13 +853,13 @@ impl WebhookStore {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        let kept_inline = first.is_some();
+        let first_in_row = first.is_some();
         let mut attempts = first.into_iter().collect::<Vec<_>>();
         for row in &logged {
             let attempt: i64 = row.try_get("attempt")?;
             // A first attempt of the same event consumed again after a crash: the
             // row's own first attempt stands, as a duplicate attempt row never landed.
-            if kept_inline && attempt == 1 {
+            if first_in_row && attempt == 1 {
                 continue;
             }
             attempts.push(Attempt {
