@@ -8,7 +8,7 @@
 
 use crate::{
     config::WebhooksConfig,
-    http_client::WebhookClient,
+    http_client::{ClientError, Target, WebhookClient},
     retry::{RetryPolicy, Verdict, describe},
     ssrf::AddressPolicy,
     store::{
@@ -40,8 +40,8 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     /// The HTTP client could not be built.
-    #[error("webhook HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 /// Now, in Unix milliseconds.
@@ -87,6 +87,8 @@ fn time_prefix(event: &pb::Event) -> String {
 struct Endpoints {
     by_tenant: HashMap<String, Vec<Arc<Endpoint>>>,
     by_id: HashMap<String, Arc<Endpoint>>,
+    /// Each endpoint's URL, headers and keys, prepared for the client (by id).
+    targets: HashMap<String, Target>,
 }
 
 enum Write {
@@ -111,6 +113,31 @@ struct Slots {
     _endpoint: OwnedSemaphorePermit,
 }
 
+/// The dispatcher's per-delivery metrics, registered once: a lookup by name and
+/// labels for every attempt showed in its profile.
+struct Meters {
+    created: metrics::Counter,
+    delivered: metrics::Counter,
+    retry: metrics::Counter,
+    failed: metrics::Counter,
+    gone: metrics::Counter,
+    attempt_duration: metrics::Histogram,
+}
+
+impl Meters {
+    fn register() -> Self {
+        let attempts = |outcome: &'static str| metrics::counter!("omnigate_webhook_attempts_total", "outcome" => outcome);
+        Self {
+            created: metrics::counter!("omnigate_webhook_deliveries_created_total"),
+            delivered: attempts("delivered"),
+            retry: attempts("retry"),
+            failed: attempts("failed"),
+            gone: attempts("gone"),
+            attempt_duration: metrics::histogram!("omnigate_webhook_attempt_duration_seconds"),
+        }
+    }
+}
+
 /// A running dispatcher; cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -129,6 +156,7 @@ struct Inner {
     next_slot: Mutex<HashMap<String, tokio::time::Instant>>,
     writes: mpsc::Sender<Write>,
     tasks: TaskTracker,
+    meters: Meters,
 }
 
 impl Dispatcher {
@@ -164,6 +192,7 @@ impl Dispatcher {
             next_slot: Mutex::default(),
             writes,
             tasks: tasks.clone(),
+            meters: Meters::register(),
         });
         inner.refresh().await?;
         tasks.spawn(write_loop(
@@ -280,6 +309,9 @@ impl Inner {
         for endpoint in self.store.all_endpoints().await? {
             let endpoint = Arc::new(endpoint);
             endpoints
+                .targets
+                .insert(endpoint.id.clone(), self.client.target(&endpoint));
+            endpoints
                 .by_id
                 .insert(endpoint.id.clone(), Arc::clone(&endpoint));
             if endpoint.enabled {
@@ -327,8 +359,7 @@ impl Inner {
         if deliveries.is_empty() {
             return None;
         }
-        metrics::counter!("omnigate_webhook_deliveries_created_total")
-            .increment(deliveries.len() as u64);
+        self.meters.created.increment(deliveries.len() as u64);
         // The same JSON as on Kafka: the record itself, or its JSON form if it is protobuf.
         let body = if record.header("content-type") == Some(omnigate_kafka::headers::PROTOBUF) {
             Bytes::from(omnigate_model::to_json(event))
@@ -425,38 +456,62 @@ impl Inner {
     /// Makes one attempt and returns its result for the store; None when the endpoint
     /// is gone or disabled.
     async fn attempt(&self, due: DueDelivery, slots: Slots) -> Option<Outcome> {
-        let Some(endpoint) = self.endpoints().by_id.get(&due.endpoint_id).cloned() else {
+        let endpoints = self.endpoints();
+        let (Some(endpoint), Some(target)) = (
+            endpoints.by_id.get(&due.endpoint_id),
+            endpoints.targets.get(&due.endpoint_id),
+        ) else {
             return None; // deleted meanwhile: its deliveries went with it
         };
         if !endpoint.enabled {
             return None; // stays pending; the poll takes it up if the endpoint is enabled again
         }
-        tokio::time::sleep(self.rate_wait(&endpoint)).await;
+        let rate_wait = self.rate_wait(endpoint);
+        if !rate_wait.is_zero() {
+            tokio::time::sleep(rate_wait).await;
+        }
         let number = due.attempts + 1;
         let span = tracing::info_span!("webhook_attempt", delivery = %due.id, endpoint = %endpoint.id, attempt = number);
         let outcome = async {
             let started_at = now_ms();
             let report = self
                 .client
-                .attempt(&endpoint, &due.id, due.body.clone(), started_at / 1000)
+                .attempt(target, &due.id, due.body.clone(), started_at / 1000)
                 .await;
             let verdict = self
                 .retry
                 .verdict(number as usize, &report.end, fastrand::f64());
             let finished = now_ms();
-            let (state, next_attempt_at, error, outcome) = match &verdict {
-                Verdict::Delivered => (status::SUCCEEDED, 0, String::new(), "delivered"),
+            let meters = &self.meters;
+            let (state, next_attempt_at, error, outcome, counter) = match &verdict {
+                Verdict::Delivered => (
+                    status::SUCCEEDED,
+                    0,
+                    String::new(),
+                    "delivered",
+                    &meters.delivered,
+                ),
                 Verdict::RetryIn(delay) => (
                     status::PENDING,
                     finished + delay.as_millis() as i64,
                     describe(&report.end),
                     "retry",
+                    &meters.retry,
                 ),
-                Verdict::Failed(reason) => (status::FAILED, 0, reason.clone(), "failed"),
-                Verdict::EndpointGone => (status::FAILED, 0, "answered 410 Gone".into(), "gone"),
+                Verdict::Failed(reason) => {
+                    (status::FAILED, 0, reason.clone(), "failed", &meters.failed)
+                }
+                Verdict::EndpointGone => (
+                    status::FAILED,
+                    0,
+                    "answered 410 Gone".into(),
+                    "gone",
+                    &meters.gone,
+                ),
             };
-            metrics::counter!("omnigate_webhook_attempts_total", "outcome" => outcome).increment(1);
-            metrics::histogram!("omnigate_webhook_attempt_duration_seconds")
+            counter.increment(1);
+            meters
+                .attempt_duration
                 .record(report.duration.as_secs_f64());
             tracing::debug!(outcome, error, "Webhook attempt");
             let status_code = match report.end {
@@ -477,7 +532,7 @@ impl Inner {
                 },
             };
             drop(slots);
-            self.track_health(&endpoint, &verdict, finished).await;
+            self.track_health(endpoint, &verdict, finished).await;
             outcome
         }
         .instrument(span)

@@ -2,11 +2,14 @@
 //! network. The check runs in the resolver the HTTP client dials through, so the
 //! addresses checked are the addresses connected to (no DNS-rebinding window).
 
+use hyper_util::client::legacy::connect::dns::Name;
 use ipnet::IpNet;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::{
+    future::Future,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
 };
 
 /// Which addresses endpoints may connect to.
@@ -130,8 +133,19 @@ impl GuardedResolver {
     }
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+/// What the resolver failed with: a lookup error, or a [`Refused`] address.
+pub type ResolveError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = ResolveError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ResolveError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ResolveError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
@@ -140,8 +154,7 @@ impl Resolve for GuardedResolver {
             for addr in &addrs {
                 policy.check(&host, addr.ip())?;
             }
-            let addrs: Addrs = Box::new(addrs.into_iter());
-            Ok(addrs)
+            Ok(addrs.into_iter())
         })
     }
 }
@@ -206,9 +219,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_resolver_refuses_names_that_resolve_to_loopback() {
-        let resolver = GuardedResolver::new(AddressPolicy::default());
+        use tower_service::Service as _;
+        let mut resolver = GuardedResolver::new(AddressPolicy::default());
         let name: Name = "localhost".parse().unwrap();
-        let err = resolver.resolve(name).await.err().unwrap();
+        let err = resolver.call(name).await.err().unwrap();
         assert!(err.to_string().contains("loopback"), "{err}");
     }
 }

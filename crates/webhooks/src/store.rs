@@ -1,7 +1,7 @@
 //! Endpoints, deliveries and attempts in SQL (SQLite or PostgreSQL through sqlx's Any
 //! driver, one set of migrations). Times are Unix milliseconds.
 
-use crate::{signing::SigningKey, subscription::Filters};
+use crate::subscription::Filters;
 use omnigate_core::db::{SqlValue, insert_rows};
 use serde::Serialize;
 use sqlx::{AnyPool, Row, any::AnyRow};
@@ -75,18 +75,6 @@ pub struct Endpoint {
     pub created_at: i64,
     /// Last changed.
     pub updated_at: i64,
-}
-
-impl Endpoint {
-    /// The keys that sign at `now`: the current one, and the previous one during the
-    /// rotation overlap. Secrets that do not parse are skipped (they never are stored).
-    pub fn signing_keys(&self, now: i64) -> Vec<SigningKey> {
-        let mut keys: Vec<SigningKey> = SigningKey::parse(&self.secret).into_iter().collect();
-        if !self.previous_secret.is_empty() && now < self.previous_secret_until {
-            keys.extend(SigningKey::parse(&self.previous_secret));
-        }
-        keys
-    }
 }
 
 /// Fields of an endpoint that the API sets.
