@@ -1,6 +1,8 @@
 //! `make bench`: the webhook dispatcher (release binary, SQLite delivery log) posting
 //! signed deliveries of routed events to a fast local receiver, beside a baseline
-//! measured in the same run that posts the same bodies with a bare reqwest loop.
+//! measured in the same run that posts the same bodies with a bare reqwest loop (the
+//! issue's baseline), and beside the same loop through hyper's client, which the
+//! dispatcher posts through.
 //! Prints deliveries/s, publish-to-delivery latency at a moderate rate, and memory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -98,6 +100,43 @@ async fn bare_reqwest(url: &str, n: usize, concurrency: usize) -> Run {
                         .header("content-type", "application/json")
                         .body(body.clone())
                         .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    if ok {
+                        latencies.push(sent.elapsed().as_micros() as u32);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    Run::collect(tasks, started).await
+}
+
+/// A second, informational baseline: the same loop through hyper's pooled client,
+/// which the dispatcher itself posts through (reqwest costs more CPU per request).
+async fn bare_hyper(url: &str, n: usize, concurrency: usize) -> Run {
+    use hyper_util::client::legacy::{Client, connect::HttpConnector};
+    let client: Client<HttpConnector, http_body_util::Full<bytes::Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build(HttpConnector::new());
+    let uri: hyper::Uri = url.parse().unwrap();
+    let body = bytes::Bytes::from(omnigate_model::to_json(&event(0)));
+    let started = Instant::now();
+    let tasks = (0..concurrency)
+        .map(|w| {
+            let (client, uri, body) = (client.clone(), uri.clone(), body.clone());
+            tokio::spawn(async move {
+                let (mut latencies, mut errors) = (Vec::new(), 0);
+                for _ in (w..n).step_by(concurrency) {
+                    let sent = Instant::now();
+                    let request = hyper::Request::post(uri.clone())
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Full::new(body.clone()))
+                        .unwrap();
+                    let ok = client
+                        .request(request)
                         .await
                         .is_ok_and(|r| r.status().is_success());
                     if ok {
@@ -218,6 +257,16 @@ fn main() {
             "{:<38} CPU {:.1} us per delivery (client and receiver)",
             "",
             baseline_cpu / n as f64 * 1e6
+        );
+        arrivals.lock().unwrap().clear();
+        let cpu_before = own_cpu_seconds();
+        let hyper_baseline = bare_hyper(&url, n, concurrency).await;
+        let hyper_cpu = own_cpu_seconds() - cpu_before;
+        hyper_baseline.print("baseline: bare hyper client loop", own_peak_mib());
+        println!(
+            "{:<38} CPU {:.1} us per delivery (client and receiver)",
+            "",
+            hyper_cpu / n as f64 * 1e6
         );
         arrivals.lock().unwrap().clear();
 
@@ -342,6 +391,10 @@ fn main() {
         println!(
             "\nratio: dispatcher / baseline = {:.2} (target >= 0.60); deliveries/s = {rate:.0} (target >= 5000)",
             rate / baseline.rate()
+        );
+        println!(
+            "       dispatcher / bare hyper client loop = {:.2} (no target: the client the dispatcher posts through)",
+            rate / hyper_baseline.rate()
         );
     });
 }

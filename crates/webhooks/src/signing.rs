@@ -14,7 +14,12 @@ pub struct InvalidSecret;
 
 /// An endpoint's signing key, parsed from its `whsec_…` form.
 #[derive(Clone)]
-pub struct SigningKey(Vec<u8>);
+pub struct SigningKey {
+    bytes: Vec<u8>,
+    /// HMAC keyed with `bytes`, cloned for each signature: keying hashes the key's
+    /// padded blocks, the same for every message.
+    mac: Hmac<Sha256>,
+}
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -28,7 +33,14 @@ impl SigningKey {
         let mut bytes = Vec::with_capacity(32);
         bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
         bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-        Self(bytes)
+        Self::from_bytes(bytes)
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        // HMAC takes keys of any length, so this cannot fail.
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(&bytes)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        Self { bytes, mac }
     }
 
     /// Parses `whsec_<base64>`.
@@ -38,19 +50,17 @@ impl SigningKey {
         if bytes.len() < 24 {
             return Err(InvalidSecret);
         }
-        Ok(Self(bytes))
+        Ok(Self::from_bytes(bytes))
     }
 
     /// The `whsec_…` form given to the endpoint's owner.
     pub fn to_secret(&self) -> String {
-        format!("{PREFIX}{}", STANDARD.encode(&self.0))
+        format!("{PREFIX}{}", STANDARD.encode(&self.bytes))
     }
 
     /// `v1,<base64 signature>` of one message.
     pub fn sign(&self, webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
-        // HMAC takes keys of any length, so this cannot fail.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        let mut mac = self.mac.clone();
         mac.update(webhook_id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.to_string().as_bytes());
@@ -86,9 +96,7 @@ impl SigningKey {
             let Ok(signature) = STANDARD.decode(encoded) else {
                 return false;
             };
-            let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&self.0) else {
-                return false;
-            };
+            let mut mac = self.mac.clone();
             mac.update(webhook_id.as_bytes());
             mac.update(b".");
             mac.update(timestamp.to_string().as_bytes());
