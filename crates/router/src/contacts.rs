@@ -3,7 +3,7 @@
 //! contact. A read-through cache keeps SQL off the hot path.
 
 use crate::policy::{Assignment, OpenConversation};
-use omnigate_core::db::{SqlValue, insert_rows, linger_for_batch};
+use omnigate_core::db::{OnConflict, SqlValue, insert_rows, linger_for_batch};
 use sqlx::{AnyPool, Row};
 use std::{collections::HashMap, sync::Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -148,8 +148,10 @@ async fn save_rows(pool: &AnyPool, rows: &[Vec<SqlValue<'_>>]) -> Result<(), sql
         &mut tx,
         "router_conversations (conversation_id, tenant, conversation_key, contact_id, inbox,
          channel_kind, last_event_at)",
-        "(conversation_id) DO UPDATE SET contact_id = excluded.contact_id,
-         inbox = excluded.inbox, last_event_at = excluded.last_event_at",
+        OnConflict::Clause(
+            "(conversation_id) DO UPDATE SET contact_id = excluded.contact_id,
+             inbox = excluded.inbox, last_event_at = excluded.last_event_at",
+        ),
         rows,
     )
     .await?;

@@ -2,7 +2,7 @@
 //! driver, one set of migrations). Times are Unix milliseconds.
 
 use crate::subscription::Filters;
-use omnigate_core::db::{SqlValue, insert_rows};
+use omnigate_core::db::{OnConflict, SqlValue, insert_rows};
 use serde::Serialize;
 use sqlx::{AnyPool, Row, any::AnyRow};
 use std::collections::BTreeMap;
@@ -552,7 +552,7 @@ impl WebhookStore {
         insert_rows(
             &mut tx,
             "webhook_messages (message_key, event_id, event_type, body, created_at)",
-            "(message_key) DO NOTHING",
+            OnConflict::Ignore("(message_key)"),
             &messages,
         )
         .await?;
@@ -607,7 +607,7 @@ impl WebhookStore {
              seq, status, attempts, next_attempt_at, last_status_code, last_error, created_at,
              updated_at, first_started_at, first_duration_ms, first_status_code,
              first_response_body)",
-            "(id) DO NOTHING",
+            OnConflict::Ignore("(id)"),
             &delivery_rows,
         )
         .await?;
@@ -635,7 +635,7 @@ impl WebhookStore {
             &mut tx,
             "webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code,
              error, response_body)",
-            "(delivery_id, attempt) DO NOTHING",
+            OnConflict::Ignore("(delivery_id, attempt)"),
             &attempts,
         )
         .await?;
