@@ -83,26 +83,23 @@ fn event(n: usize) -> pb::Event {
     }
 }
 
-/// The baseline: `concurrency` tasks posting `body` `n` times with one reqwest client.
-async fn bare_reqwest(url: &str, n: usize, concurrency: usize) -> Run {
-    let client = reqwest::Client::new();
+/// `concurrency` tasks posting a routed event's JSON `n` times in all through `post`,
+/// which answers whether the receiver took it.
+async fn post_loop<P, F>(n: usize, concurrency: usize, post: P) -> Run
+where
+    P: Fn(bytes::Bytes) -> F + Clone + Send + 'static,
+    F: Future<Output = bool> + Send,
+{
     let body = bytes::Bytes::from(omnigate_model::to_json(&event(0)));
     let started = Instant::now();
     let tasks = (0..concurrency)
         .map(|w| {
-            let (client, url, body) = (client.clone(), url.to_string(), body.clone());
+            let (post, body) = (post.clone(), body.clone());
             tokio::spawn(async move {
                 let (mut latencies, mut errors) = (Vec::new(), 0);
                 for _ in (w..n).step_by(concurrency) {
                     let sent = Instant::now();
-                    let ok = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success());
-                    if ok {
+                    if post(body.clone()).await {
                         latencies.push(sent.elapsed().as_micros() as u32);
                     } else {
                         errors += 1;
@@ -115,6 +112,25 @@ async fn bare_reqwest(url: &str, n: usize, concurrency: usize) -> Run {
     Run::collect(tasks, started).await
 }
 
+/// The baseline: the post loop with one reqwest client.
+async fn bare_reqwest(url: &str, n: usize, concurrency: usize) -> Run {
+    let client = reqwest::Client::new();
+    let url: Arc<str> = url.into();
+    post_loop(n, concurrency, move |body| {
+        let (client, url) = (client.clone(), Arc::clone(&url));
+        async move {
+            client
+                .post(&*url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await
+}
+
 /// A second, informational baseline: the same loop through hyper's pooled client,
 /// which the dispatcher itself posts through (reqwest costs more CPU per request).
 async fn bare_hyper(url: &str, n: usize, concurrency: usize) -> Run {
@@ -122,34 +138,15 @@ async fn bare_hyper(url: &str, n: usize, concurrency: usize) -> Run {
     let client: Client<HttpConnector, http_body_util::Full<bytes::Bytes>> =
         Client::builder(hyper_util::rt::TokioExecutor::new()).build(HttpConnector::new());
     let uri: hyper::Uri = url.parse().unwrap();
-    let body = bytes::Bytes::from(omnigate_model::to_json(&event(0)));
-    let started = Instant::now();
-    let tasks = (0..concurrency)
-        .map(|w| {
-            let (client, uri, body) = (client.clone(), uri.clone(), body.clone());
-            tokio::spawn(async move {
-                let (mut latencies, mut errors) = (Vec::new(), 0);
-                for _ in (w..n).step_by(concurrency) {
-                    let sent = Instant::now();
-                    let request = hyper::Request::post(uri.clone())
-                        .header("content-type", "application/json")
-                        .body(http_body_util::Full::new(body.clone()))
-                        .unwrap();
-                    let ok = client
-                        .request(request)
-                        .await
-                        .is_ok_and(|r| r.status().is_success());
-                    if ok {
-                        latencies.push(sent.elapsed().as_micros() as u32);
-                    } else {
-                        errors += 1;
-                    }
-                }
-                (latencies, errors)
-            })
-        })
-        .collect();
-    Run::collect(tasks, started).await
+    post_loop(n, concurrency, move |body| {
+        let request = hyper::Request::post(uri.clone())
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(body))
+            .unwrap();
+        let response = client.request(request);
+        async move { response.await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await
 }
 
 async fn publish(publisher: &Publisher, events: Vec<pb::Event>) {

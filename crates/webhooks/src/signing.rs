@@ -109,13 +109,13 @@ impl SigningKey {
 
 /// The `webhook-signature` header: one signature per key, space-separated, so a
 /// receiver that knows either the old or the new secret during a rotation accepts it.
-pub fn signature_header(
-    keys: &[SigningKey],
+pub fn signature_header<'a>(
+    keys: impl IntoIterator<Item = &'a SigningKey>,
     webhook_id: &str,
     timestamp: i64,
     body: &[u8],
 ) -> String {
-    keys.iter()
+    keys.into_iter()
         .map(|key| key.sign(webhook_id, timestamp, body))
         .collect::<Vec<_>>()
         .join(" ")
