@@ -29,10 +29,12 @@ pub async fn connect(url: &str) -> Result<AnyPool, sqlx::Error> {
                         // Statement journals (every multi-row INSERT ... ON CONFLICT in a
                         // transaction keeps one) stay in memory instead of a temp file.
                         "PRAGMA temp_store=MEMORY",
-                        // Checkpoint (copy the WAL into the database, and fsync) every
-                        // 32 MiB instead of every 4 MiB: a page written many times
-                        // between checkpoints is copied once, and a commit that runs the
-                        // checkpoint stalls the writer less often.
+                        // The writer itself checkpoints (copies the WAL into the
+                        // database, and fsyncs) only past 32 MiB of WAL instead of 4 MiB:
+                        // a page written many times between checkpoints is copied once,
+                        // and a commit that runs the checkpoint stalls the writer less
+                        // often. A store's `Checkpointer` does most of it beside the
+                        // writer, so this is the backstop.
                         "PRAGMA wal_autocheckpoint=8192",
                         // A 32 MiB page cache instead of 2 MiB: the delivery log's key
                         // indexes outgrow 2 MiB within minutes, and every page missed is
@@ -47,6 +49,62 @@ pub async fn connect(url: &str) -> Result<AnyPool, sqlx::Error> {
         })
         .connect(url)
         .await
+}
+
+/// How often a [`Checkpointer`] copies SQLite's write-ahead log into the database.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// While any clone of it lives, a SQLite database's write-ahead log is copied back
+/// into the database file (a passive checkpoint) every 100 ms, on a connection of its
+/// own. Run by the writer at a commit, the same work held that commit and every write
+/// queued behind it: in `make bench` the webhook dispatcher delivered 24,054 and
+/// 24,101 events/s with the writer checkpointing, 26,844 and 28,382/s with no
+/// checkpoint at all. A passive checkpoint never waits for the writer, nor the writer
+/// for it. For PostgreSQL and in-memory SQLite it does nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpointer {
+    /// Dropped with the last clone, which ends the checkpoint task.
+    _running: Option<std::sync::Arc<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing the database at `url` (as given to [`connect`]).
+    pub async fn start(url: &str) -> Result<Self, sqlx::Error> {
+        if !is_sqlite(url) || url.contains(":memory:") || url.contains("mode=memory") {
+            return Ok(Self::default());
+        }
+        let pool = connect(url).await?;
+        let (running, stopped) = tokio::sync::oneshot::channel();
+        tokio::spawn(checkpoint_loop(pool, stopped));
+        Ok(Self {
+            _running: Some(std::sync::Arc::new(running)),
+        })
+    }
+}
+
+async fn checkpoint_loop(pool: AnyPool, mut stopped: tokio::sync::oneshot::Receiver<()>) {
+    let seconds = metrics::histogram!("omnigate_sqlite_checkpoint_seconds");
+    let mut every = tokio::time::interval(CHECKPOINT_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            _ = every.tick() => {}
+        }
+        let started = std::time::Instant::now();
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            Ok(_) => seconds.record(started.elapsed().as_secs_f64()),
+            Err(err) => {
+                // The writer's own checkpoints (the backstop) go on meanwhile.
+                metrics::counter!("omnigate_sqlite_checkpoint_errors_total").increment(1);
+                tracing::warn!(error = %err, "SQLite checkpoint failed");
+            }
+        }
+    }
+    pool.close().await;
 }
 
 /// One value of a row for [`insert_rows`]: text or a 64-bit integer, the only types

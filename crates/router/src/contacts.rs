@@ -71,6 +71,8 @@ pub struct ContactStore {
     cache: Mutex<HashMap<String, String>>,
     /// Conversation rows for [`write_conversations`], which batches them.
     saves: mpsc::UnboundedSender<PendingSave>,
+    /// Checkpoints the SQLite log beside its writer.
+    _checkpointer: omnigate_core::db::Checkpointer,
 }
 
 /// One `router_conversations` row: id, tenant, key, contact, inbox, channel kind, last
@@ -192,6 +194,7 @@ impl ContactStore {
             pool,
             cache: Mutex::default(),
             saves,
+            _checkpointer: omnigate_core::db::Checkpointer::start(url).await?,
         })
     }
 

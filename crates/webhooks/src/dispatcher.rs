@@ -52,34 +52,44 @@ pub fn now_ms() -> i64 {
 /// The `webhook-id` of an event's delivery to an endpoint: the same whenever the
 /// event is consumed again, and on every attempt.
 ///
-/// It starts with the event's time (see [`time_prefix`]), then 20 hex digits of a hash
-/// of the endpoint and event ids.
+/// It starts with the event's time (see [`push_time_prefix`]), then 20 hex digits of a
+/// hash of the endpoint and event ids.
 pub fn delivery_id(endpoint_id: &str, event: &pb::Event) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f6d_6e69_6761_5e00_8000_0000_0000_0004);
-    let name = format!("{endpoint_id}\u{1f}{}", event.id);
-    let hash = uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes())
+    let name = [endpoint_id.as_bytes(), b"\x1f", event.id.as_bytes()].concat();
+    let mut hash = uuid::Uuid::encode_buffer();
+    let hash = uuid::Uuid::new_v5(&NAMESPACE, &name)
         .simple()
-        .to_string();
-    format!("msg_{}{}", time_prefix(event), &hash[..20])
+        .encode_lower(&mut hash);
+    // Built in place: formatting it in steps was 2% of the dispatcher's samples.
+    let mut id = String::with_capacity(36);
+    id.push_str("msg_");
+    push_time_prefix(&mut id, event);
+    id.push_str(&hash[..20]);
+    id
 }
 
-/// The key of an event's body in the delivery log: its time (see [`time_prefix`]),
+/// The key of an event's body in the delivery log: its time (see [`push_time_prefix`]),
 /// then its id. The same whenever the event is consumed again.
 pub fn message_key(event: &pb::Event) -> String {
-    format!("{}{}", time_prefix(event), event.id)
+    let mut key = String::with_capacity(12 + event.id.len());
+    push_time_prefix(&mut key, event);
+    key.push_str(&event.id);
+    key
 }
 
-/// The event's time as 12 hex digits of Unix milliseconds. Keys that start with it
-/// grow with time, so the delivery log's inserts land at the end of its key indexes;
-/// with random keys, every batch rewrote pages all over those indexes.
-fn time_prefix(event: &pb::Event) -> String {
+/// Appends the event's time as 12 hex digits of Unix milliseconds. Keys that start
+/// with it grow with time, so the delivery log's inserts land at the end of its key
+/// indexes; with random keys, every batch rewrote pages all over those indexes.
+fn push_time_prefix(out: &mut String, event: &pb::Event) {
+    use std::fmt::Write as _;
     let millis = event
         .time
         .as_ref()
         .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
         .unwrap_or_default()
         .clamp(0, 0xffff_ffff_ffff);
-    format!("{millis:012x}")
+    let _ = write!(out, "{millis:012x}"); // writing to a String cannot fail
 }
 
 /// Endpoints as the dispatcher last read them.
@@ -239,9 +249,11 @@ impl Inner {
                 Some(slots) => {
                     let (result, outcome) = oneshot::channel();
                     let inner = Arc::clone(&self);
+                    // Only the attempt's arguments are moved into the task: its future
+                    // (kilobytes, with hyper's) is boxed where it starts, instead of
+                    // copied on each step of spawning (1.3% of the samples).
                     self.tasks.spawn(async move {
-                        if let Some(late) = inner
-                            .attempt(due, slots)
+                        if let Some(late) = Box::pin(inner.attempt(due, slots))
                             .await
                             .and_then(|o| result.send(o).err())
                         {
@@ -807,8 +819,11 @@ mod tests {
         assert!(delivery_id("ep_1", &early) < delivery_id("ep_1", &late));
         assert!(message_key(&early) < message_key(&late));
         assert_eq!(message_key(&early), "0000000f4240ffff-early");
-        let id = delivery_id("ep_1", &early);
-        assert!(id.starts_with("msg_0000000f4240"), "{id}");
-        assert_eq!(id.len(), "msg_".len() + 32);
+        // Pinned: a delivery logged by an earlier version must keep its `webhook-id`
+        // (the UUIDv5 of "ep_1\x1fffff-early", as Python's `uuid.uuid5` makes it).
+        assert_eq!(
+            delivery_id("ep_1", &early),
+            "msg_0000000f4240082232eda6f25f418219"
+        );
     }
 }

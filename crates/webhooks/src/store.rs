@@ -265,6 +265,16 @@ pub struct DueDelivery {
     pub body: bytes::Bytes,
 }
 
+/// A message body as text: JSON is UTF-8, so this borrows it; anything else is stored
+/// with its invalid bytes replaced. `from_utf8` checks ASCII a word at a time, where
+/// `from_utf8_lossy` alone went byte by byte (1% of the dispatcher's samples).
+fn body_text(body: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(body) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(body),
+    }
+}
+
 /// The webhook store.
 #[derive(Debug, Clone)]
 pub struct WebhookStore {
@@ -273,6 +283,8 @@ pub struct WebhookStore {
     /// table per row, so there updates go row by row; PostgreSQL joins them. The two
     /// also spell "rows of a JSON array" differently.
     sqlite: bool,
+    /// Checkpoints the SQLite log beside its writer.
+    _checkpointer: omnigate_core::db::Checkpointer,
 }
 
 const ENDPOINT_COLUMNS: &str = "id, tenant, url, description, events, filters, headers, rate_limit, ordered, enabled, disabled_reason, secret, previous_secret, previous_secret_until, failing_since, created_at, updated_at";
@@ -349,6 +361,7 @@ impl WebhookStore {
         Ok(Self {
             pool,
             sqlite: omnigate_core::db::is_sqlite(url),
+            _checkpointer: omnigate_core::db::Checkpointer::start(url).await?,
         })
     }
 
@@ -544,7 +557,7 @@ impl WebhookStore {
                     (&m.key).into(),
                     (&m.event_id).into(),
                     (&m.event_type).into(),
-                    SqlValue::Text(String::from_utf8_lossy(&m.body)),
+                    SqlValue::Text(body_text(&m.body)),
                     now.into(),
                 ]
             })
