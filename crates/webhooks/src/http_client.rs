@@ -1,12 +1,15 @@
 //! One delivery attempt over HTTP: the signed POST, with the SSRF guard, no redirects,
 //! a total timeout and a capped response body.
 //!
-//! Deliveries go out through hyper's own pooled client rather than reqwest's. On the
-//! development machine reqwest cost about 30 us more CPU per request (its tower
-//! layers clone each request for a possible retry and redirect, and convert the URL
-//! again on every send), which was a third of the dispatcher's CPU per delivery.
-//! The endpoint's URL and fixed headers are prepared once per endpoint ([`Target`]),
-//! not once per attempt.
+//! Deliveries go out over hyper's HTTP/1.1 connections, kept alive in a small pool of
+//! our own, rather than through reqwest. On the development machine reqwest cost
+//! about 30 us more CPU per request (its tower layers clone each request for a
+//! possible retry and redirect, and convert the URL again on every send), which was a
+//! third of the dispatcher's CPU per delivery. hyper-util's pooled client, used next,
+//! still built and moved a connect future of several kilobytes for every request,
+//! raced it against its pool, and spawned a task per request to return the connection:
+//! 10% of the dispatcher's samples. The endpoint's URL and fixed headers are prepared
+//! once per endpoint ([`Target`]), not once per attempt.
 
 use crate::{
     retry::{AttemptEnd, parse_retry_after},
@@ -17,12 +20,11 @@ use crate::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use http_body_util::{BodyExt as _, Full};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
-};
+use hyper::client::conn::http1;
+use hyper_util::client::legacy::connect::HttpConnector;
 use std::{
-    sync::Arc,
+    collections::HashMap,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -46,8 +48,9 @@ pub struct ClientError(#[from] rustls::Error);
 /// headers and its signing keys, made once when the dispatcher reads the endpoints.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The URL, or why no attempt can reach it (invalid, or a refused literal address).
-    uri: Result<http::Uri, AttemptEnd>,
+    /// Where the URL leads, or why no attempt can reach it (invalid, or a refused
+    /// literal address).
+    destination: Result<Destination, AttemptEnd>,
     /// `content-type`, `user-agent` and the endpoint's own headers.
     headers: HeaderMap,
     /// The current signing key.
@@ -69,12 +72,75 @@ impl Target {
     }
 }
 
+/// An endpoint's URL as the client uses it.
+#[derive(Debug, Clone)]
+struct Destination {
+    /// The whole URL, which the connector dials.
+    uri: http::Uri,
+    /// Its path and query: the request line's target on a direct connection.
+    path: http::Uri,
+    /// Scheme, host and port: the connections kept for one may serve the others.
+    origin: Arc<str>,
+    /// The `host` header: the host, and the port unless it is the scheme's default.
+    host: HeaderValue,
+}
+
 type Connector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
+
+/// A kept-alive HTTP/1.1 connection: requests go through it one at a time.
+type Connection = http1::SendRequest<Full<Bytes>>;
+
+/// How long a connection may stay idle before it is closed instead of reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most idle connections kept per origin; more are closed as they free up.
+const IDLE_PER_ORIGIN: usize = 256;
+
+/// A connection kept for reuse, and since when it is idle.
+type IdleConnection = (Connection, Instant);
+
+/// Idle connections by origin, the most recently used last.
+#[derive(Debug, Default)]
+struct IdleConnections(Mutex<HashMap<Arc<str>, Vec<IdleConnection>>>);
+
+impl IdleConnections {
+    /// The most recently used connection to `origin` that is still open and fresh.
+    fn take(&self, origin: &str) -> Option<Connection> {
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = idle.get_mut(origin)?;
+        while let Some((connection, since)) = kept.pop() {
+            if !connection.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    fn put(&self, origin: &Arc<str>, connection: Connection) {
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = idle.entry(Arc::clone(origin)).or_default();
+        let now = Instant::now();
+        // Close the stale ones (the oldest come first) so an idle connection never
+        // outlives its timeout by long, even when others are busy.
+        if kept
+            .first()
+            .is_some_and(|(_, since)| now.duration_since(*since) >= IDLE_TIMEOUT)
+        {
+            kept.retain(|(connection, since)| {
+                !connection.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
+            });
+        }
+        if kept.len() < IDLE_PER_ORIGIN {
+            kept.push((connection, now));
+        }
+    }
+}
 
 /// The HTTP client deliveries go out through; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct WebhookClient {
-    client: Client<Connector, Full<Bytes>>,
+    connector: Connector,
+    idle: Arc<IdleConnections>,
     policy: AddressPolicy,
     timeout: Duration,
     body_cap: usize,
@@ -94,18 +160,15 @@ impl WebhookClient {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
         let tls = tls_config()?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        // Redirects are never followed: hyper's client does not follow them.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .build(https);
+        // Redirects are never followed: a connection sends one request per attempt.
         Ok(Self {
-            client,
+            connector,
+            idle: Arc::default(),
             policy,
             timeout,
             body_cap,
@@ -137,24 +200,25 @@ impl WebhookClient {
                 _ => invalid_header = Some(name.clone()),
             }
         }
-        let uri = match invalid_header {
+        let destination = match invalid_header {
             // The API refuses such headers; one stored before is reported on each attempt.
             Some(name) => Err(AttemptEnd::ConnectionFailed(format!(
                 "invalid header {name:?} in the endpoint's headers"
             ))),
-            None => self.checked_uri(&endpoint.url),
+            None => self.checked_uri(&endpoint.url).and_then(destination),
         };
-        // hyper's client formats `host` for every request that has none (2% of the
-        // dispatcher's samples); it is the same for every attempt to this endpoint.
-        if let Some(host) = uri.as_ref().ok().and_then(host_header) {
-            headers.entry(header::HOST).or_insert(host);
+        if let Ok(destination) = &destination {
+            // Unless the endpoint sets its own.
+            headers
+                .entry(header::HOST)
+                .or_insert(destination.host.clone());
         }
         let key = SigningKey::parse(&endpoint.secret).ok();
         let previous_key = SigningKey::parse(&endpoint.previous_secret)
             .ok()
             .map(|key| (key, endpoint.previous_secret_until));
         Target {
-            uri,
+            destination,
             headers,
             key,
             previous_key,
@@ -215,12 +279,12 @@ impl WebhookClient {
         body: Bytes,
         timestamp: i64,
     ) -> Result<(AttemptEnd, String), AttemptEnd> {
-        let uri = target.uri.clone()?;
+        let destination = target.destination.as_ref().map_err(Clone::clone)?;
         let keys = target.signing_keys(timestamp.saturating_mul(1000));
         let signature = signature_header(keys, webhook_id, timestamp, &body);
         let mut request = http::Request::new(Full::new(body));
         *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = uri;
+        *request.uri_mut() = destination.path.clone();
         let headers = request.headers_mut();
         headers.clone_from(&target.headers);
         for (name, value) in [
@@ -232,11 +296,7 @@ impl WebhookClient {
                 .map_err(|e| AttemptEnd::ConnectionFailed(format!("{name}: {e}")))?;
             headers.insert(HeaderName::from_static(name), value);
         }
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| classify(&e))?;
+        let (connection, response) = self.send(destination, request).await?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -245,6 +305,7 @@ impl WebhookClient {
             .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
         let mut kept = Vec::new();
         let mut body = response.into_body();
+        let mut read_to_end = false;
         // Read only what is kept; a huge or endless body must not hold the attempt.
         while kept.len() < self.body_cap {
             match body.frame().await {
@@ -254,8 +315,18 @@ impl WebhookClient {
                         kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
                     }
                 }
-                None | Some(Err(_)) => break,
+                None => {
+                    read_to_end = true;
+                    break;
+                }
+                Some(Err(_)) => break,
             }
+        }
+        // A connection is kept only once its answer has been read whole; one left
+        // halfway is closed when dropped. It is ready for the next request as soon as
+        // its task has seen the answer end, which `send` waits for.
+        if read_to_end {
+            self.idle.put(&destination.origin, connection);
         }
         Ok((
             AttemptEnd::Answered {
@@ -265,21 +336,84 @@ impl WebhookClient {
             String::from_utf8_lossy(&kept).into_owned(),
         ))
     }
+
+    /// Sends `request` on a kept connection to `destination`, or on a new one, and
+    /// returns the connection with the answer's head.
+    async fn send(
+        &self,
+        destination: &Destination,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<(Connection, http::Response<hyper::body::Incoming>), AttemptEnd> {
+        while let Some(mut connection) = self.idle.take(&destination.origin) {
+            if connection.ready().await.is_err() {
+                continue; // closed meanwhile
+            }
+            match connection.try_send_request(request).await {
+                Ok(response) => return Ok((connection, response)),
+                Err(mut failed) => match failed.take_message() {
+                    // The endpoint closed the kept connection before the request went
+                    // out (an idle timeout of its own): nothing was sent, so send it
+                    // on a new connection.
+                    Some(request) => return self.send_on_new(destination, request).await,
+                    None => return Err(classify(failed.error())),
+                },
+            }
+        }
+        self.send_on_new(destination, request).await
+    }
+
+    async fn send_on_new(
+        &self,
+        destination: &Destination,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<(Connection, http::Response<hyper::body::Incoming>), AttemptEnd> {
+        use tower_service::Service as _;
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|e| classify(&*e))?;
+        let stream = connector
+            .call(destination.uri.clone())
+            .await
+            .map_err(|e| classify(&*e))?;
+        let (mut connection, driver) = http1::handshake(stream).await.map_err(|e| classify(&e))?;
+        // The connection's own task reads and writes it; it ends when the connection
+        // closes, or once every handle to it (here and in the idle list) is dropped.
+        tokio::spawn(async move {
+            if let Err(err) = driver.await {
+                tracing::debug!(error = %err, "Webhook connection closed");
+            }
+        });
+        let response = connection
+            .send_request(request)
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok((connection, response))
+    }
 }
 
-/// The `host` header for `uri`, as hyper's client would make it: the host, and the
-/// port unless it is the scheme's default.
-fn host_header(uri: &http::Uri) -> Option<HeaderValue> {
-    let host = uri.host()?;
-    let default_port = match uri.scheme_str() {
-        Some("https") => 443,
-        _ => 80,
+/// The parts of a checked URL that each attempt uses.
+fn destination(uri: http::Uri) -> Result<Destination, AttemptEnd> {
+    let invalid = |why: &str| AttemptEnd::ConnectionFailed(format!("invalid URL: {why}"));
+    let host = uri.host().ok_or_else(|| invalid("no host"))?;
+    let default_port = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
     };
-    let value = match uri.port_u16() {
-        Some(port) if port != default_port => format!("{host}:{port}"),
-        _ => host.to_string(),
+    let port = uri.port_u16().unwrap_or(default_port);
+    let host_header = if port == default_port {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
     };
-    HeaderValue::try_from(value).ok()
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Ok(Destination {
+        origin: format!("{}://{host}:{port}", uri.scheme_str().unwrap_or("http")).into(),
+        host: HeaderValue::try_from(host_header).map_err(|e| invalid(&e.to_string()))?,
+        path: http::Uri::try_from(path).map_err(|e| invalid(&e.to_string()))?,
+        uri,
+    })
 }
 
 /// TLS as reqwest does it: rustls with the platform's certificate verifier.
@@ -292,8 +426,8 @@ fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
         .with_no_client_auth())
 }
 
-fn classify(error: &hyper_util::client::legacy::Error) -> AttemptEnd {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+fn classify(error: &(dyn std::error::Error + 'static)) -> AttemptEnd {
+    let mut source = Some(error);
     let mut chain = Vec::new();
     while let Some(err) = source {
         if let Some(refused) = err.downcast_ref::<Refused>() {
@@ -339,25 +473,39 @@ mod tests {
     #[test]
     fn targets_check_literal_addresses_and_schemes_once() {
         let client = client();
-        let refused = client.target(&endpoint("http://127.0.0.1:9/hook")).uri;
+        let refused = client
+            .target(&endpoint("http://127.0.0.1:9/hook"))
+            .destination;
         assert!(
             matches!(&refused, Err(AttemptEnd::AddressRefused(why)) if why.contains("loopback")),
             "{refused:?}"
         );
-        let mapped = client.target(&endpoint("http://[::ffff:10.0.0.1]/")).uri;
+        let mapped = client
+            .target(&endpoint("http://[::ffff:10.0.0.1]/"))
+            .destination;
         assert!(
             matches!(mapped, Err(AttemptEnd::AddressRefused(_))),
             "{mapped:?}"
         );
-        let scheme = client.target(&endpoint("ftp://example.com/")).uri;
+        let scheme = client.target(&endpoint("ftp://example.com/")).destination;
         assert!(
             matches!(scheme, Err(AttemptEnd::ConnectionFailed(_))),
             "{scheme:?}"
         );
         let public = client
             .target(&endpoint("https://example.com/hooks?a=1"))
-            .uri;
-        assert_eq!(public.unwrap().to_string(), "https://example.com/hooks?a=1");
+            .destination
+            .unwrap();
+        assert_eq!(public.uri.to_string(), "https://example.com/hooks?a=1");
+        assert_eq!(public.path.to_string(), "/hooks?a=1");
+        assert_eq!(public.host, "example.com");
+        let with_port = client
+            .target(&endpoint("http://example.com:8080"))
+            .destination
+            .unwrap();
+        assert_eq!(with_port.path.to_string(), "/");
+        assert_eq!(with_port.host, "example.com:8080");
+        assert_eq!(&*with_port.origin, "http://example.com:8080");
     }
 
     #[test]
@@ -371,10 +519,10 @@ mod tests {
     fn an_invalid_stored_header_fails_each_attempt_with_its_name() {
         let mut bad = endpoint("https://example.com/");
         bad.headers.insert("bad header".into(), "x".into());
-        let uri = client().target(&bad).uri;
+        let destination = client().target(&bad).destination;
         assert!(
-            matches!(&uri, Err(AttemptEnd::ConnectionFailed(why)) if why.contains("bad header")),
-            "{uri:?}"
+            matches!(&destination, Err(AttemptEnd::ConnectionFailed(why)) if why.contains("bad header")),
+            "{destination:?}"
         );
     }
 
@@ -405,5 +553,138 @@ mod tests {
             "{:?}",
             report.end
         );
+    }
+
+    /// A local HTTP/1.1 server answering 204 to every request; it closes each
+    /// connection after its first answer when `close_after_one`. Returns its port and
+    /// the number of connections it accepted, and records each request's head.
+    async fn counting_server(
+        close_after_one: bool,
+    ) -> (
+        u16,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<Mutex<Vec<String>>>,
+    ) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (counter, seen) = (Arc::clone(&accepted), Arc::clone(&heads));
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    loop {
+                        // One request: its head, then a body of content-length bytes.
+                        let head_end = loop {
+                            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break end + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buffer.len() < head_end + length {
+                            let mut chunk = [0u8; 4096];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buffer.drain(..head_end + length);
+                        seen.lock().unwrap().push(head);
+                        if socket
+                            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                            .await
+                            .is_err()
+                            || close_after_one
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted, heads)
+    }
+
+    fn loopback_client() -> WebhookClient {
+        let policy = AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        WebhookClient::new(policy, Duration::from_secs(5), 64).unwrap()
+    }
+
+    /// Attempts one after another to an endpoint share one kept-alive connection, and
+    /// each request line carries the path, with the host in its own header.
+    #[tokio::test]
+    async fn attempts_reuse_a_kept_connection() {
+        let (port, accepted, heads) = counting_server(false).await;
+        let client = loopback_client();
+        let target = client.target(&endpoint(&format!("http://127.0.0.1:{port}/hook?x=1")));
+        for n in 0..3 {
+            let report = client
+                .attempt(
+                    &target,
+                    &format!("msg_{n}"),
+                    Bytes::from_static(b"{}"),
+                    1_000,
+                )
+                .await;
+            assert!(
+                matches!(report.end, AttemptEnd::Answered { status: 204, .. }),
+                "{:?}",
+                report.end
+            );
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let heads = heads.lock().unwrap();
+        assert_eq!(heads.len(), 3);
+        assert!(
+            heads[0].starts_with("post /hook?x=1 http/1.1\r\n"),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[0].contains(&format!("host: 127.0.0.1:{port}\r\n")),
+            "{}",
+            heads[0]
+        );
+    }
+
+    /// A kept connection the endpoint has closed is not used: the next attempt opens
+    /// a new one and succeeds.
+    #[tokio::test]
+    async fn a_connection_closed_by_the_endpoint_is_replaced() {
+        let (port, accepted, _) = counting_server(true).await;
+        let client = loopback_client();
+        let target = client.target(&endpoint(&format!("http://127.0.0.1:{port}/hook")));
+        for n in 0..2 {
+            let report = client
+                .attempt(
+                    &target,
+                    &format!("msg_{n}"),
+                    Bytes::from_static(b"{}"),
+                    1_000,
+                )
+                .await;
+            assert!(
+                matches!(report.end, AttemptEnd::Answered { status: 204, .. }),
+                "attempt {n}: {:?}",
+                report.end
+            );
+            // Let the client's connection task see the close.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }
