@@ -130,7 +130,7 @@ async fn passthrough(prefix: &str, n: usize) -> Duration {
                 let completion: Completion = Box::pin(async move {
                     let out = Outgoing::State {
                         key,
-                        value: record.value.clone(),
+                        value: record.value.to_vec(),
                         ce_type: "io.omnigate.bench.v1",
                         source: "/bench".into(),
                     };

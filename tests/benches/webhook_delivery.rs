@@ -2,7 +2,7 @@
 //! signed deliveries of routed events to a fast local receiver, beside a baseline
 //! measured in the same run, before and after the dispatcher, that posts the same
 //! bodies with a bare reqwest loop (the baseline), and beside the same loop
-//! through hyper's client, which the dispatcher posts through.
+//! through hyper's pooled client (the dispatcher posts over hyper's connections too).
 //! Prints deliveries/s, publish-to-delivery latency at a moderate rate, and memory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -131,8 +131,9 @@ async fn bare_reqwest(url: &str, n: usize, concurrency: usize) -> Run {
     .await
 }
 
-/// A second, informational baseline: the same loop through hyper's pooled client,
-/// which the dispatcher itself posts through (reqwest costs more CPU per request).
+/// A second, informational baseline: the same loop through hyper-util's pooled client.
+/// The dispatcher posts over hyper's connections too, kept in a pool of its own
+/// (reqwest costs more CPU per request).
 async fn bare_hyper(url: &str, n: usize, concurrency: usize) -> Run {
     use hyper_util::client::legacy::{Client, connect::HttpConnector};
     let client: Client<HttpConnector, http_body_util::Full<bytes::Bytes>> =
@@ -410,7 +411,7 @@ fn main() {
             rate / baseline_after.rate(),
         );
         println!(
-            "       dispatcher / bare hyper client loop = {:.2} (no target: the client the dispatcher posts through)",
+            "       dispatcher / bare hyper client loop = {:.2} (no target: hyper, which the dispatcher posts over)",
             rate / hyper_baseline.rate()
         );
     });

@@ -23,8 +23,8 @@ pub struct ConsumedRecord {
     pub offset: i64,
     /// The record key.
     pub key: Option<Vec<u8>>,
-    /// The record value.
-    pub value: Vec<u8>,
+    /// The record value (shared, not copied, by whoever keeps it).
+    pub value: bytes::Bytes,
     /// Headers, in order.
     pub headers: Vec<(String, Vec<u8>)>,
 }
@@ -169,7 +169,7 @@ impl ConsumedRecord {
         T: prost::Message + Default + serde::de::DeserializeOwned,
     {
         let result = if self.header("content-type") == Some(crate::headers::PROTOBUF) {
-            T::decode(self.value.as_slice()).map_err(|e| e.to_string())
+            T::decode(&self.value[..]).map_err(|e| e.to_string())
         } else {
             serde_json::from_slice(&self.value).map_err(|e| e.to_string())
         };
@@ -188,7 +188,7 @@ impl ConsumedRecord {
             id: format!("{}/{}/{}", self.topic, self.partition, self.offset),
             source: source.to_string(),
             reason: reason.to_string(),
-            raw: self.value.clone(),
+            raw: self.value.to_vec(),
             content_type: self.header("content-type").unwrap_or("").to_string(),
             time: Some(omnigate_model::timestamp(chrono::Utc::now())),
             ..Default::default()
@@ -380,7 +380,10 @@ fn copy(message: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
         partition: message.partition(),
         offset: message.offset(),
         key: message.key().map(<[u8]>::to_vec),
-        value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        value: message
+            .payload()
+            .map(bytes::Bytes::copy_from_slice)
+            .unwrap_or_default(),
         headers: message
             .headers()
             .map(|h| {

@@ -147,7 +147,7 @@ fn as_consumed(record: &reader::ReadRecord) -> consumer::ConsumedRecord {
         partition: record.partition,
         offset: record.offset,
         key: Some(record.key.clone().into_bytes()),
-        value: record.value.clone(),
+        value: record.value.clone().into(),
         headers: Vec::new(),
     }
 }

@@ -376,7 +376,7 @@ impl Inner {
         let body = if record.header("content-type") == Some(omnigate_kafka::headers::PROTOBUF) {
             Bytes::from(omnigate_model::to_json(event))
         } else {
-            Bytes::from(record.value.clone())
+            record.value.clone()
         };
         Some(NewMessage {
             key: message_key(event),
@@ -439,6 +439,10 @@ impl Inner {
 
     fn endpoint_slots(&self, endpoint_id: &str) -> Arc<Semaphore> {
         let mut slots = self.per_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked up before `entry`, which would copy the id for every delivery.
+        if let Some(semaphore) = slots.get(endpoint_id) {
+            return Arc::clone(semaphore);
+        }
         Arc::clone(
             slots.entry(endpoint_id.to_string()).or_insert_with(|| {
                 Arc::new(Semaphore::new(self.config.max_in_flight_per_endpoint))
