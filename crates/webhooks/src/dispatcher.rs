@@ -733,6 +733,7 @@ async fn refresh_loop(inner: Arc<Inner>, changes: Arc<Notify>, shutdown: Cancell
         if let Err(err) = inner.refresh().await {
             tracing::warn!(error = %err, "Endpoints not re-read; using the previous list");
         }
+        inner.client.close_stale_connections();
     }
 }
 

@@ -108,9 +108,10 @@ impl IdleConnections {
     fn take(&self, origin: &str) -> Option<Connection> {
         let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let kept = idle.get_mut(origin)?;
-        while let Some((connection, since)) = kept.pop() {
-            if !connection.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(connection);
+        let now = Instant::now();
+        while let Some(candidate) = kept.pop() {
+            if is_fresh(&candidate, now) {
+                return Some(candidate.0);
             }
         }
         None
@@ -120,20 +121,33 @@ impl IdleConnections {
         let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let kept = idle.entry(Arc::clone(origin)).or_default();
         let now = Instant::now();
-        // Close the stale ones (the oldest come first) so an idle connection never
-        // outlives its timeout by long, even when others are busy.
+        // The oldest come first: only when one is stale is the list swept.
         if kept
             .first()
             .is_some_and(|(_, since)| now.duration_since(*since) >= IDLE_TIMEOUT)
         {
-            kept.retain(|(connection, since)| {
-                !connection.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
-            });
+            kept.retain(|kept| is_fresh(kept, now));
         }
         if kept.len() < IDLE_PER_ORIGIN {
             kept.push((connection, now));
         }
     }
+
+    /// Closes the connections idle too long, for every origin: an origin no attempt
+    /// goes to any more would otherwise keep its connections open.
+    fn close_stale(&self) {
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        idle.retain(|_, kept| {
+            kept.retain(|kept| is_fresh(kept, now));
+            !kept.is_empty()
+        });
+    }
+}
+
+/// Whether a kept connection may still be used at `now`.
+fn is_fresh((connection, since): &IdleConnection, now: Instant) -> bool {
+    !connection.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
 }
 
 /// The HTTP client deliveries go out through; cheap to clone.
@@ -173,6 +187,11 @@ impl WebhookClient {
             timeout,
             body_cap,
         })
+    }
+
+    /// Closes kept connections that have been idle for longer than 30 s.
+    pub fn close_stale_connections(&self) {
+        self.idle.close_stale();
     }
 
     /// Prepares `endpoint` for attempts: parses its URL, checks a literal address
@@ -686,5 +705,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // The closed connections kept meanwhile are let go by the periodic sweep.
+        assert!(!client.idle.0.lock().unwrap().is_empty());
+        client.close_stale_connections();
+        assert!(client.idle.0.lock().unwrap().is_empty());
     }
 }
