@@ -96,9 +96,8 @@ fn push_time_prefix(out: &mut String, event: &pb::Event) {
 #[derive(Debug, Default)]
 struct Endpoints {
     by_tenant: HashMap<String, Vec<Arc<Endpoint>>>,
-    by_id: HashMap<String, Arc<Endpoint>>,
-    /// Each endpoint's URL, headers and keys, prepared for the client (by id).
-    targets: HashMap<String, Target>,
+    /// Each endpoint, with its URL, headers and keys prepared for the client.
+    by_id: HashMap<String, (Arc<Endpoint>, Target)>,
 }
 
 enum Write {
@@ -320,12 +319,10 @@ impl Inner {
         let mut endpoints = Endpoints::default();
         for endpoint in self.store.all_endpoints().await? {
             let endpoint = Arc::new(endpoint);
-            endpoints
-                .targets
-                .insert(endpoint.id.clone(), self.client.target(&endpoint));
+            let target = self.client.target(&endpoint);
             endpoints
                 .by_id
-                .insert(endpoint.id.clone(), Arc::clone(&endpoint));
+                .insert(endpoint.id.clone(), (Arc::clone(&endpoint), target));
             if endpoint.enabled {
                 endpoints
                     .by_tenant
@@ -398,7 +395,7 @@ impl Inner {
             if endpoints
                 .by_id
                 .get(&delivery.endpoint_id)
-                .is_none_or(|e| e.ordered)
+                .is_none_or(|(e, _)| e.ordered)
             {
                 continue;
             }
@@ -478,10 +475,7 @@ impl Inner {
     /// is gone or disabled.
     async fn attempt(&self, due: DueDelivery, slots: Slots) -> Option<Outcome> {
         let endpoints = self.endpoints();
-        let (Some(endpoint), Some(target)) = (
-            endpoints.by_id.get(&due.endpoint_id),
-            endpoints.targets.get(&due.endpoint_id),
-        ) else {
+        let Some((endpoint, target)) = endpoints.by_id.get(&due.endpoint_id) else {
             return None; // deleted meanwhile: its deliveries went with it
         };
         if !endpoint.enabled {

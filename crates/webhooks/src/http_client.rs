@@ -559,8 +559,7 @@ mod tests {
             let _ = socket.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
             first
         });
-        let policy = AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
-        let client = WebhookClient::new(policy, Duration::from_secs(5), 64).unwrap();
+        let client = loopback_client();
         let target = client.target(&endpoint(&format!("https://127.0.0.1:{port}/hook")));
         let report = client
             .attempt(&target, "msg_1", Bytes::from_static(b"{}"), 1_000)
@@ -598,44 +597,53 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buffer = Vec::new();
                     loop {
-                        // One request: its head, then a body of content-length bytes.
-                        let head_end = loop {
-                            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break end + 4;
-                            }
-                            let mut chunk = [0u8; 4096];
-                            match socket.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length: "))
-                            .map_or(0, |v| v.trim().parse().unwrap());
-                        while buffer.len() < head_end + length {
-                            let mut chunk = [0u8; 4096];
-                            match socket.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        while let Some((head, used)) = whole_request(&buffer) {
+                            buffer.drain(..used);
+                            seen.lock().unwrap().push(head);
+                            let answered =
+                                socket.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+                            if answered.is_err() || close_after_one {
+                                return;
                             }
                         }
-                        buffer.drain(..head_end + length);
-                        seen.lock().unwrap().push(head);
-                        if socket
-                            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-                            .await
-                            .is_err()
-                            || close_after_one
-                        {
-                            return;
+                        match socket.read_buf(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
                         }
                     }
                 });
             }
         });
         (port, accepted, heads)
+    }
+
+    /// The first request wholly in `buffer`: its head (lowercased) and how many bytes
+    /// it takes, head and a body of content-length bytes.
+    fn whole_request(buffer: &[u8]) -> Option<(String, usize)> {
+        let head_end = buffer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        (buffer.len() >= head_end + length).then_some((head, head_end + length))
+    }
+
+    /// Makes attempt `n` to `target` and checks the server's 204 came back.
+    async fn assert_answered(client: &WebhookClient, target: &Target, n: usize) {
+        let report = client
+            .attempt(
+                target,
+                &format!("msg_{n}"),
+                Bytes::from_static(b"{}"),
+                1_000,
+            )
+            .await;
+        assert!(
+            matches!(report.end, AttemptEnd::Answered { status: 204, .. }),
+            "attempt {n}: {:?}",
+            report.end
+        );
     }
 
     fn loopback_client() -> WebhookClient {
@@ -651,19 +659,7 @@ mod tests {
         let client = loopback_client();
         let target = client.target(&endpoint(&format!("http://127.0.0.1:{port}/hook?x=1")));
         for n in 0..3 {
-            let report = client
-                .attempt(
-                    &target,
-                    &format!("msg_{n}"),
-                    Bytes::from_static(b"{}"),
-                    1_000,
-                )
-                .await;
-            assert!(
-                matches!(report.end, AttemptEnd::Answered { status: 204, .. }),
-                "{:?}",
-                report.end
-            );
+            assert_answered(&client, &target, n).await;
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
         let heads = heads.lock().unwrap();
@@ -688,19 +684,7 @@ mod tests {
         let client = loopback_client();
         let target = client.target(&endpoint(&format!("http://127.0.0.1:{port}/hook")));
         for n in 0..2 {
-            let report = client
-                .attempt(
-                    &target,
-                    &format!("msg_{n}"),
-                    Bytes::from_static(b"{}"),
-                    1_000,
-                )
-                .await;
-            assert!(
-                matches!(report.end, AttemptEnd::Answered { status: 204, .. }),
-                "attempt {n}: {:?}",
-                report.end
-            );
+            assert_answered(&client, &target, n).await;
             // Let the client's connection task see the close.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
