@@ -26,7 +26,7 @@ pub struct ConsumedRecord {
     /// The record value (shared, not copied, by whoever keeps it).
     pub value: bytes::Bytes,
     /// Headers, in order.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: RecordHeaders,
 }
 
 impl ConsumedRecord {
@@ -34,8 +34,50 @@ impl ConsumedRecord {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| *k == name)
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// A record's headers, in order, copied into one buffer: a routed event carries eight
+/// CloudEvents headers, which as a string and a vector each were sixteen allocations
+/// per record. A header without a value reads as empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordHeaders {
+    /// Each header's name, then its value.
+    bytes: Vec<u8>,
+    /// Each header's name and value, as ranges of `bytes`.
+    ranges: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+impl RecordHeaders {
+    /// Adds a header after the others.
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        let name_start = self.bytes.len();
+        self.bytes.extend_from_slice(name.as_bytes());
+        let value_start = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.ranges
+            .push((name_start..value_start, value_start..self.bytes.len()));
+    }
+
+    /// The headers in order, as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.ranges.iter().map(|(name, value)| {
+            // Names were pushed as `&str`, so they are UTF-8.
+            let name = std::str::from_utf8(&self.bytes[name.clone()]).unwrap_or_default();
+            (name, &self.bytes[value.clone()])
+        })
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
     }
 }
 
@@ -251,15 +293,18 @@ where
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                // Undecided: its lane stopped, so store nothing after it.
-                let Some((topic, partition, offset)) = done else {
+                let finished = Finished::drain(done, &mut in_flight);
+                for (topic, partition, offset) in &finished.last_per_partition {
+                    consumer.store_offset(topic, *partition, *offset)?;
+                }
+                consumed.increment(finished.records);
+                // Undecided: its lane stopped, so nothing after it was stored.
+                if finished.undecided {
                     if !shutdown.is_cancelled() {
                         tracing::error!("A decision lane stopped (its handler panicked); the consumer stops");
                     }
                     break;
-                };
-                consumer.store_offset(&topic, partition, offset)?;
-                consumed.increment(1);
+                }
             }
             message = consumer.recv(), if in_flight.len() < max_in_flight => {
                 let message = match message {
@@ -292,6 +337,45 @@ where
         }
     }
     finish(&consumer, in_flight).await
+}
+
+/// A run of in-flight records that finished, in consumption order.
+#[derive(Debug, Default, PartialEq)]
+struct Finished {
+    /// The last finished offset of each partition, to store. Storing one offset costs
+    /// librdkafka a topic handle made and dropped under its client lock, so a run of
+    /// records (a delivery log batch resolves hundreds at once) stores one per partition.
+    last_per_partition: Vec<(String, i32, i64)>,
+    /// How many records finished.
+    records: u64,
+    /// The run ended at a record that was never decided.
+    undecided: bool,
+}
+
+impl Finished {
+    /// `first`, which has finished, and every entry after it that has finished too.
+    fn drain(first: Option<(String, i32, i64)>, in_flight: &mut InFlight) -> Self {
+        use futures::{FutureExt as _, StreamExt as _};
+        let mut finished = Self::default();
+        let mut next = Some(first);
+        while let Some(done) = next {
+            let Some((topic, partition, offset)) = done else {
+                finished.undecided = true;
+                break;
+            };
+            finished.records += 1;
+            match finished
+                .last_per_partition
+                .iter_mut()
+                .find(|(t, p, _)| *p == partition && *t == topic)
+            {
+                Some(last) => last.2 = offset,
+                None => finished.last_per_partition.push((topic, partition, offset)),
+            }
+            next = in_flight.next().now_or_never().flatten();
+        }
+        finished
+    }
 }
 
 /// The in-flight entry of a record at `position`: resolves once `decided` has and the
@@ -384,19 +468,13 @@ fn copy(message: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
             .payload()
             .map(bytes::Bytes::copy_from_slice)
             .unwrap_or_default(),
-        headers: message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        headers: {
+            let mut headers = RecordHeaders::default();
+            for header in message.headers().iter().flat_map(|h| h.iter()) {
+                headers.push(header.key, header.value.unwrap_or_default());
+            }
+            headers
+        },
     }
 }
 
@@ -568,5 +646,77 @@ fn is_fatal(err: &KafkaError) -> bool {
     match err {
         KafkaError::Transaction(e) => e.is_fatal(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(done: Option<(&str, i32, i64)>) -> InFlightEntry {
+        let done = done.map(|(t, p, o)| (t.to_string(), p, o));
+        Box::pin(async move { done })
+    }
+
+    #[test]
+    fn a_finished_run_stores_the_last_offset_of_each_partition_and_stops_at_one_unfinished() {
+        let mut in_flight = InFlight::new();
+        in_flight.push_back(entry(Some(("t", 1, 11))));
+        in_flight.push_back(entry(Some(("t", 0, 20))));
+        in_flight.push_back(entry(Some(("t", 1, 12))));
+        in_flight.push_back(Box::pin(std::future::pending()));
+        in_flight.push_back(entry(Some(("t", 1, 13))));
+        let finished = Finished::drain(Some(("t".into(), 0, 19)), &mut in_flight);
+        assert_eq!(
+            finished,
+            Finished {
+                last_per_partition: vec![("t".into(), 0, 20), ("t".into(), 1, 12)],
+                records: 4,
+                undecided: false,
+            }
+        );
+        assert_eq!(
+            in_flight.len(),
+            2,
+            "the unfinished record and the one after it wait"
+        );
+    }
+
+    #[test]
+    fn headers_keep_their_order_names_and_values() {
+        let mut headers = RecordHeaders::default();
+        headers.push("ce_id", b"ev-1");
+        headers.push("empty", b"");
+        headers.push("content-type", b"application/json");
+        let record = ConsumedRecord {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            value: bytes::Bytes::new(),
+            headers,
+        };
+        assert_eq!(
+            record.headers.iter().collect::<Vec<_>>(),
+            vec![
+                ("ce_id", &b"ev-1"[..]),
+                ("empty", &b""[..]),
+                ("content-type", &b"application/json"[..])
+            ]
+        );
+        assert_eq!(record.header("content-type"), Some("application/json"));
+        assert_eq!(record.header("empty"), Some(""));
+        assert_eq!(record.header("ce_type"), None);
+        assert_eq!(record.headers.len(), 3);
+    }
+
+    #[test]
+    fn a_run_ends_at_an_undecided_record() {
+        let mut in_flight = InFlight::new();
+        in_flight.push_back(entry(None));
+        in_flight.push_back(entry(Some(("t", 0, 21))));
+        let finished = Finished::drain(Some(("t".into(), 0, 20)), &mut in_flight);
+        assert_eq!(finished.last_per_partition, vec![("t".into(), 0, 20)]);
+        assert_eq!((finished.records, finished.undecided), (1, true));
     }
 }

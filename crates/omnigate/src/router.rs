@@ -148,7 +148,7 @@ fn as_consumed(record: &reader::ReadRecord) -> consumer::ConsumedRecord {
         offset: record.offset,
         key: Some(record.key.clone().into_bytes()),
         value: record.value.clone().into(),
-        headers: Vec::new(),
+        headers: Default::default(),
     }
 }
 

@@ -15,38 +15,34 @@ pub struct Filters {
     pub inboxes: Vec<String>,
 }
 
-/// What the matcher needs to know of one event.
+/// What the matcher needs to know of one event, borrowed from it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EventFacts {
+pub struct EventFacts<'a> {
     /// Short type, e.g. `message.received`.
-    pub event_type: String,
+    pub event_type: &'a str,
     /// Channel kind short name, or empty.
-    pub channel_kind: String,
+    pub channel_kind: &'a str,
     /// Channel id, or empty.
-    pub channel_id: String,
+    pub channel_id: &'a str,
     /// The routed inbox, or empty.
-    pub inbox: String,
+    pub inbox: &'a str,
 }
 
-impl EventFacts {
+impl<'a> EventFacts<'a> {
     /// The facts of a routed event.
-    pub fn of(event: &pb::Event) -> Self {
+    pub fn of(event: &'a pb::Event) -> Self {
         let (channel_kind, channel_id) = event
             .channel()
             .map(|c| {
                 let kind = pb::ChannelKind::try_from(c.kind).unwrap_or_default();
-                (kind.short_name().to_string(), c.channel_id.clone())
+                (kind.short_name(), c.channel_id.as_str())
             })
             .unwrap_or_default();
         Self {
-            event_type: event.r#type.clone(),
+            event_type: &event.r#type,
             channel_kind,
             channel_id,
-            inbox: event
-                .routing
-                .as_ref()
-                .map(|r| r.inbox.clone())
-                .unwrap_or_default(),
+            inbox: event.routing.as_ref().map_or("", |r| r.inbox.as_str()),
         }
     }
 }
@@ -60,14 +56,14 @@ pub fn type_matches(pattern: &str, event_type: &str) -> bool {
 }
 
 /// True if an endpoint with these `events` and `filters` receives the event.
-pub fn matches(events: &[String], filters: &Filters, facts: &EventFacts) -> bool {
+pub fn matches(events: &[String], filters: &Filters, facts: &EventFacts<'_>) -> bool {
     fn allowed(list: &[String], value: &str) -> bool {
         list.is_empty() || list.iter().any(|v| v == value)
     }
-    events.iter().any(|p| type_matches(p, &facts.event_type))
-        && allowed(&filters.channel_kinds, &facts.channel_kind)
-        && allowed(&filters.channel_ids, &facts.channel_id)
-        && allowed(&filters.inboxes, &facts.inbox)
+    events.iter().any(|p| type_matches(p, facts.event_type))
+        && allowed(&filters.channel_kinds, facts.channel_kind)
+        && allowed(&filters.channel_ids, facts.channel_id)
+        && allowed(&filters.inboxes, facts.inbox)
 }
 
 /// Why an event-type pattern is invalid, or None: it must be `*`, a known type, or a
@@ -108,12 +104,17 @@ pub const CHANNEL_KINDS: [&str; 4] = ["whatsapp", "email", "livechat", "voice"];
 mod tests {
     use super::*;
 
-    fn facts(event_type: &str, kind: &str, channel: &str, inbox: &str) -> EventFacts {
+    fn facts<'a>(
+        event_type: &'a str,
+        kind: &'a str,
+        channel: &'a str,
+        inbox: &'a str,
+    ) -> EventFacts<'a> {
         EventFacts {
-            event_type: event_type.into(),
-            channel_kind: kind.into(),
-            channel_id: channel.into(),
-            inbox: inbox.into(),
+            event_type,
+            channel_kind: kind,
+            channel_id: channel,
+            inbox,
         }
     }
 
