@@ -51,6 +51,14 @@ pub struct RecordHeaders {
 }
 
 impl RecordHeaders {
+    /// Room for `headers` headers of about `bytes` bytes in all.
+    pub fn with_capacity(headers: usize, bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            ranges: Vec::with_capacity(headers),
+        }
+    }
+
     /// Adds a header after the others.
     pub fn push(&mut self, name: &str, value: &[u8]) {
         let name_start = self.bytes.len();
@@ -468,12 +476,17 @@ fn copy(message: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
             .payload()
             .map(bytes::Bytes::copy_from_slice)
             .unwrap_or_default(),
-        headers: {
-            let mut headers = RecordHeaders::default();
-            for header in message.headers().iter().flat_map(|h| h.iter()) {
-                headers.push(header.key, header.value.unwrap_or_default());
+        headers: match message.headers() {
+            Some(borrowed) => {
+                // CloudEvents headers average under 32 bytes each, name and value.
+                let count = borrowed.count();
+                let mut headers = RecordHeaders::with_capacity(count, count * 32);
+                for header in borrowed.iter() {
+                    headers.push(header.key, header.value.unwrap_or_default());
+                }
+                headers
             }
-            headers
+            None => RecordHeaders::default(),
         },
     }
 }

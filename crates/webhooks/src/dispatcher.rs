@@ -96,8 +96,18 @@ fn push_time_prefix(out: &mut String, event: &pb::Event) {
 #[derive(Debug, Default)]
 struct Endpoints {
     by_tenant: HashMap<String, Vec<Arc<Endpoint>>>,
-    /// Each endpoint, with its URL, headers and keys prepared for the client.
-    by_id: HashMap<String, (Arc<Endpoint>, Target)>,
+    /// Each endpoint, with what its attempts need.
+    by_id: HashMap<String, Prepared>,
+}
+
+/// An endpoint as its attempts use it.
+#[derive(Debug)]
+struct Prepared {
+    endpoint: Arc<Endpoint>,
+    /// Its URL, headers and keys prepared for the client.
+    target: Target,
+    /// Its slots (the same semaphore across refreshes, see `Inner::endpoint_slots`).
+    slots: Arc<Semaphore>,
 }
 
 enum Write {
@@ -231,28 +241,33 @@ impl Dispatcher {
                 return Ok(Box::pin(async {}));
             }
         };
-        let Some(message) = self.inner.message_for(&event, record) else {
+        // One snapshot of the endpoints from matching to the first attempts: reading the
+        // shared one for each step was about 1% of the samples.
+        let endpoints = self.inner.endpoints();
+        let Some(message) = self.inner.message_for(&endpoints, &event, record) else {
             return Ok(Box::pin(async {}));
         };
         let inner = Arc::clone(&self.inner);
-        Ok(Box::pin(async move { inner.deliver_new(message).await }))
+        Ok(Box::pin(async move {
+            inner.deliver_new(endpoints, message).await
+        }))
     }
 }
 
 impl Inner {
     /// Attempts a new event's deliveries that can go at once, then logs them all.
-    async fn deliver_new(self: Arc<Self>, mut message: NewMessage) {
+    async fn deliver_new(self: Arc<Self>, endpoints: Arc<Endpoints>, mut message: NewMessage) {
         let mut attempts = Vec::new();
-        for (index, due) in self.hold_for_first_attempt(&mut message) {
-            match self.slots_for(&due.endpoint_id, FAST_PATH_SLOT_WAIT).await {
+        for (index, due, endpoint_slots) in self.hold_for_first_attempt(&endpoints, &mut message) {
+            match self.slots_for(endpoint_slots, FAST_PATH_SLOT_WAIT).await {
                 Some(slots) => {
                     let (result, outcome) = oneshot::channel();
-                    let inner = Arc::clone(&self);
+                    let (inner, endpoints) = (Arc::clone(&self), Arc::clone(&endpoints));
                     // Only the attempt's arguments are moved into the task: its future
                     // (kilobytes, with hyper's) is boxed where it starts, instead of
                     // copied on each step of spawning (1.3% of the samples).
                     self.tasks.spawn(async move {
-                        if let Some(late) = Box::pin(inner.attempt(due, slots))
+                        if let Some(late) = Box::pin(inner.attempt(&endpoints, due, slots))
                             .await
                             .and_then(|o| result.send(o).err())
                         {
@@ -319,10 +334,12 @@ impl Inner {
         let mut endpoints = Endpoints::default();
         for endpoint in self.store.all_endpoints().await? {
             let endpoint = Arc::new(endpoint);
-            let target = self.client.target(&endpoint);
-            endpoints
-                .by_id
-                .insert(endpoint.id.clone(), (Arc::clone(&endpoint), target));
+            let prepared = Prepared {
+                endpoint: Arc::clone(&endpoint),
+                target: self.client.target(&endpoint),
+                slots: self.endpoint_slots(&endpoint.id),
+            };
+            endpoints.by_id.insert(endpoint.id.clone(), prepared);
             if endpoint.enabled {
                 endpoints
                     .by_tenant
@@ -339,8 +356,12 @@ impl Inner {
     }
 
     /// The body and deliveries of a routed event, or None when no endpoint wants it.
-    fn message_for(&self, event: &pb::Event, record: &ConsumedRecord) -> Option<NewMessage> {
-        let endpoints = self.endpoints();
+    fn message_for(
+        &self,
+        endpoints: &Endpoints,
+        event: &pb::Event,
+        record: &ConsumedRecord,
+    ) -> Option<NewMessage> {
         let facts = EventFacts::of(event);
         let now = now_ms();
         let ordering_key = event
@@ -385,20 +406,24 @@ impl Inner {
     }
 
     /// Marks the deliveries of a new message that this dispatcher attempts at once as
-    /// held by it for a lease, and returns them with their index. Deliveries to ordered
-    /// endpoints stay due for the poll, which keeps each conversation in order.
-    fn hold_for_first_attempt(&self, message: &mut NewMessage) -> Vec<(usize, DueDelivery)> {
-        let endpoints = self.endpoints();
+    /// held by it for a lease, and returns them with their index and their endpoint's
+    /// slots. Deliveries to ordered endpoints stay due for the poll, which keeps each
+    /// conversation in order.
+    fn hold_for_first_attempt(
+        &self,
+        endpoints: &Endpoints,
+        message: &mut NewMessage,
+    ) -> Vec<(usize, DueDelivery, Arc<Semaphore>)> {
         let lease_until = now_ms() + self.config.lease().as_millis() as i64;
         let mut held = Vec::new();
         for (index, delivery) in message.deliveries.iter_mut().enumerate() {
-            if endpoints
+            let Some(prepared) = endpoints
                 .by_id
                 .get(&delivery.endpoint_id)
-                .is_none_or(|(e, _)| e.ordered)
-            {
+                .filter(|p| !p.endpoint.ordered)
+            else {
                 continue;
-            }
+            };
             delivery.first_attempt_at = lease_until;
             held.push((
                 index,
@@ -409,6 +434,7 @@ impl Inner {
                     attempts: 0,
                     body: message.body.clone(),
                 },
+                Arc::clone(&prepared.slots),
             ));
         }
         held
@@ -416,10 +442,9 @@ impl Inner {
 
     /// Slots for a delivery: a dispatcher slot (waiting as long as it takes: every slot
     /// busy means the dispatcher is at capacity), then up to `wait` for one of the
-    /// endpoint's; None if the endpoint stays busy.
-    async fn slots_for(&self, endpoint_id: &str, wait: Duration) -> Option<Slots> {
+    /// endpoint's `slots`; None if the endpoint stays busy.
+    async fn slots_for(&self, slots: Arc<Semaphore>, wait: Duration) -> Option<Slots> {
         let global = Arc::clone(&self.global).acquire_owned().await.ok()?;
-        let slots = self.endpoint_slots(endpoint_id);
         // A free slot is taken without arming a timer (one per delivery showed in the profile).
         let endpoint = match Arc::clone(&slots).try_acquire_owned() {
             Ok(permit) => permit,
@@ -472,10 +497,17 @@ impl Inner {
     }
 
     /// Makes one attempt and returns its result for the store; None when the endpoint
-    /// is gone or disabled.
-    async fn attempt(&self, due: DueDelivery, slots: Slots) -> Option<Outcome> {
-        let endpoints = self.endpoints();
-        let Some((endpoint, target)) = endpoints.by_id.get(&due.endpoint_id) else {
+    /// is gone or disabled in `endpoints`.
+    async fn attempt(
+        &self,
+        endpoints: &Endpoints,
+        due: DueDelivery,
+        slots: Slots,
+    ) -> Option<Outcome> {
+        let Some(Prepared {
+            endpoint, target, ..
+        }) = endpoints.by_id.get(&due.endpoint_id)
+        else {
             return None; // deleted meanwhile: its deliveries went with it
         };
         if !endpoint.enabled {
@@ -761,12 +793,16 @@ async fn poll_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
                 for delivery in due {
                     let inner2 = Arc::clone(&inner);
                     inner.tasks.spawn(async move {
+                        let endpoint_slots = inner2.endpoint_slots(&delivery.endpoint_id);
                         match inner2
-                            .slots_for(&delivery.endpoint_id, Duration::from_secs(1))
+                            .slots_for(endpoint_slots, Duration::from_secs(1))
                             .await
                         {
                             Some(slots) => {
-                                if let Some(outcome) = inner2.attempt(delivery, slots).await {
+                                let endpoints = inner2.endpoints();
+                                if let Some(outcome) =
+                                    inner2.attempt(&endpoints, delivery, slots).await
+                                {
                                     inner2.record(outcome).await;
                                 }
                             }
