@@ -33,9 +33,8 @@ impl ConsumedRecord {
     /// The first header named `name`, as UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .get(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 }
 
@@ -76,6 +75,15 @@ impl RecordHeaders {
             let name = std::str::from_utf8(&self.bytes[name.clone()]).unwrap_or_default();
             (name, &self.bytes[value.clone()])
         })
+    }
+
+    /// The value of the first header named `name`. Names are compared as bytes, so a
+    /// lookup (one or two per record) checks no name's UTF-8.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.ranges
+            .iter()
+            .find(|(key, _)| self.bytes[key.clone()] == *name.as_bytes())
+            .map(|(_, value)| &self.bytes[value.clone()])
     }
 
     /// How many headers there are.
@@ -478,7 +486,8 @@ fn copy(message: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
             .unwrap_or_default(),
         headers: match message.headers() {
             Some(borrowed) => {
-                // CloudEvents headers average under 32 bytes each, name and value.
+                // About 32 bytes a header: a routed event's eight CloudEvents headers
+                // take about 250 bytes, names and values (the bench's events: 252).
                 let count = borrowed.count();
                 let mut headers = RecordHeaders::with_capacity(count, count * 32);
                 for header in borrowed.iter() {
