@@ -249,6 +249,25 @@ sha256 = "bb2c3471b1d4f3a48f740bf10b04cc830d5cd528b47ba699f9f0d733dbc5e397"
         None
     }
 
+    /// The sum of every series of the Prometheus metric `name` on `/metrics` (0 when
+    /// it has none yet).
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let metrics = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Kills the process and hands back its data folder, for a restart.
     pub fn kill_keep_dir(mut self) -> tempfile::TempDir {
         self.kill();
