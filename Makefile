@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .PHONY: help deps run test test-services fmt lint bench check fuzz
 
 help:
-	@echo "make run    - Tansu + Omnigate with every role on 127.0.0.1 (data in ./data)"
+	@echo "make run    - Apache Kafka + Omnigate with every role on 127.0.0.1 (data in ./data)"
 	@echo "make test   - install and start what tests need, then run every test"
 	@echo "make bench  - benchmarks with same-run baselines"
 	@echo "make fuzz   - every fuzz target for FUZZ_SECONDS (default 60) each"
@@ -17,9 +17,10 @@ deps:
 run: deps
 	@scripts/run.sh
 
-# Services the tests talk to: Tansu (memory storage) on 127.0.0.1:9092, PostgreSQL on 5432.
+# Services the tests talk to, installed and started when missing: Apache Kafka (KRaft,
+# data in a temporary folder) on 127.0.0.1:9092 and PostgreSQL on 127.0.0.1:5432.
 test-services: deps
-	@scripts/tansu.sh memory
+	@scripts/kafka.sh test
 	@scripts/postgres.sh
 
 test: test-services
@@ -36,11 +37,11 @@ lint: deps
 # Benchmarks run against a fresh broker of their own (127.0.0.1:19092), stopped after.
 bench: deps
 	cargo build --release --workspace --benches --bins
-	@scripts/tansu.sh bench
+	@scripts/kafka.sh bench
 	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench webhook_ingest
 	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench router_throughput
 	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench webhook_delivery
-	@kill "$$(cat .tmp/tansu-bench.pid)" 2>/dev/null || true
+	@scripts/kafka.sh stop bench
 
 # Fuzzing with cargo-fuzz (libFuzzer). The machine's toolchain is stable, which has no
 # AddressSanitizer runtime, so targets run without a sanitizer (-s none): Rust code is

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing Omnigate needs, once: Debian packages (mold for
-# fast links, protoc for the event schema) and Tansu 0.6.0, the Kafka-compatible broker.
+# fast links, protoc for the event schema, Java and Maven for Apache Kafka) and the
+# Kafka broker itself, resolved from Maven Central (scripts/kafka.sh install).
 set -euo pipefail
-
-TANSU_VERSION=0.6.0
+cd "$(dirname "$0")/.."
 
 missing=()
-for tool in mold:mold protoc:protobuf-compiler; do
+for tool in mold:mold protoc:protobuf-compiler java:openjdk-17-jre-headless mvn:maven curl:curl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -19,7 +19,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   }
 fi
 
-if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-  echo "==> Installing Tansu $TANSU_VERSION (takes about 15 minutes on 2 cores, once)"
-  cargo install "tansu@$TANSU_VERSION" --locked --features libsql,dynostore
-fi
+scripts/kafka.sh install

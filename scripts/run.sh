@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# `make run`: Tansu (SQLite under ./data) and Omnigate with every role, on 127.0.0.1.
-# Ctrl-C stops both; data in ./data survives a restart.
+# `make run`: Apache Kafka (data under ./data/kafka) and Omnigate with every role, on
+# 127.0.0.1. Ctrl-C stops both; data in ./data survives a restart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --bin omnigate
 mkdir -p data
 
-tansu_pid=""
+kafka_pid=""
 if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
-  # Its own session, so Ctrl-C reaches Omnigate first and Tansu outlives its flush.
-  setsid scripts/tansu.sh sqlite >data/tansu.log 2>&1 &
-  tansu_pid=$!
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
+  # Its own session, so Ctrl-C reaches Omnigate first and Kafka outlives its flush.
+  echo "==> Starting Apache Kafka on 127.0.0.1:9092 (data in data/kafka, log in data/kafka.log)"
+  setsid scripts/kafka.sh run >data/kafka.log 2>&1 &
+  kafka_pid=$!
+  for _ in $(seq 1 600); do
+    (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break
+    kill -0 "$kafka_pid" 2>/dev/null || { echo "Kafka did not start; see data/kafka.log" >&2; tail -20 data/kafka.log >&2; exit 1; }
+    sleep 0.1
+  done
 fi
 stop() {
   set +e
@@ -20,9 +25,9 @@ stop() {
     kill -INT "$omnigate_pid" 2>/dev/null
     wait "$omnigate_pid" 2>/dev/null
   fi
-  if [ -n "$tansu_pid" ]; then
-    kill -- -"$tansu_pid" 2>/dev/null || kill "$tansu_pid" 2>/dev/null
-    wait "$tansu_pid" 2>/dev/null
+  if [ -n "$kafka_pid" ]; then
+    kill -- -"$kafka_pid" 2>/dev/null || kill "$kafka_pid" 2>/dev/null
+    wait "$kafka_pid" 2>/dev/null
   fi
   exit 0
 }
@@ -51,9 +56,9 @@ Omnigate is up on http://127.0.0.1:8080 (Kafka: 127.0.0.1:9092). Try:
   curl -s http://127.0.0.1:8080/v1/webhooks -H 'Authorization: Bearer omnigate-dev-key' \
     -d '{"url": "http://127.0.0.1:9000/", "events": ["message.*"]}'
 
-Ctrl-C stops Omnigate and Tansu.
+Ctrl-C stops Omnigate and Kafka.
 MSG
-# Omnigate stops on Ctrl-C (the terminal signals it directly) or on its own; then Tansu.
+# Omnigate stops on Ctrl-C (the terminal signals it directly) or on its own; then Kafka.
 wait "$omnigate_pid" || true
 omnigate_pid=""
 stop

@@ -173,8 +173,8 @@ fn main() {
         println!("router_throughput: {n} events over {CONVERSATIONS} conversations\n");
         let baseline_prefix = unique_prefix("bench-pass");
         let router_prefix = unique_prefix("bench-router");
-        // Each side works off its own backlog on an empty broker: Tansu's memory engine
-        // costs more per record the more it holds.
+        // Each side works off its own backlog on an empty broker, so neither pays for
+        // the other's data.
         fresh_broker();
         backlog(&baseline_prefix, n).await;
 
@@ -235,7 +235,7 @@ fn main() {
         );
         stop(router);
         println!(
-            "Broker (Tansu) CPU per event: {:.1} us under the router, {baseline_broker_cpu:.1} us under the baseline",
+            "Broker (Kafka) CPU per event: {:.1} us under the router, {baseline_broker_cpu:.1} us under the baseline",
             (broker_cpu_seconds() - broker_before) / n as f64 * 1e6
         );
         println!(

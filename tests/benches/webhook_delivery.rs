@@ -289,8 +289,7 @@ fn main() {
             log.as_secs_f64() / n as f64 * 1e6
         );
 
-        // An empty broker, as in the other benches: Tansu's memory engine costs more per
-        // record the more it holds.
+        // An empty broker, as in the other benches.
         fresh_broker();
         let prefix = unique_prefix("bench-hooks");
         let kafka = kafka_config(&brokers(), &prefix);

@@ -5,7 +5,7 @@
 //!   2. rdkafka producing the same event bytes with no HTTP at all.
 //!
 //! Prints requests/s, p50/p99 latency and peak memory, and the gateway's ratio to the
-//! lower baseline. Needs the broker `make bench` starts (Tansu, memory storage); each
+//! lower baseline. Needs the broker `make bench` starts (Apache Kafka, KRaft); each
 //! measured phase restarts it empty.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -248,7 +248,7 @@ fn main() {
             produce_cpu / produce.requests as f64 * 1e6
         );
         println!(
-            "Broker (Tansu) CPU per event: {:.1} us under the gateway, {:.1} us under the produce baseline",
+            "Broker (Kafka) CPU per event: {:.1} us under the gateway, {:.1} us under the produce baseline",
             gateway_broker_cpu / full.requests as f64 * 1e6,
             produce_broker_cpu / produce.requests as f64 * 1e6
         );

@@ -148,25 +148,23 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Restarts `make bench`'s broker empty (`scripts/tansu.sh bench`) before a measured
-/// phase. Tansu's memory engine spends more CPU per record the more it holds (about
-/// 3 us per event when empty, over 30 us once it held about half a million events), so
-/// phases that shared one broker were not comparable: the later phase paid for the
-/// earlier one's data.
+/// Restarts `make bench`'s broker empty (`scripts/kafka.sh bench`) before a measured
+/// phase, so that no phase pays for an earlier phase's log segments, page cache or
+/// leftover consumer groups, and phases stay comparable.
 pub fn fresh_broker() {
     let root = workspace_root();
-    let status = Command::new(root.join("scripts/tansu.sh"))
+    let status = Command::new(root.join("scripts/kafka.sh"))
         .arg("bench")
         .current_dir(&root)
         .stdout(Stdio::null())
         .status()
-        .expect("scripts/tansu.sh runs");
-    assert!(status.success(), "scripts/tansu.sh bench failed");
+        .expect("scripts/kafka.sh runs");
+    assert!(status.success(), "scripts/kafka.sh bench failed");
 }
 
 /// CPU time the bench broker has used so far, in seconds; NaN when it is not running.
 pub fn broker_cpu_seconds() -> f64 {
-    std::fs::read_to_string(workspace_root().join(".tmp/tansu-bench.pid"))
+    std::fs::read_to_string(workspace_root().join(".tmp/kafka-bench.pid"))
         .map(|pid| cpu_seconds_of(&format!("/proc/{}/stat", pid.trim())))
         .unwrap_or(f64::NAN)
 }

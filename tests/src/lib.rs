@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The broker `make test` started (Tansu, memory storage), or `OMNIGATE_TEST_BROKERS`.
+/// The broker `make test` started (Apache Kafka, KRaft), or `OMNIGATE_TEST_BROKERS`.
 pub fn brokers() -> String {
     std::env::var("OMNIGATE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
@@ -47,8 +47,8 @@ pub fn kafka_config(brokers: &str, prefix: &str) -> KafkaConfig {
         compression: "lz4".into(),
         client_id: "omnigate-test".into(),
         probe_interval_ms: 500,
-        fetch_wait_max_ms: 10,
-        background_fetch_wait_max_ms: 100,
+        fetch_wait_max_ms: 500,
+        background_fetch_wait_max_ms: 500,
         instance_id: String::new(),
         protobuf_topics: vec![],
         properties: BTreeMap::new(),

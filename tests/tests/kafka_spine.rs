@@ -1,4 +1,4 @@
-//! The publisher against a real Kafka-compatible broker (Tansu): 10,000 events from
+//! The publisher against a real Kafka-compatible broker (Apache Kafka): 10,000 events from
 //! many tasks, consumed back with none missing, per-key order kept, headers and ids
 //! as the contract says.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -55,6 +55,22 @@ async fn ten_thousand_events_round_trip_in_order() {
     assert!(
         admin::ensure_topics(&config).await.unwrap().is_empty(),
         "a second bootstrap creates nothing"
+    );
+    let assignments = admin::topic_settings(&config, &Topic::Assignments.name(&prefix))
+        .await
+        .unwrap();
+    assert_eq!(
+        assignments.get("cleanup.policy").map(String::as_str),
+        Some("compact"),
+        "the router's state topic is compacted: {assignments:?}"
+    );
+    let inbound = admin::topic_settings(&config, &Topic::Inbound.name(&prefix))
+        .await
+        .unwrap();
+    assert_eq!(
+        inbound.get("cleanup.policy").map(String::as_str),
+        Some("delete"),
+        "event topics keep their retention: {inbound:?}"
     );
 
     let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());

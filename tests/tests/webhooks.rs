@@ -1,4 +1,4 @@
-//! Outbound webhooks end to end: the `omnigate` binary (api + webhooks roles), Tansu,
+//! Outbound webhooks end to end: the `omnigate` binary (api + webhooks roles), Apache Kafka,
 //! SQLite and PostgreSQL, and local receivers. Every delivery is checked with the
 //! `standardwebhooks` crate, the reference verifier.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -489,7 +489,7 @@ endpoint_refresh = "200ms"
 {ALLOW_LOOPBACK}
 "#
     );
-    // Static membership: Tansu hands the restarted dispatcher its partitions back.
+    // Static membership: the broker hands the restarted dispatcher its partitions back.
     let instance = [("OMNIGATE_KAFKA__INSTANCE_ID", "dispatcher-1".to_string())];
     // The first attempt of every event fails; later ones succeed.
     let receiver = Receiver::start(|request, _| {

@@ -1,4 +1,4 @@
-//! WhatsApp end to end: the `omnigate` binary, Tansu, and a fake Graph API that speaks
+//! WhatsApp end to end: the `omnigate` binary, Apache Kafka, and a fake Graph API that speaks
 //! Meta's wire format on 127.0.0.1.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

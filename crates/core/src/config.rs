@@ -101,6 +101,52 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Longest a client may take to send a request's head (request line and headers),
+    /// in milliseconds; then the connection is closed. Default 10000.
+    #[serde(default = "defaults::header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Longest a request body may take to arrive in full, in milliseconds; a body
+    /// trickled in slower is cut off with 408 and the connection closed. Default 30000.
+    #[serde(default = "defaults::body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// A connection with no request in flight and no bytes moving for this long is
+    /// closed, in milliseconds. Default 60000.
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Most connections open at once on `listen`; more are closed at once. Lowered at
+    /// start to leave room under the process's open-file limit. Default 8192.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Most connections open at once from one client address; more are closed at once.
+    /// Behind a load balancer every connection comes from its addresses: raise this
+    /// to `max_connections` there. 0 turns the per-client cap off. Default 512.
+    #[serde(default = "defaults::max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// A second listener for `/healthz`, `/readyz` and `/metrics` only (e.g.
+    /// `0.0.0.0:9090` for Kubernetes probes), with its own small connection cap, so
+    /// probes are answered even when the public caps are reached. Unset: none (the
+    /// public listener serves them as well, always).
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// Defaults of keys added after the first release, so older config files still load.
+mod defaults {
+    pub fn header_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn body_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn idle_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn max_connections() -> usize {
+        8192
+    }
+    pub fn max_connections_per_client() -> usize {
+        512
+    }
 }
 
 /// Log output.

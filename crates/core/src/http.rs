@@ -1,9 +1,17 @@
 //! The one HTTP listener: connector routes plus `/healthz`, `/readyz` and `/metrics`,
 //! behind body limits, timeouts, request tracing and request metrics.
+//!
+//! A webhook receiver faces the internet, so connections are handled by our own
+//! accept loop (see [`connections`]) that bounds what a hostile client can hold: a
+//! deadline on each request head, on each body and on idle connections, a cap on
+//! open connections and a lower one per client address.
+
+pub mod connections;
 
 use crate::{config::ServerConfig, health::Health};
 use axum::{
     Router,
+    body::Body,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::StatusCode,
     middleware::{self, Next},
@@ -11,12 +19,7 @@ use axum::{
     routing::get,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::{
-    future::IntoFuture,
-    time::{Duration, Instant},
-};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use std::time::{Duration, Instant};
 use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
 
 #[derive(Clone)]
@@ -32,18 +35,19 @@ pub fn with_ops(
     health: Health,
     metrics: PrometheusHandle,
 ) -> Router {
-    let ops = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
-        .with_state(OpsState { health, metrics });
-    app.merge(ops)
+    let body = BodyDeadline {
+        timeout: Duration::from_millis(config.body_timeout_ms),
+        limit: config.body_limit_bytes,
+    };
+    app.merge(ops_routes(health, metrics))
         .layer(middleware::from_fn(record_request))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_millis(config.request_timeout_ms),
         ))
+        // Outside the request timeout: the handler's time starts once its body is in.
+        .layer(middleware::from_fn_with_state(body, read_body_within))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -53,6 +57,58 @@ pub fn with_ops(
                 // 5xx answers here are expected (503 while Kafka is away), not crashes.
                 .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN)),
         )
+}
+
+/// `/healthz`, `/readyz` and `/metrics`: on the public listener and on the admin one.
+pub fn ops_routes(health: Health, metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(OpsState { health, metrics })
+}
+
+#[derive(Clone, Copy)]
+struct BodyDeadline {
+    timeout: Duration,
+    limit: usize,
+}
+
+/// Reads the whole body before the handler runs, within the body deadline: a body
+/// trickled in a byte at a time is cut off with 408 and its connection closed, and no
+/// handler (nor Kafka) ever sees part of it.
+async fn read_body_within(
+    State(deadline): State<BodyDeadline>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(deadline.timeout, axum::body::to_bytes(body, deadline.limit)).await
+    {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Err(err)) => {
+            let too_large = std::error::Error::source(&err)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response()
+            } else {
+                (StatusCode::BAD_REQUEST, "request body could not be read").into_response()
+            }
+        }
+        Err(_) => {
+            connections::count_cut(connections::Deadline::Body);
+            tracing::warn!(
+                timeout_ms = deadline.timeout.as_millis() as u64,
+                "Request body not complete within server.body_timeout_ms; closing"
+            );
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                [(http::header::CONNECTION, "close")],
+                "request body too slow",
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {
@@ -88,23 +144,3 @@ async fn record_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves `app` until `shutdown` fires, then drains in-flight requests for up to `grace`.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: CancellationToken,
-    grace: Duration,
-) -> std::io::Result<()> {
-    let signal = shutdown.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { signal.cancelled().await })
-        .into_future();
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => result,
-        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "Requests still in flight after the grace period; closing");
-            Ok(())
-        }
-    }
-}

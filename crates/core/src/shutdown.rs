@@ -1,32 +1,89 @@
 //! Process shutdown: Ctrl-C or SIGTERM cancels one token that every task watches.
+//!
+//! A second signal during the drain exits at once: an operator who presses Ctrl-C
+//! twice, or a supervisor that signals again, never waits on a stuck broker. A task
+//! that cannot go on (a fenced transactional producer, say) calls [`fail`], which
+//! shuts the process down like a signal but makes it exit non-zero.
 
+use std::sync::OnceLock;
 use tokio_util::sync::CancellationToken;
 
-/// Returns a token cancelled on SIGINT or SIGTERM.
+/// Exit code of a second signal during shutdown (128 + SIGINT, as shells report it).
+pub const EXIT_SECOND_SIGNAL: i32 = 130;
+
+static FAILURE: OnceLock<String> = OnceLock::new();
+
+/// Stops the process because of an unrecoverable error: records `reason` (the first
+/// one wins) and cancels `shutdown`. The process then exits non-zero.
+pub fn fail(shutdown: &CancellationToken, reason: impl Into<String>) {
+    let reason = reason.into();
+    tracing::error!(reason, "Stopping the process");
+    let _ = FAILURE.set(reason);
+    shutdown.cancel();
+}
+
+/// Why the process is stopping, when a task called [`fail`].
+pub fn failure() -> Option<&'static str> {
+    FAILURE.get().map(String::as_str)
+}
+
+/// Returns a token cancelled on SIGINT or SIGTERM; a second one exits at once.
 pub fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
+        let mut signals = Signals::new();
+        signals.next().await;
+        tracing::info!("Shutdown requested; draining (a second signal exits at once)");
+        trigger.cancel();
+        signals.next().await;
+        tracing::warn!("Second signal during shutdown; exiting now without draining");
+        eprintln!("omnigate: second signal during shutdown; exiting now");
+        std::process::exit(EXIT_SECOND_SIGNAL);
+    });
+    token
+}
+
+/// SIGINT and SIGTERM as one stream.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = ctrl_c => {},
-                        _ = term.recv() => {},
-                    }
-                }
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                }
+            Self {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
             }
         }
         #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("Shutdown requested; draining");
-        trigger.cancel();
-    });
-    token
+        Self {}
+    }
+
+    /// Waits for the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.interrupt) => {},
+                () = recv(&mut self.terminate) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -146,6 +146,35 @@ async fn existing_topics(
     })
 }
 
+/// The broker's current value of each config entry of `topic` (its own settings and
+/// the broker defaults it inherits), e.g. to check `cleanup.policy`.
+pub async fn topic_settings(
+    config: &KafkaConfig,
+    topic: &str,
+) -> Result<std::collections::BTreeMap<String, String>, BootstrapError> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin = admin_client(config)?;
+    let unreachable = |source| BootstrapError::Unreachable {
+        brokers: config.brokers.clone(),
+        source,
+    };
+    let options = AdminOptions::new().request_timeout(Some(Timeout::After(Duration::from_secs(10))));
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+        .await
+        .map_err(unreachable)?;
+    let mut settings = std::collections::BTreeMap::new();
+    for result in results {
+        let resource = result.map_err(|code| unreachable(KafkaError::AdminOp(code)))?;
+        for entry in resource.entries {
+            if let Some(value) = entry.value {
+                settings.insert(entry.name, value);
+            }
+        }
+    }
+    Ok(settings)
+}
+
 /// Names of every topic the broker reports, sorted.
 pub async fn list_topics(config: &KafkaConfig) -> Result<Vec<String>, BootstrapError> {
     let admin = admin_client(config)?;

@@ -31,13 +31,13 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// How often readiness checks the broker, in milliseconds. Default 2000.
     pub probe_interval_ms: u64,
-    /// Longest a consumer's fetch waits at the broker for new records, in
-    /// milliseconds: the idle-to-first-record latency of every consumer. Default 10.
+    /// Longest a consumer's fetch waits at the broker when nothing new is there, in
+    /// milliseconds. Kafka answers as soon as a record arrives, so this only sets how
+    /// often an idle consumer asks. Default 500.
     pub fetch_wait_max_ms: u64,
-    /// `fetch_wait_max_ms` of the consumers off the main path, whose latency does not
-    /// matter to the millisecond: WhatsApp media downloads and send commands, and the
-    /// router's follower of other instances' state. Default 100. On brokers that
-    /// answer a fetch only when the wait runs out (Tansu) every fetch costs broker CPU.
+    /// `fetch_wait_max_ms` of the consumers off the main path: WhatsApp media
+    /// downloads and send commands, and the router's follower of other instances'
+    /// state. Default 500.
     pub background_fetch_wait_max_ms: u64,
     /// A stable id of this instance (e.g. the pod name) for static consumer-group
     /// membership: a restarted instance takes its partitions back at once instead of
@@ -147,7 +147,7 @@ impl KafkaConfig {
         config
             .set("bootstrap.servers", &self.brokers)
             .set("client.id", &self.client_id)
-            // Tansu and single-broker setups listen on IPv4 only.
+            // Local single-broker setups listen on 127.0.0.1 only.
             .set("broker.address.family", "v4")
             // Reconnect within a second of the broker's return (librdkafka backs off to
             // 10 s by default), so readiness and webhooks recover quickly.

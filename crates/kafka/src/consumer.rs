@@ -130,8 +130,8 @@ pub fn subscribe(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        // Some brokers (Tansu among them) answer a fetch only when this runs out, so
-        // the librdkafka default of 500 ms would be added to every delivery.
+        // How often an idle consumer asks; a broker that answers only when this runs
+        // out would add it to every delivery (see `fetch_wait_max_ms`).
         .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
         // Bounds how long a rebalance waits for a member that died without leaving.
         .set("max.poll.interval.ms", "30000")

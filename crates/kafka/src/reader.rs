@@ -1,5 +1,5 @@
-//! Reads a whole topic from the beginning, outside any consumer group: for
-//! `omnigate tail` and for tests that check what landed.
+//! Reads a whole topic from the beginning, outside any consumer group: for the
+//! router's state restore, `omnigate tail` and tests that check what landed.
 
 use crate::config::KafkaConfig;
 use rdkafka::{
@@ -28,6 +28,181 @@ pub struct ReadRecord {
     pub headers: BTreeMap<String, String>,
 }
 
+/// Why a topic could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The broker has no such topic.
+    #[error("topic {0} does not exist")]
+    NoSuchTopic(String),
+    /// The end offsets taken at start were not reached in time.
+    #[error("topic {topic}: {missing} partition(s) not read to their end within {timeout:?}")]
+    Incomplete {
+        /// The topic.
+        topic: String,
+        /// Partitions short of their end offset.
+        missing: usize,
+        /// The deadline that ran out.
+        timeout: Duration,
+    },
+    /// The client failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}
+
+/// A consumer outside any group, assigned every partition of `topic` from `start`;
+/// returns it with each partition's end offset at the time of the call.
+fn assign_all(
+    config: &KafkaConfig,
+    topic: &str,
+    start: Offset,
+) -> Result<(BaseConsumer, BTreeMap<i32, i64>), ReadError> {
+    let consumer: BaseConsumer = config
+        .client_config()
+        .set(
+            "group.id",
+            format!("omnigate-reader-{}", uuid_like_suffix()),
+        )
+        .set("enable.auto.commit", "false")
+        // What a transactional producer aborted, or has not committed yet, is not state.
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(ReadError::NoSuchTopic(topic.to_string()));
+    }
+    let mut ends = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        ends.insert(partition, high);
+        assignment.add_partition_offset(topic, partition, start)?;
+    }
+    consumer.assign(&assignment)?;
+    Ok((consumer, ends))
+}
+
+/// A suffix that keeps readers in one process and across processes apart.
+fn uuid_like_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> ReadRecord {
+    let headers = message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                    (h.key.to_string(), value.into_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ReadRecord {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+        value: message.payload().unwrap_or_default().to_vec(),
+        headers,
+    }
+}
+
+/// Reads every partition of `topic` from the beginning up to the end offsets it takes
+/// at the start of the call, however slowly the broker answers, and calls `each` with
+/// every record (committed records only). Fails when the ends are not reached within
+/// `timeout`, so a caller never mistakes a slow broker for an empty topic.
+pub fn read_to_end(
+    config: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+    mut each: impl FnMut(ReadRecord),
+) -> Result<(), ReadError> {
+    let (consumer, ends) = assign_all(config, topic, Offset::Beginning)?;
+    // A partition is done once its position reaches the end taken at start; an empty
+    // one is done at once.
+    let mut pending: BTreeMap<i32, i64> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
+    let started = Instant::now();
+    while !pending.is_empty() {
+        if started.elapsed() >= timeout {
+            return Err(ReadError::Incomplete {
+                topic: topic.to_string(),
+                missing: pending.len(),
+                timeout,
+            });
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let (partition, offset) = (message.partition(), message.offset());
+                if pending.get(&partition).is_some_and(|end| offset < *end) {
+                    each(to_record(&message));
+                }
+                if pending.get(&partition).is_some_and(|end| offset + 1 >= *end) {
+                    pending.remove(&partition);
+                }
+            }
+            // The end of what is readable: with read_committed, aborted records and
+            // transaction markers may lie between the last record and the end offset.
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                let position = consumer
+                    .position()
+                    .ok()
+                    .and_then(|list| {
+                        list.find_partition(topic, partition)
+                            .and_then(|p| p.offset().to_raw())
+                    })
+                    .unwrap_or(-1);
+                if pending.get(&partition).is_some_and(|end| position >= *end) {
+                    pending.remove(&partition);
+                }
+            }
+            Some(Err(err)) => return Err(err.into()),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Prints nothing of its own: calls `each` with every committed record of `topic` as it
+/// arrives, from the beginning (or from the current end when `from_end`), until
+/// `each` returns false.
+pub fn follow(
+    config: &KafkaConfig,
+    topic: &str,
+    from_end: bool,
+    mut each: impl FnMut(ReadRecord) -> bool,
+) -> Result<(), ReadError> {
+    let start = if from_end {
+        Offset::End
+    } else {
+        Offset::Beginning
+    };
+    let (consumer, _) = assign_all(config, topic, start)?;
+    loop {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) => {
+                if !each(to_record(&message)) {
+                    return Ok(());
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(err)) => return Err(err.into()),
+        }
+    }
+}
+
 /// Reads every partition of `topic` from the start until at least `expected` records
 /// arrived and the topic has been quiet for `quiet`, or until `timeout`.
 pub fn read_topic(
@@ -41,9 +216,10 @@ pub fn read_topic(
         .client_config()
         .set(
             "group.id",
-            format!("omnigate-reader-{}", std::process::id()),
+            format!("omnigate-reader-{}", uuid_like_suffix()),
         )
         .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut assignment = TopicPartitionList::new();
@@ -61,24 +237,7 @@ pub fn read_topic(
             Some(message) => {
                 let message = message?;
                 last_record = Instant::now();
-                let headers = message
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                let value = String::from_utf8_lossy(h.value.unwrap_or_default());
-                                (h.key.to_string(), value.into_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                records.push(ReadRecord {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-                    value: message.payload().unwrap_or_default().to_vec(),
-                    headers,
-                });
+                records.push(to_record(&message));
             }
             None if records.len() >= expected && last_record.elapsed() >= quiet => break,
             None => {}

@@ -44,11 +44,19 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Prints every record of a topic (all partitions, from the start) as JSON lines.
+    /// Prints every record of a topic (all partitions, from the start to the end
+    /// offsets taken at start) as JSON lines.
     Tail {
         /// The config file (for `[kafka]`).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Keep printing new records as they arrive, until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+        /// Skip the history: print only records that arrive from now on (implies
+        /// `--follow`).
+        #[arg(long)]
+        from_end: bool,
         /// The topic, without the prefix (`inbound.v1`) or in full.
         topic: String,
     },
@@ -130,9 +138,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Tail { config, topic } => {
-            run_tool(config, |config| async move { tools::tail(&config, &topic) })
-        }
+        Command::Tail {
+            config,
+            follow,
+            from_end,
+            topic,
+        } => run_tool(config, |config| async move {
+            tools::tail(&config, &topic, follow, from_end)
+        }),
         Command::Serve { config, roles } => {
             let loaded = match Config::load(config.as_deref()) {
                 Ok(loaded) => loaded,

@@ -58,19 +58,16 @@ pub async fn start(
     // State first: every assignment on the compacted topic, before routing anything.
     let kafka = config.kafka.clone();
     let topic = Topic::Assignments.name(&kafka.topic_prefix);
-    let records = tokio::task::spawn_blocking(move || {
-        reader::read_topic(
-            &kafka,
-            &topic,
-            0,
-            Duration::from_millis(500),
-            Duration::from_secs(120),
-        )
+    // Read to the end offsets taken now, whatever the broker's pace: stopping early
+    // would route conversations as new that already have an id.
+    let restoring = router.clone();
+    tokio::task::spawn_blocking(move || {
+        reader::read_to_end(&kafka, &topic, Duration::from_secs(300), |record| {
+            restoring.apply_state(&as_consumed(&record));
+        })
     })
-    .await??;
-    for record in &records {
-        router.apply_state(&as_consumed(record));
-    }
+    .await?
+    .context("cannot restore the router's state from its assignments topic")?;
     tracing::info!(conversations = router.state_len(), "Router state loaded");
 
     // Then follow it, so assignments made by other instances arrive before a rebalance
@@ -113,8 +110,11 @@ pub async fn start(
                     .await;
                     // A fenced or broken transactional producer cannot recover: stop the
                     // process so its supervisor restarts it with a fresh one.
-                    if result.is_err() {
-                        shutdown.cancel();
+                    if let Err(err) = &result {
+                        omnigate_core::shutdown::fail(
+                            &shutdown,
+                            format!("the transactional router cannot go on: {err}"),
+                        );
                     }
                     result
                 }

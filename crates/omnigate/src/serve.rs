@@ -11,7 +11,7 @@ use omnigate_core::{
     blob::BlobStore,
     connector::{Connector, ConnectorContext},
     health::Health,
-    http,
+    http::{self, connections},
     publish::{Publisher, Topic},
     shutdown, telemetry,
 };
@@ -182,13 +182,45 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         app = app.merge(api::routes(state, webhooks, ApiKeys::new(&config.api_keys)));
     }
 
-    let app = http::with_ops(app, &config.server, health, metrics);
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
+    let server = &config.server;
+    let grace = Duration::from_millis(server.shutdown_grace_ms);
+    let open_files = connections::raise_open_file_limit();
+    let public = connections::Limits {
+        listener: "public",
+        header_timeout: Duration::from_millis(server.header_timeout_ms),
+        idle_timeout: Duration::from_millis(server.idle_timeout_ms),
+        max_connections: connections::fit_to_file_limit(server.max_connections, open_files),
+        max_per_client: server.max_connections_per_client,
+    };
+    if let Some(admin_listen) = server.admin_listen {
+        let listener = tokio::net::TcpListener::bind(admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {admin_listen} (server.admin_listen)"))?;
+        let admin = connections::Limits {
+            listener: "admin",
+            max_connections: 64,
+            max_per_client: 0,
+            ..public
+        };
+        let routes = http::ops_routes(health.clone(), metrics.clone());
+        tracing::info!(listen = %admin_listen, "Admin listener (/healthz, /readyz, /metrics)");
+        tasks.spawn(connections::serve(listener, routes, admin, shutdown.clone(), grace));
+    }
+    let app = http::with_ops(app, server, health, metrics);
+    let listener = tokio::net::TcpListener::bind(server.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
-    tracing::info!(listen = %config.server.listen, "Listening");
-    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    http::serve(listener, app, shutdown.clone(), grace).await?;
+        .with_context(|| format!("cannot listen on {} (server.listen)", server.listen))?;
+    tracing::info!(
+        listen = %server.listen,
+        open_file_limit = open_files,
+        max_connections = public.max_connections,
+        max_connections_per_client = public.max_per_client,
+        header_timeout_ms = server.header_timeout_ms,
+        body_timeout_ms = server.body_timeout_ms,
+        idle_timeout_ms = server.idle_timeout_ms,
+        "Listening"
+    );
+    connections::serve(listener, app, public, shutdown.clone(), grace).await;
 
     shutdown.cancel();
     tasks.close();
@@ -197,6 +229,9 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     }
     let left = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await?;
     tracing::info!(unacknowledged = left, "Stopped");
+    if let Some(reason) = shutdown::failure() {
+        anyhow::bail!("stopped because {reason}");
+    }
     Ok(())
 }
 

@@ -12,35 +12,40 @@ pub async fn topics(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `omnigate tail TOPIC`
-pub fn tail(config: &Config, topic: &str) -> anyhow::Result<()> {
+/// `omnigate tail TOPIC [--follow] [--from-end]`
+pub fn tail(config: &Config, topic: &str, follow: bool, from_end: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
     let name = if topic.starts_with(&config.kafka.topic_prefix) {
         topic.to_string()
     } else {
         format!("{}{topic}", config.kafka.topic_prefix)
     };
-    let records = reader::read_topic(
-        &config.kafka,
-        &name,
-        0,
-        Duration::from_secs(2),
-        Duration::from_secs(30),
-    )?;
-    for record in records {
-        let value =
-            serde_json::from_slice::<serde_json::Value>(&record.value).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&record.value).into_owned())
-            });
-        let line = serde_json::json!({
-            "partition": record.partition,
-            "offset": record.offset,
-            "key": record.key,
-            "headers": record.headers,
-            "value": value,
-        });
-        println!("{line}");
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) ends the tail quietly.
+    let mut print = |record: reader::ReadRecord| writeln!(out, "{}", tail_line(&record)).is_ok();
+    if follow || from_end {
+        reader::follow(&config.kafka, &name, from_end, print)?;
+    } else {
+        let mut open = true;
+        reader::read_to_end(&config.kafka, &name, Duration::from_secs(300), |record| {
+            open = open && print(record);
+        })?;
     }
     Ok(())
+}
+
+/// One record as a JSON line: value as JSON when it is JSON, as a string otherwise.
+fn tail_line(record: &reader::ReadRecord) -> serde_json::Value {
+    let value = serde_json::from_slice::<serde_json::Value>(&record.value).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&record.value).into_owned())
+    });
+    serde_json::json!({
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": record.key,
+        "headers": record.headers,
+        "value": value,
+    })
 }
 
 /// `omnigate route explain EVENT.json`

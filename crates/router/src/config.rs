@@ -23,7 +23,8 @@ pub struct RouterConfig {
     pub group_id: String,
     /// Exactly-once: each batch's outputs and offsets commit in one Kafka transaction,
     /// so read-committed consumers see every routed record once, even across crashes.
-    /// Needs a broker with transactions (not Tansu 0.6). Default false: at-least-once
+    /// Needs a broker with transactions (Apache Kafka has them; some Kafka-compatible
+    /// brokers do not). Default false: at-least-once
     /// with deterministic ids.
     pub transactions: bool,
     /// How many partitions the router decides at once (each partition stays in order).
