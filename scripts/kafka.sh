@@ -11,6 +11,9 @@
 #                              survives a restart
 #   scripts/kafka.sh bench     start a fresh, empty broker on 127.0.0.1:19092 (make bench)
 #   scripts/kafka.sh stop MODE stop the broker that MODE started (test, run or bench)
+#   scripts/kafka.sh scratch PORT DATA
+#                              a broker of a test's own on 127.0.0.1:PORT with data in
+#                              DATA, in the foreground (tests that stop and restart one)
 #
 # Environment: KAFKA_VERSION (default below), KAFKA_HEAP (default 512 MiB),
 # OMNIGATE_CACHE (default ~/.cache/omnigate), KAFKA_PORT (overrides the mode's port).
@@ -186,6 +189,17 @@ case "$mode" in
     broker_command "$props"
     exec "${broker_cmd[@]}"
     ;;
+  scratch)
+    port=${2:?usage: $0 scratch PORT DATA}
+    data=${3:?usage: $0 scratch PORT DATA}
+    install
+    mkdir -p "$data"
+    props=$data.properties
+    write_properties "$port" "$data" "$props"
+    format_once "$data" "$props"
+    broker_command "$props"
+    exec "${broker_cmd[@]}"
+    ;;
   stop)
     which=${2:-test}
     stop_pidfile ".tmp/kafka-$which.pid"
@@ -193,5 +207,5 @@ case "$mode" in
       rm -rf "$(cat .tmp/kafka-bench.data)" .tmp/kafka-bench.data
     fi
     ;;
-  *) echo "usage: $0 install|test|run|bench|stop [test|run|bench]" >&2; exit 2 ;;
+  *) echo "usage: $0 install|test|run|bench|scratch PORT DATA|stop [test|run|bench]" >&2; exit 2 ;;
 esac

@@ -573,8 +573,7 @@ async fn transactional_router_killed_mid_batch_routes_exactly_once() {
         committed_before < ids.len(),
         "killed mid-stream, not after: {committed_before} committed"
     );
-    let second =
-        Gateway::start_roles(&brokers(), &prefix, &["router"], "", Some(dir), &env).await;
+    let second = Gateway::start_roles(&brokers(), &prefix, &["router"], "", Some(dir), &env).await;
 
     // Wait until the committed routed stream holds every message once, or time runs out.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -642,9 +641,13 @@ async fn a_fenced_transactional_router_stops_its_process() {
         ("OMNIGATE_KAFKA__INSTANCE_ID", "router-0".to_string()),
     ];
     let mut first = Gateway::start_roles(&brokers(), &prefix, &["router"], "", None, &env).await;
-    first.wait_for("/readyz", 200, Duration::from_secs(60)).await;
+    first
+        .wait_for("/readyz", 200, Duration::from_secs(60))
+        .await;
     let second = Gateway::start_roles(&brokers(), &prefix, &["router"], "", None, &env).await;
-    second.wait_for("/readyz", 200, Duration::from_secs(60)).await;
+    second
+        .wait_for("/readyz", 200, Duration::from_secs(60))
+        .await;
     // Traffic makes the first try a transaction with its fenced producer.
     let more = stream(6, 5)
         .into_iter()

@@ -83,9 +83,11 @@ async fn read_body_within(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    match tokio::time::timeout(deadline.timeout, axum::body::to_bytes(body, deadline.limit)).await
-    {
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+    match tokio::time::timeout(deadline.timeout, axum::body::to_bytes(body, deadline.limit)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
         Ok(Err(err)) => {
             let too_large = std::error::Error::source(&err)
                 .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
@@ -143,4 +145,3 @@ async fn record_request(request: Request, next: Next) -> Response {
         .increment(1);
     response
 }
-

@@ -5,11 +5,68 @@
 //! that cannot go on (a fenced transactional producer, say) calls [`fail`], which
 //! shuts the process down like a signal but makes it exit non-zero.
 
-use std::sync::OnceLock;
+use std::{
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code of a second signal during shutdown (128 + SIGINT, as shells report it).
 pub const EXIT_SECOND_SIGNAL: i32 = 130;
+
+/// Exit code when shutdown overran its whole budget and the process ended itself.
+pub const EXIT_BUDGET_EXCEEDED: i32 = 3;
+
+/// Margin past grace and flush before the budget's last resort ends the process.
+const BUDGET_MARGIN: Duration = Duration::from_secs(2);
+
+/// The shutdown budget: `grace` for requests, consumers and background tasks, then
+/// `flush` for the producer. Every wait on the way out takes its deadline from here,
+/// and, as a last resort, a thread of its own ends the process once grace, flush and
+/// a small margin have passed, whatever is still blocked (a librdkafka call waiting
+/// on a broker that is gone, say).
+#[derive(Clone)]
+pub struct Budget {
+    began: Arc<OnceLock<Instant>>,
+    grace: Duration,
+}
+
+impl Budget {
+    /// Starts watching `shutdown`; from its cancellation on, the budget runs.
+    pub fn enforce(shutdown: &CancellationToken, grace: Duration, flush: Duration) -> Self {
+        let began = Arc::new(OnceLock::new());
+        let (token, marker) = (shutdown.clone(), Arc::clone(&began));
+        let watcher = std::thread::Builder::new()
+            .name("shutdown-budget".into())
+            .spawn(move || {
+                futures::executor::block_on(token.cancelled());
+                let _ = marker.set(Instant::now());
+                let whole = grace + flush + BUDGET_MARGIN;
+                std::thread::sleep(whole);
+                tracing::error!(
+                    budget_ms = whole.as_millis() as u64,
+                    "Shutdown overran its budget; exiting without finishing"
+                );
+                eprintln!(
+                    "omnigate: shutdown overran its budget of {} ms; exiting",
+                    whole.as_millis()
+                );
+                std::process::exit(EXIT_BUDGET_EXCEEDED);
+            });
+        if let Err(err) = watcher {
+            tracing::warn!(error = %err, "Cannot start the shutdown budget's watcher");
+        }
+        Self { began, grace }
+    }
+
+    /// What is left of the grace period: all of it until shutdown begins.
+    pub fn grace_left(&self) -> Duration {
+        match self.began.get() {
+            Some(began) => (*began + self.grace).saturating_duration_since(Instant::now()),
+            None => self.grace,
+        }
+    }
+}
 
 static FAILURE: OnceLock<String> = OnceLock::new();
 

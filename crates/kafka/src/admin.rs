@@ -158,7 +158,8 @@ pub async fn topic_settings(
         brokers: config.brokers.clone(),
         source,
     };
-    let options = AdminOptions::new().request_timeout(Some(Timeout::After(Duration::from_secs(10))));
+    let options =
+        AdminOptions::new().request_timeout(Some(Timeout::After(Duration::from_secs(10))));
     let results = admin
         .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
         .await

@@ -159,7 +159,7 @@ where
     F: Future<Output = Result<(), HandlerError>>,
 {
     let consumed = metrics::counter!("omnigate_kafka_consumed_total");
-    loop {
+    'records: loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
             message = consumer.recv() => message,
@@ -185,7 +185,7 @@ where
                 Err(HandlerError::Retriable(reason)) => {
                     tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, retry_in_ms = backoff.as_millis() as u64, "Retrying record");
                     tokio::select! {
-                        () = shutdown.cancelled() => return commit(&consumer),
+                        () = shutdown.cancelled() => break 'records,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -195,7 +195,25 @@ where
         consumer.store_offset_from_message(&message)?;
         consumed.increment(1);
     }
-    commit(&consumer)
+    close(consumer, true).await
+}
+
+/// Commits the stored offsets (when `commit_stored`) and leaves the group, on a
+/// blocking thread: with the broker away both can block for as long as librdkafka
+/// keeps trying, and must hold up neither the runtime's workers nor the shutdown,
+/// whose deadline bounds the wait for this task. Offsets not committed are read
+/// again after a restart (at-least-once, same event ids).
+async fn close(consumer: StreamConsumer, commit_stored: bool) -> Result<(), KafkaError> {
+    let closing = tokio::task::spawn_blocking(move || {
+        let result = if commit_stored {
+            commit(&consumer)
+        } else {
+            Ok(())
+        };
+        drop(consumer);
+        result
+    });
+    closing.await.unwrap_or(Ok(()))
 }
 
 fn commit(consumer: &StreamConsumer) -> Result<(), KafkaError> {
@@ -337,7 +355,7 @@ where
                 if lanes.is_empty() {
                     let Some(decided) = decide_with_retry(&mut decide, record, &shutdown).await
                     else {
-                        return finish(&consumer, in_flight).await;
+                        return finish(consumer, in_flight).await;
                     };
                     in_flight.push_back(awaiting(std::future::ready(Some(decided)), position));
                 } else {
@@ -352,7 +370,7 @@ where
             }
         }
     }
-    finish(&consumer, in_flight).await
+    finish(consumer, in_flight).await
 }
 
 /// A run of in-flight records that finished, in consumption order.
@@ -462,7 +480,7 @@ where
 }
 
 /// Lets acknowledged work finish (bounded), stores its offsets, and commits.
-async fn finish(consumer: &StreamConsumer, mut in_flight: InFlight) -> Result<(), KafkaError> {
+async fn finish(consumer: StreamConsumer, mut in_flight: InFlight) -> Result<(), KafkaError> {
     use futures::StreamExt;
     let drain = async {
         while let Some(Some((topic, partition, offset))) = in_flight.next().await {
@@ -471,7 +489,7 @@ async fn finish(consumer: &StreamConsumer, mut in_flight: InFlight) -> Result<()
     };
     // Unfinished work is simply re-read after the restart; its outputs are idempotent.
     let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-    commit(consumer)
+    close(consumer, true).await
 }
 
 fn copy(message: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
@@ -532,7 +550,8 @@ pub async fn run_transactional<T: Transactional>(
 ) -> Result<(), KafkaError> {
     loop {
         let first = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            // Offsets go with each transaction: nothing left to commit.
+            () = shutdown.cancelled() => return close(consumer, false).await,
             message = consumer.recv() => message,
         };
         let mut batch = match first {
@@ -579,7 +598,7 @@ pub async fn run_transactional<T: Transactional>(
                 handler.rollback(checkpoint);
                 rewind(&consumer, &batch);
                 if shutdown.is_cancelled() {
-                    return Ok(());
+                    return close(consumer, false).await;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -149,7 +149,10 @@ pub fn read_to_end(
                 if pending.get(&partition).is_some_and(|end| offset < *end) {
                     each(to_record(&message));
                 }
-                if pending.get(&partition).is_some_and(|end| offset + 1 >= *end) {
+                if pending
+                    .get(&partition)
+                    .is_some_and(|end| offset + 1 >= *end)
+                {
                     pending.remove(&partition);
                 }
             }

@@ -8,7 +8,7 @@ mod tools;
 
 use clap::{Parser, Subcommand};
 use config::{Config, Role};
-use std::{future::Future, path::PathBuf, process::ExitCode};
+use std::{future::Future, path::PathBuf, process::ExitCode, time::Duration};
 
 // jemalloc, unprefixed, replaces malloc for the whole process, librdkafka's C code
 // included. glibc's malloc spent about a quarter of the gateway's CPU in arena locks and
@@ -164,7 +164,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve::serve(loaded, roles)) {
+            let result = runtime.block_on(serve::serve(loaded, roles));
+            // Threads still blocked on a broker that is gone must not hold up the exit:
+            // what they held is not acknowledged and is read again after a restart.
+            runtime.shutdown_timeout(Duration::from_millis(200));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("error: {err:#}");

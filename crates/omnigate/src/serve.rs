@@ -40,6 +40,9 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     let publisher = Publisher::new(producer.clone());
     let health = Health::default();
     let shutdown = shutdown::on_signal();
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    let flush_timeout = Duration::from_millis(config.kafka.message_timeout_ms);
+    let budget = shutdown::Budget::enforce(&shutdown, grace, flush_timeout);
     let tasks = TaskTracker::new();
     {
         let (producer, health, shutdown) = (producer.clone(), health.clone(), shutdown.clone());
@@ -183,7 +186,6 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     }
 
     let server = &config.server;
-    let grace = Duration::from_millis(server.shutdown_grace_ms);
     let open_files = connections::raise_open_file_limit();
     let public = connections::Limits {
         listener: "public",
@@ -204,7 +206,10 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         };
         let routes = http::ops_routes(health.clone(), metrics.clone());
         tracing::info!(listen = %admin_listen, "Admin listener (/healthz, /readyz, /metrics)");
-        tasks.spawn(connections::serve(listener, routes, admin, shutdown.clone(), grace));
+        let (shutdown, grace) = (shutdown.clone(), grace);
+        tasks.spawn(async move {
+            connections::serve(listener, routes, admin, shutdown, grace).await;
+        });
     }
     let app = http::with_ops(app, server, health, metrics);
     let listener = tokio::net::TcpListener::bind(server.listen)
@@ -220,18 +225,32 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         idle_timeout_ms = server.idle_timeout_ms,
         "Listening"
     );
-    connections::serve(listener, app, public, shutdown.clone(), grace).await;
+    let abandoned_requests =
+        connections::serve(listener, app, public, shutdown.clone(), budget.grace_left()).await;
 
     shutdown.cancel();
     tasks.close();
-    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-        tracing::warn!("Background tasks did not stop within the grace period");
+    let stopped = tokio::time::timeout(budget.grace_left(), tasks.wait())
+        .await
+        .is_ok();
+    if !stopped {
+        // Their records are not acknowledged: consumers read them again after a restart.
+        tracing::warn!(
+            tasks = tasks.len(),
+            "Background tasks (consumers, dispatcher, probes) did not stop within the grace period; abandoning them"
+        );
     }
-    let left = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await?;
-    tracing::info!(unacknowledged = left, "Stopped");
+    let unacknowledged = tokio::task::spawn_blocking(move || producer.flush(flush_timeout)).await?;
     if let Some(reason) = shutdown::failure() {
         anyhow::bail!("stopped because {reason}");
     }
+    if !stopped || unacknowledged > 0 || abandoned_requests > 0 {
+        anyhow::bail!(
+            "shutdown was not clean: {abandoned_requests} connection(s) still busy at the grace deadline, {} background task(s) abandoned, {unacknowledged} record(s) not acknowledged by Kafka",
+            if stopped { 0 } else { tasks.len() }
+        );
+    }
+    tracing::info!(unacknowledged, "Stopped cleanly");
     Ok(())
 }
 

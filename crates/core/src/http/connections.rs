@@ -98,18 +98,21 @@ pub fn fit_to_file_limit(configured: usize, open_files: Option<u64>) -> usize {
     } else {
         files / 2
     };
-    configured.min(usize::try_from(room).unwrap_or(usize::MAX)).max(1)
+    configured
+        .min(usize::try_from(room).unwrap_or(usize::MAX))
+        .max(1)
 }
 
 /// Serves `app` on `listener` within `limits` until `shutdown`, then lets open
-/// requests finish for up to `grace` before returning.
+/// requests finish for up to `grace` before returning the number of connections
+/// still open then (their requests are abandoned unanswered; providers retry them).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
     shutdown: CancellationToken,
     grace: Duration,
-) {
+) -> usize {
     let open = Arc::new(AtomicUsize::new(0));
     let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let connections = TaskTracker::new();
@@ -151,14 +154,20 @@ pub async fn serve(
     }
     drop(listener);
     connections.close();
-    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
-        tracing::warn!(
-            listener = limits.listener,
-            open = connections.len(),
-            grace_ms = grace.as_millis() as u64,
-            "Connections still open after the grace period; closing them"
-        );
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_ok()
+    {
+        return 0;
     }
+    let open = connections.len();
+    tracing::warn!(
+        listener = limits.listener,
+        open,
+        grace_ms = grace.as_millis() as u64,
+        "Connections still open after the grace period; closing them"
+    );
+    open
 }
 
 async fn serve_connection(
@@ -416,11 +425,20 @@ mod tests {
         let b: IpAddr = [127, 0, 0, 2].into();
         let first = Slot::take(&open, &clients, a, limits).expect("first");
         let second = Slot::take(&open, &clients, a, limits).expect("second");
-        assert!(Slot::take(&open, &clients, a, limits).is_none(), "per-client cap");
+        assert!(
+            Slot::take(&open, &clients, a, limits).is_none(),
+            "per-client cap"
+        );
         let third = Slot::take(&open, &clients, b, limits).expect("another client");
-        assert!(Slot::take(&open, &clients, b, limits).is_none(), "total cap");
+        assert!(
+            Slot::take(&open, &clients, b, limits).is_none(),
+            "total cap"
+        );
         drop(first);
-        assert!(Slot::take(&open, &clients, a, limits).is_some(), "freed on drop");
+        assert!(
+            Slot::take(&open, &clients, a, limits).is_some(),
+            "freed on drop"
+        );
         drop((second, third));
         assert_eq!(open.load(Ordering::Relaxed), 0);
         assert!(clients.lock().expect("lock").is_empty());
