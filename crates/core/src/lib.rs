@@ -9,6 +9,7 @@ pub mod api_error;
 pub mod auth;
 pub mod blob;
 pub mod config;
+pub mod consume;
 pub mod connector;
 pub mod db;
 pub mod health;

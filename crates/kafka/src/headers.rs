@@ -5,10 +5,7 @@ use omnigate_model::{EventType, pb};
 use rdkafka::message::{Header, OwnedHeaders};
 use std::borrow::Cow;
 
-/// `content-type` of JSON values.
-pub const JSON: &str = "application/json";
-/// `content-type` of protobuf values.
-pub const PROTOBUF: &str = "application/protobuf";
+pub use omnigate_core::consume::{JSON, PROTOBUF};
 
 /// The attributes of one record, before they become headers. Borrowed from the
 /// record where it can be: every produced record builds one.

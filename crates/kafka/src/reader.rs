@@ -67,16 +67,7 @@ fn assign_all(
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(ReadError::NoSuchTopic(topic.to_string()));
-    }
+    let partitions = partitions_of(&consumer, topic)?;
     let mut ends = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
     for partition in partitions {
@@ -87,6 +78,34 @@ fn assign_all(
     consumer.assign(&assignment)?;
     Ok((consumer, ends))
 }
+
+/// The partitions of `topic`. A topic created a moment ago may not be in every
+/// broker's metadata yet, so a missing one is asked for again for a few seconds before
+/// it is called missing.
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, ReadError> {
+    let started = Instant::now();
+    loop {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter())
+            .filter(|p| p.leader() >= 0)
+            .map(|p| p.id())
+            .collect();
+        if !partitions.is_empty() {
+            return Ok(partitions);
+        }
+        if started.elapsed() >= METADATA_PATIENCE {
+            return Err(ReadError::NoSuchTopic(topic.to_string()));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// How long a topic may take to appear in the metadata after it was created.
+const METADATA_PATIENCE: Duration = Duration::from_secs(5);
 
 /// A suffix that keeps readers in one process and across processes apart.
 fn uuid_like_suffix() -> String {

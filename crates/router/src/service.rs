@@ -10,7 +10,7 @@ use crate::{
 };
 use chrono::{DateTime, Utc};
 use omnigate_core::publish::{Outgoing, Publisher, Topic};
-use omnigate_kafka::consumer::{Completion, ConsumedRecord, HandlerError};
+use omnigate_core::consume::{Completion, ConsumedRecord, HandlerError};
 use omnigate_model::{EventType, event_id, pb, timestamp};
 use std::{
     collections::HashMap,
@@ -271,7 +271,7 @@ where
 /// took 5% of the router's CPU samples in `make bench`.
 fn routed(mut event: pb::Event, record: &ConsumedRecord, assignment: &Assignment) -> Outgoing {
     let routing = routing_of(assignment);
-    let is_json = record.header("content-type") != Some(omnigate_kafka::headers::PROTOBUF);
+    let is_json = record.header("content-type") != Some(omnigate_core::consume::PROTOBUF);
     let json = (is_json && event.routing.is_none())
         .then(|| omnigate_model::with_routing_json(&record.value, &routing))
         .flatten();
@@ -368,7 +368,7 @@ fn linked_event(event: &pb::Event, merge: &crate::contacts::Merge, at: DateTime<
 
 /// Exactly-once mode: before a batch the router remembers the state of the batch's
 /// conversation keys, and puts it back if the batch's transaction aborts.
-impl omnigate_kafka::consumer::Transactional for Router {
+impl omnigate_core::consume::Transactional for Router {
     type Checkpoint = Vec<(String, Option<Arc<Assignment>>)>;
 
     fn checkpoint(&self, batch: &[ConsumedRecord]) -> Self::Checkpoint {

@@ -22,7 +22,7 @@ use omnigate_core::{
     db::linger_for_batch,
     publish::{Outgoing, Publisher, Topic},
 };
-use omnigate_kafka::consumer::{Completion, ConsumedRecord, HandlerError};
+use omnigate_core::consume::{Completion, ConsumedRecord, HandlerError};
 use omnigate_model::{EventType, pb};
 use std::{
     collections::HashMap,
@@ -391,7 +391,7 @@ impl Inner {
         }
         self.meters.created.increment(deliveries.len() as u64);
         // The same JSON as on Kafka: the record itself, or its JSON form if it is protobuf.
-        let body = if record.header("content-type") == Some(omnigate_kafka::headers::PROTOBUF) {
+        let body = if record.header("content-type") == Some(omnigate_core::consume::PROTOBUF) {
             Bytes::from(omnigate_model::to_json(event))
         } else {
             record.value.clone()
