@@ -71,8 +71,7 @@ fn assign_all(
     let mut ends = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
     for partition in partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        ends.insert(partition, high);
+        ends.insert(partition, end_offset(&consumer, topic, partition)?);
         assignment.add_partition_offset(topic, partition, start)?;
     }
     consumer.assign(&assignment)?;
@@ -101,6 +100,22 @@ fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, ReadE
             return Err(ReadError::NoSuchTopic(topic.to_string()));
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The end offset of a partition. Right after a topic is created its leaders may not
+/// be elected yet (`NotLeaderForPartition`): asked again for a few seconds.
+fn end_offset(consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<i64, ReadError> {
+    let started = Instant::now();
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok((_, high)) => return Ok(high),
+            Err(err) if started.elapsed() < METADATA_PATIENCE => {
+                tracing::debug!(topic, partition, error = %err, "End offset not known yet");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(err) => return Err(err.into()),
+        }
     }
 }
 
