@@ -40,6 +40,28 @@ fn unknown_key_is_named() {
 }
 
 #[test]
+fn unknown_tables_roles_and_connector_keys_are_named() {
+    let (ok, out) = check("[telegram.channels.x]\ntoken = \"t\"\n");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("`telegram`") && out.contains("connector's table"),
+        "{out}"
+    );
+    let (ok, out) = check("roles = [\"api\", \"fax\"]\n");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("unknown role `fax`") && out.contains("whatsapp"),
+        "{out}"
+    );
+    let (ok, out) = check("[whatsapp]\napi_versoin = \"v1\"\n");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("whatsapp.api_versoin") && out.contains("unknown field"),
+        "{out}"
+    );
+}
+
+#[test]
 fn missing_secret_is_named() {
     let (ok, out) = check(CHANNEL);
     assert!(!ok, "{out}");

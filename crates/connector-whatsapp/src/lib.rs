@@ -20,7 +20,15 @@ pub use config::{ChannelConfig, WhatsappConfig};
 pub use normalize::{NormalizeCtx, Normalized, normalize};
 
 use async_trait::async_trait;
-use omnigate_core::connector::{Connector, ConnectorContext};
+use omnigate_core::{
+    ConfigError,
+    connector::{
+        ChannelInfo, ConfigSource, Connector, ConnectorContext, ConnectorError, ConnectorKind,
+    },
+    consume::HandlerError,
+    publish::Topic,
+};
+use omnigate_model::pb;
 use std::{sync::Arc, time::Duration};
 
 /// A failure of background work on one record; drives the consumer's retry.
@@ -66,32 +74,98 @@ impl Whatsapp {
     }
 
     /// Publishes an event this connector made after the webhook (media, send results).
-    async fn publish_inbound(&self, event: omnigate_model::pb::Event) -> Result<(), WorkError> {
+    async fn publish_inbound(&self, event: pb::Event) -> Result<(), WorkError> {
         self.inner
             .ctx
             .publisher
             .publish(
-                omnigate_core::publish::Topic::Inbound,
+                Topic::Inbound,
                 omnigate_core::publish::Outgoing::Event(Box::new(event)),
             )
             .await
             .map(|_| ())
             .map_err(|e| WorkError::Retriable(e.to_string()))
     }
-
-    /// True when `channel_id` is one of this connector's channels.
-    pub fn has_channel(&self, channel_id: &str) -> bool {
-        self.inner.config.channels.contains_key(channel_id)
-    }
 }
 
-#[async_trait]
-impl Connector for Whatsapp {
+/// The WhatsApp connector kind: its `[whatsapp]` table and role name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WhatsappKind;
+
+impl ConnectorKind for WhatsappKind {
     fn name(&self) -> &'static str {
         "whatsapp"
     }
 
-    fn routes(&self) -> axum::Router {
-        webhook::routes(self.clone())
+    fn configure(&self, source: &ConfigSource) -> Result<Arc<dyn Connector>, ConfigError> {
+        let config: WhatsappConfig = source.table("whatsapp")?;
+        config.validate()?;
+        Ok(Arc::new(WhatsappConnector { config }))
+    }
+}
+
+/// Every configured WhatsApp channel, before it starts.
+#[derive(Debug)]
+struct WhatsappConnector {
+    config: WhatsappConfig,
+}
+
+#[async_trait]
+impl Connector for WhatsappConnector {
+    fn channels(&self) -> Vec<ChannelInfo> {
+        self.config
+            .channels
+            .iter()
+            .map(|(id, channel)| ChannelInfo {
+                id: id.clone(),
+                kind: pb::ChannelKind::Whatsapp,
+                tenant: channel.tenant.clone(),
+            })
+            .collect()
+    }
+
+    async fn start(&self, ctx: ConnectorContext) -> Result<axum::Router, ConnectorError> {
+        let whatsapp = Whatsapp::new(self.config.clone(), ctx.clone());
+        // Media downloads follow the inbound topic: a crash between the webhook's 200
+        // and the download never loses the download.
+        let media = whatsapp.clone();
+        ctx.subscriber.spawn(
+            &ctx,
+            "whatsapp-media",
+            Topic::Inbound,
+            true,
+            Box::new(move |record| {
+                let media = media.clone();
+                Box::pin(async move {
+                    // Most events carry no pending media: skip them without decoding.
+                    if !media::has_pending_media(&record) {
+                        return Ok(());
+                    }
+                    let event: pb::Event = record
+                        .decode()
+                        .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+                    media
+                        .fetch_media(&event)
+                        .await
+                        .map_err(|e| HandlerError::Retriable(e.to_string()))
+                })
+            }),
+        )?;
+        let sender = whatsapp.clone();
+        ctx.subscriber.commands_for(
+            &ctx,
+            "whatsapp-sender",
+            pb::ChannelKind::Whatsapp,
+            move |command| {
+                let sender = sender.clone();
+                Box::pin(async move {
+                    sender
+                        .send(&command)
+                        .await
+                        .map_err(|e| HandlerError::Retriable(e.to_string()))
+                })
+            },
+        )?;
+        Ok(webhook::routes(whatsapp))
     }
 }

@@ -177,3 +177,13 @@ fn extension(mime: &str) -> &'static str {
         _ => "",
     }
 }
+
+/// A cheap pre-filter: only `message.received` events naming a pending attachment.
+pub(crate) fn has_pending_media(record: &omnigate_core::consume::ConsumedRecord) -> bool {
+    use omnigate_core::consume::PROTOBUF;
+    const PENDING_JSON: &[u8] = b"MEDIA_STATE_PENDING";
+    let received = record.header("ce_type") == Some("io.omnigate.message.received.v1");
+    let json = record.header("content-type") != Some(PROTOBUF);
+    // Protobuf values are not searched; they are decoded and checked in full.
+    received && (!json || memchr::memmem::find(&record.value, PENDING_JSON).is_some())
+}

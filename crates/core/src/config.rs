@@ -37,6 +37,19 @@ impl ConfigError {
 /// `kafka.brokers`. Vars without `__` are ignored, so `OMNIGATE_LOG` style names of
 /// other tools do not collide.
 pub fn load<T: DeserializeOwned>(defaults: &str, file: Option<&Path>) -> Result<T, ConfigError> {
+    layered(defaults, file)?
+        .extract()
+        .map_err(|err| from_figment(err, ""))
+}
+
+/// Reads a whole layered configuration as `T`, naming the key of any error.
+pub fn extract<T: DeserializeOwned>(figment: &Figment) -> Result<T, ConfigError> {
+    figment.extract().map_err(|err| from_figment(err, ""))
+}
+
+/// The layered configuration itself (defaults, then `file`, then `OMNIGATE_*` env),
+/// for readers of one table at a time (connectors).
+pub fn layered(defaults: &str, file: Option<&Path>) -> Result<Figment, ConfigError> {
     let mut figment = Figment::new().merge(Toml::string(defaults));
     if let Some(path) = file {
         if !path.exists() {
@@ -52,14 +65,25 @@ pub fn load<T: DeserializeOwned>(defaults: &str, file: Option<&Path>) -> Result<
             .filter(|key| key.as_str().contains("__"))
             .split("__"),
     );
-    figment.extract().map_err(from_figment)
+    Ok(figment)
 }
 
-fn from_figment(err: figment::Error) -> ConfigError {
-    let key = if err.path.is_empty() {
+/// A figment error as a [`ConfigError`] naming the full key; `table` is the table the
+/// value was read from (empty for the root).
+pub(crate) fn from_figment(err: figment::Error, table: &str) -> ConfigError {
+    let mut path: Vec<String> = err.path.clone();
+    if !table.is_empty() {
+        // Read from inside a table, figment puts the table's name last on a missing
+        // field's path, and leaves it off elsewhere.
+        if path.last().map(String::as_str) == Some(table) {
+            path.pop();
+        }
+        path.insert(0, table.to_string());
+    }
+    let key = if path.is_empty() {
         "(root)".to_string()
     } else {
-        err.path.join(".")
+        path.join(".")
     };
     let origin = err
         .metadata

@@ -2,15 +2,15 @@
 //! the handler succeeded for that record, and committed in the background and at shutdown.
 
 use crate::config::KafkaConfig;
+pub use omnigate_core::consume::{
+    Completion, ConsumedRecord, DecodeError, HandlerError, RecordHeaders, Transactional,
+};
 use omnigate_core::publish::Topic;
 use rdkafka::{
     Message,
     consumer::{CommitMode, Consumer, StreamConsumer},
     error::KafkaError,
     message::Headers,
-};
-pub use omnigate_core::consume::{
-    Completion, ConsumedRecord, DecodeError, HandlerError, RecordHeaders, Transactional,
 };
 use std::{future::Future, sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;

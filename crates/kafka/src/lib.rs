@@ -4,6 +4,7 @@
 //!   `message.timeout.ms`, lz4 or zstd), implementing [`omnigate_core::publish::Publish`];
 //! - [`headers`]: the CloudEvents binary-mode headers every record carries;
 //! - [`consumer`]: a consumer-group loop that stores an offset only after its handler succeeded;
+//! - [`subscriber`]: [`omnigate_core::connector::Subscribe`] for connectors;
 //! - [`admin`]: topic bootstrap at start.
 
 pub mod admin;
@@ -12,6 +13,8 @@ pub mod consumer;
 pub mod headers;
 pub mod publisher;
 pub mod reader;
+pub mod subscriber;
 
 pub use config::KafkaConfig;
 pub use publisher::KafkaPublisher;
+pub use subscriber::KafkaSubscriber;

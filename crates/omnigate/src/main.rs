@@ -2,12 +2,13 @@
 
 mod api;
 mod config;
+mod connectors;
 mod router;
 mod serve;
 mod tools;
 
 use clap::{Parser, Subcommand};
-use config::{Config, Role};
+use config::Config;
 use std::{future::Future, path::PathBuf, process::ExitCode, time::Duration};
 
 // jemalloc, unprefixed, replaces malloc for the whole process, librdkafka's C code
@@ -34,9 +35,10 @@ enum Command {
         /// The config file (layered over the built-in defaults and under OMNIGATE_* env vars).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Roles to run; repeat for several. Defaults to `roles` from the config.
-        #[arg(long = "role", value_enum)]
-        roles: Vec<Role>,
+        /// Roles to run (`api`, `router`, `webhooks`, or a connector such as
+        /// `whatsapp`); repeat for several. Defaults to `roles` from the config.
+        #[arg(long = "role")]
+        roles: Vec<String>,
     },
     /// Lists the broker's topics.
     Topics {
@@ -101,12 +103,17 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match Config::load(Some(&config)) {
             Ok(loaded) => {
+                let channels: Vec<String> = loaded
+                    .channels()
+                    .into_iter()
+                    .map(|(kind, channel)| format!("{kind}/{}", channel.id))
+                    .collect();
                 println!(
-                    "{}: valid (roles {:?}, kafka {}, {} WhatsApp channel(s))",
+                    "{}: valid (roles {:?}, kafka {}, channels [{}])",
                     config.display(),
                     loaded.roles,
                     loaded.kafka.brokers,
-                    loaded.whatsapp.channels.len()
+                    channels.join(", ")
                 );
                 ExitCode::SUCCESS
             }
@@ -154,6 +161,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            if let Some(err) = roles.iter().find_map(|r| loaded.check_role(r).err()) {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -1,30 +1,23 @@
 //! `omnigate serve`: wires the configured roles onto one listener and one producer.
 
-use crate::{
-    api,
-    config::{Config, Role},
-};
+use crate::{api, config::Config};
 use anyhow::Context as _;
-use omnigate_connector_whatsapp::Whatsapp;
 use omnigate_core::{
     auth::ApiKeys,
     blob::BlobStore,
-    connector::{Connector, ConnectorContext},
+    connector::{ConnectorContext, Subscriber},
     health::Health,
     http::{self, connections},
     publish::{Publisher, Topic},
     shutdown, telemetry,
 };
-use omnigate_kafka::{
-    KafkaConfig, KafkaPublisher, admin,
-    consumer::{self, ConsumedRecord, HandlerError},
-};
+use omnigate_kafka::{KafkaPublisher, KafkaSubscriber, admin, consumer};
 use omnigate_model::pb;
-use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+use tokio_util::task::TaskTracker;
 
 /// Runs until SIGINT or SIGTERM, then drains requests, stops consumers and flushes Kafka.
-pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
+pub async fn serve(config: Config, roles: Vec<String>) -> anyhow::Result<()> {
     telemetry::init_logs(&config.log);
     let metrics = telemetry::init_metrics();
     let roles = if roles.is_empty() {
@@ -53,58 +46,27 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     let blobs = BlobStore::open(&config.blobs)?;
     let ctx = ConnectorContext {
         publisher: publisher.clone(),
+        subscriber: Subscriber::new(KafkaSubscriber::new(config.kafka.clone())),
+        database_url: config.router.database_url.clone(),
         blobs,
         shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
         health: health.clone(),
     };
 
     let mut app = axum::Router::new();
-    if roles.contains(&Role::Whatsapp) {
-        let whatsapp = Whatsapp::new(config.whatsapp.clone(), ctx.clone());
-        app = app.merge(whatsapp.routes());
-        let media = whatsapp.clone();
-        spawn_consumer(
-            &tasks,
-            &config.kafka.for_background(),
-            "whatsapp-media",
-            Topic::Inbound,
-            &shutdown,
-            move |record| {
-                let media = media.clone();
-                async move {
-                    // Most events carry no pending media: skip them without decoding.
-                    if !has_pending_media(&record) {
-                        return Ok(());
-                    }
-                    let event: pb::Event = decoded(&record)?;
-                    media
-                        .fetch_media(&event)
-                        .await
-                        .map_err(|e| HandlerError::Retriable(e.to_string()))
-                }
-            },
-        )?;
-        spawn_consumer(
-            &tasks,
-            &config.kafka.for_background(),
-            "whatsapp-sender",
-            Topic::Outbound,
-            &shutdown,
-            move |record| {
-                let sender = whatsapp.clone();
-                async move {
-                    let command: pb::SendCommand = decoded(&record)?;
-                    sender
-                        .send(&command)
-                        .await
-                        .map_err(|e| HandlerError::Retriable(e.to_string()))
-                }
-            },
-        )?;
+    for (name, connector) in &config.connectors {
+        if roles.iter().any(|role| role == name) {
+            let routes = connector
+                .start(ctx.clone())
+                .await
+                .with_context(|| format!("cannot start the {name} connector"))?;
+            app = app.merge(routes);
+        }
     }
     // One webhook store for the registry (api) and the dispatcher (webhooks).
     let webhook_changes = Arc::new(tokio::sync::Notify::new());
-    let webhook_store = if roles.contains(&Role::Api) || roles.contains(&Role::Webhooks) {
+    let webhook_store = if has(&roles, "api") || has(&roles, "webhooks") {
         Some(
             omnigate_webhooks::WebhookStore::connect(&config.webhooks.database_url)
                 .await
@@ -118,7 +80,7 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     } else {
         None
     };
-    if let (true, Some(store)) = (roles.contains(&Role::Webhooks), &webhook_store) {
+    if let (true, Some(store)) = (has(&roles, "webhooks"), &webhook_store) {
         let dispatcher = omnigate_webhooks::Dispatcher::start(
             config.webhooks.clone(),
             store.clone(),
@@ -144,12 +106,12 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
             }
         });
     }
-    let router = if roles.contains(&Role::Router) {
+    let router = if has(&roles, "router") {
         Some(crate::router::start(&config, publisher.clone(), &tasks, &shutdown).await?)
     } else {
         None
     };
-    if roles.contains(&Role::Api) {
+    if has(&roles, "api") {
         // The conversation API reads the router's shared store; open it when no router runs here.
         let contacts = match &router {
             Some(router) => router.contacts(),
@@ -165,10 +127,9 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
             ),
         };
         let channels: HashMap<String, pb::ChannelKind> = config
-            .whatsapp
-            .channels
-            .keys()
-            .map(|name| (name.clone(), pb::ChannelKind::Whatsapp))
+            .channels()
+            .into_iter()
+            .map(|(_, channel)| (channel.id, channel.kind))
             .collect();
         let state = api::ApiState {
             publisher: publisher.clone(),
@@ -254,44 +215,6 @@ pub async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A cheap pre-filter: only `message.received` events naming a pending attachment.
-fn has_pending_media(record: &ConsumedRecord) -> bool {
-    const PENDING_JSON: &[u8] = b"MEDIA_STATE_PENDING";
-    let received = record.header("ce_type") == Some("io.omnigate.message.received.v1");
-    let json = record.header("content-type") != Some(omnigate_kafka::headers::PROTOBUF);
-    // Protobuf values are not searched; they are decoded and checked in full.
-    received && (!json || memchr::memmem::find(&record.value, PENDING_JSON).is_some())
-}
-
-fn decoded<T>(record: &ConsumedRecord) -> Result<T, HandlerError>
-where
-    T: prost::Message + Default + serde::de::DeserializeOwned,
-{
-    record
-        .decode()
-        .map_err(|e| HandlerError::Permanent(e.to_string()))
-}
-
-fn spawn_consumer<H, F>(
-    tasks: &TaskTracker,
-    kafka: &KafkaConfig,
-    group: &str,
-    topic: Topic,
-    shutdown: &CancellationToken,
-    handler: H,
-) -> anyhow::Result<()>
-where
-    H: FnMut(ConsumedRecord) -> F + Send + 'static,
-    F: Future<Output = Result<(), HandlerError>> + Send + 'static,
-{
-    let consumer = consumer::subscribe(kafka, group, &[topic])
-        .with_context(|| format!("cannot start the Kafka consumer {group}"))?;
-    let group = group.to_string();
-    let shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(err) = consumer::run(consumer, shutdown, handler).await {
-            tracing::error!(group, error = %err, "Consumer stopped");
-        }
-    });
-    Ok(())
+fn has(roles: &[String], role: &str) -> bool {
+    roles.iter().any(|r| r == role)
 }

@@ -9,8 +9,8 @@ use crate::{
     policy::Assignment,
 };
 use chrono::{DateTime, Utc};
-use omnigate_core::publish::{Outgoing, Publisher, Topic};
 use omnigate_core::consume::{Completion, ConsumedRecord, HandlerError};
+use omnigate_core::publish::{Outgoing, Publisher, Topic};
 use omnigate_model::{EventType, event_id, pb, timestamp};
 use std::{
     collections::HashMap,

@@ -18,11 +18,11 @@ use crate::{
     subscription::{EventFacts, matches},
 };
 use bytes::Bytes;
+use omnigate_core::consume::{Completion, ConsumedRecord, HandlerError};
 use omnigate_core::{
     db::linger_for_batch,
     publish::{Outgoing, Publisher, Topic},
 };
-use omnigate_core::consume::{Completion, ConsumedRecord, HandlerError};
 use omnigate_model::{EventType, pb};
 use std::{
     collections::HashMap,
