@@ -5,7 +5,7 @@ use crate::payload::{ChangeValue, Envelope, Media, WaContact, WaError, WaMessage
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use omnigate_model::{
-    EventType, conversation_key, event_id, json_to_value,
+    EventBuilder, EventType, conversation_key, json_to_value,
     pb::{self, content_part::Part},
     phone::to_e164,
     timestamp,
@@ -119,22 +119,13 @@ pub(crate) fn envelope(
     cx: &NormalizeCtx<'_>,
     payload: pb::event::Payload,
 ) -> pb::Event {
-    pb::Event {
-        id: event_id(
-            pb::ChannelKind::Whatsapp,
-            cx.channel_id,
-            provider_event_id,
-            kind.as_str(),
-        )
-        .to_string(),
-        r#type: kind.as_str().to_string(),
-        source: format!("/omnigate/whatsapp/{}", cx.channel_id),
-        time: Some(timestamp(cx.received_at)),
-        tenant: cx.tenant.to_string(),
-        conversation_key: key,
-        payload: Some(payload),
-        routing: None,
-    }
+    EventBuilder::channel(pb::ChannelKind::Whatsapp, cx.channel_id, cx.tenant).event(
+        kind,
+        provider_event_id,
+        key,
+        cx.received_at,
+        payload,
+    )
 }
 
 /// A provider timestamp (Unix seconds), or None when it is not one a consumer can

@@ -5,9 +5,11 @@
 //! is pure helpers every connector shares: event types, deterministic event ids,
 //! conversation keys and phone-number canonicalisation.
 
+pub mod builder;
 pub mod ids;
 pub mod phone;
 
+pub use builder::EventBuilder;
 pub use ids::{EventType, conversation_key, event_id};
 
 /// Types generated from the proto files (no hand-kept copy).

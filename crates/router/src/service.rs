@@ -11,7 +11,7 @@ use crate::{
 use chrono::{DateTime, Utc};
 use omnigate_core::consume::{Completion, ConsumedRecord, HandlerError};
 use omnigate_core::publish::{Outgoing, Publisher, Topic};
-use omnigate_model::{EventType, event_id, pb, timestamp};
+use omnigate_model::{EventBuilder, EventType, pb};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, RwLock},
@@ -315,16 +315,16 @@ fn router_event(
     routing: Option<pb::Routing>,
 ) -> Outgoing {
     let (channel_kind, channel_id) = channel_of(event);
-    Outgoing::Event(Box::new(pb::Event {
-        id: event_id(channel_kind, &channel_id, provider_id, kind.as_str()).to_string(),
-        r#type: kind.as_str().into(),
-        source: "/omnigate/router".into(),
-        time: Some(timestamp(at)),
-        tenant: event.tenant.clone(),
-        conversation_key: event.conversation_key.clone(),
-        payload: Some(payload),
-        routing,
-    }))
+    let mut made = EventBuilder::component("router", channel_kind, &channel_id, &event.tenant)
+        .event(
+            kind,
+            provider_id,
+            event.conversation_key.clone(),
+            at,
+            payload,
+        );
+    made.routing = routing;
+    Outgoing::Event(Box::new(made))
 }
 
 fn assignment_event(

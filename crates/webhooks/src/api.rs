@@ -621,19 +621,23 @@ async fn send_test(
     let endpoint = api.owned(&tenant, &id).await?;
     let now = now_ms();
     let kind = EventType::WebhookTest;
-    let event_id = uuid::Uuid::new_v4().to_string();
-    let event = pb::Event {
-        id: event_id.clone(),
-        r#type: kind.as_str().into(),
-        source: "/omnigate/webhooks".into(),
-        time: Some(omnigate_model::timestamp(time(now))),
-        tenant: tenant.clone(),
-        conversation_key: format!("webhook:{}", endpoint.id),
-        payload: Some(pb::event::Payload::WebhookTest(pb::WebhookTest {
+    // Each test is a new event: its id derives from a fresh random one.
+    let event = omnigate_model::EventBuilder::component(
+        "webhooks",
+        pb::ChannelKind::Unspecified,
+        "webhooks",
+        &tenant,
+    )
+    .event(
+        kind,
+        &uuid::Uuid::new_v4().to_string(),
+        format!("webhook:{}", endpoint.id),
+        time(now),
+        pb::event::Payload::WebhookTest(pb::WebhookTest {
             endpoint_id: endpoint.id.clone(),
-        })),
-        routing: None,
-    };
+        }),
+    );
+    let event_id = event.id.clone();
     let delivery = NewDelivery {
         id: delivery_id(&endpoint.id, &event),
         endpoint_id: endpoint.id.clone(),

@@ -648,31 +648,26 @@ impl Inner {
 fn disabled_event(endpoint: &Endpoint, reason: &str, now: i64) -> pb::Event {
     let kind = EventType::WebhookEndpointDisabled;
     let at = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
-    pb::Event {
-        id: omnigate_model::event_id(
-            pb::ChannelKind::Unspecified,
-            "webhooks",
-            &format!("{}/{now}", endpoint.id),
-            kind.as_str(),
-        )
-        .to_string(),
-        r#type: kind.as_str().into(),
-        source: "/omnigate/webhooks".into(),
-        time: Some(omnigate_model::timestamp(at)),
-        tenant: endpoint.tenant.clone(),
-        conversation_key: format!("webhook:{}", endpoint.id),
-        payload: Some(pb::event::Payload::WebhookEndpointDisabled(
-            pb::WebhookEndpointDisabled {
-                endpoint_id: endpoint.id.clone(),
-                url: endpoint.url.clone(),
-                reason: reason.to_string(),
-                failing_since: chrono::DateTime::from_timestamp_millis(endpoint.failing_since)
-                    .filter(|_| endpoint.failing_since != 0)
-                    .map(omnigate_model::timestamp),
-            },
-        )),
-        routing: None,
-    }
+    omnigate_model::EventBuilder::component(
+        "webhooks",
+        pb::ChannelKind::Unspecified,
+        "webhooks",
+        &endpoint.tenant,
+    )
+    .event(
+        kind,
+        &format!("{}/{now}", endpoint.id),
+        format!("webhook:{}", endpoint.id),
+        at,
+        pb::event::Payload::WebhookEndpointDisabled(pb::WebhookEndpointDisabled {
+            endpoint_id: endpoint.id.clone(),
+            url: endpoint.url.clone(),
+            reason: reason.to_string(),
+            failing_since: chrono::DateTime::from_timestamp_millis(endpoint.failing_since)
+                .filter(|_| endpoint.failing_since != 0)
+                .map(omnigate_model::timestamp),
+        }),
+    )
 }
 
 /// The most writes one store transaction carries. In `make bench`'s log-only phase,
