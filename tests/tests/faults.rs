@@ -465,10 +465,11 @@ async fn a_slow_and_erroring_broker_never_hangs_a_webhook() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 3],
     );
     let (retried_status, retried_took) = send(2).await;
-    // Erroring for good: the record can never be written.
+    // Refused for good: the event can never be written. The request is dead-lettered
+    // with its exact bytes and answered 200, so the provider stops retrying it.
     mock.request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 50],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 1],
     );
     let (refused_status, refused_took) = send(3).await;
     mock.clear_request_errors(RDKafkaApiKey::Produce);
@@ -479,8 +480,29 @@ async fn a_slow_and_erroring_broker_never_hangs_a_webhook() {
     assert!(slow_took < bound, "bounded wait exceeded: {slow_took:?}");
     assert_eq!(retried_status, 200);
     assert!(retried_took < bound);
-    assert_eq!(refused_status, 503);
+    assert_eq!(refused_status, 200, "dead-lettered, not retried forever");
     assert!(refused_took < bound);
+    let config = omnigate_e2e::kafka_config(&mock.bootstrap_servers(), prefix);
+    let letters = omnigate_kafka::reader::read_topic(
+        &config,
+        &Topic::Deadletter.name(prefix),
+        1,
+        Duration::from_millis(500),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let refused_body = message("wamid.slow3");
+    let letter = letters
+        .iter()
+        .map(json)
+        .find(|l| l["reason"].as_str().unwrap_or("").contains("refused"))
+        .expect("a dead letter for the refused request");
+    let raw = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        letter["raw"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(raw, refused_body.as_bytes(), "the exact bytes are kept");
     let errors = gateway
         .metric_sum("omnigate_kafka_produce_errors_total")
         .await;

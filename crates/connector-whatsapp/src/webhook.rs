@@ -12,6 +12,7 @@ use axum::{
 use chrono::Utc;
 use omnigate_core::{
     api_error::ApiError,
+    ingest,
     publish::{Outgoing, Topic},
 };
 use omnigate_model::{event_id, pb, timestamp};
@@ -107,9 +108,20 @@ async fn receive(
         .into_iter()
         .map(|e| (Topic::Inbound, Outgoing::Event(Box::new(e))))
         .collect();
-    publisher.publish_all(&records).await.inspect_err(
+    let ingested = ingest::publish_or_dead_letter(
+        publisher,
+        &wa.inner.ctx.blobs,
+        &records,
+        raw_letter(&cx, &body, ""),
+    )
+    .await
+    .inspect_err(
         |err| tracing::warn!(channel, error = %err, "Kafka did not take the events; answering 503"),
     )?;
+    if ingested == ingest::Ingested::DeadLettered {
+        metrics::counter!("omnigate_whatsapp_dead_lettered_total").increment(1);
+        return Ok(StatusCode::OK);
+    }
     if !normalized.rejected.is_empty() {
         dead_letter(&wa, &cx, &body, &normalized.rejected.join("; ")).await?;
     }
@@ -130,8 +142,20 @@ async fn dead_letter(
 ) -> Result<(), ApiError> {
     metrics::counter!("omnigate_whatsapp_dead_lettered_total").increment(1);
     tracing::warn!(channel = cx.channel_id, %reason, bytes = body.len(), "WhatsApp body dead-lettered");
+    ingest::dead_letter(
+        &wa.inner.ctx.publisher,
+        &wa.inner.ctx.blobs,
+        raw_letter(cx, body, reason),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A dead letter carrying a request's exact bytes; its id derives from their hash, so
+/// a redelivered request gives the same id.
+fn raw_letter(cx: &NormalizeCtx<'_>, body: &Bytes, reason: &str) -> pb::DeadLetter {
     let digest = hex::encode(Sha256::digest(body));
-    let letter = pb::DeadLetter {
+    pb::DeadLetter {
         id: event_id(
             pb::ChannelKind::Whatsapp,
             cx.channel_id,
@@ -147,11 +171,5 @@ async fn dead_letter(
         raw: body.to_vec(),
         content_type: "application/json".into(),
         time: Some(timestamp(cx.received_at)),
-    };
-    wa.inner
-        .ctx
-        .publisher
-        .publish(Topic::Deadletter, Outgoing::DeadLetter(Box::new(letter)))
-        .await?;
-    Ok(())
+    }
 }

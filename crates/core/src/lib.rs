@@ -14,6 +14,7 @@ pub mod consume;
 pub mod db;
 pub mod health;
 pub mod http;
+pub mod ingest;
 pub mod publish;
 pub mod shutdown;
 pub mod telemetry;

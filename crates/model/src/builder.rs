@@ -56,7 +56,13 @@ impl EventBuilder {
         payload: pb::event::Payload,
     ) -> pb::Event {
         pb::Event {
-            id: event_id(self.kind, &self.channel_id, provider_event_id, kind.as_str()).to_string(),
+            id: event_id(
+                self.kind,
+                &self.channel_id,
+                provider_event_id,
+                kind.as_str(),
+            )
+            .to_string(),
             r#type: kind.as_str().to_string(),
             source: self.source.clone(),
             time: Some(timestamp(at)),
@@ -78,20 +84,47 @@ mod tests {
         let at = DateTime::from_timestamp(1_749_416_383, 0).unwrap();
         let payload = || pb::event::Payload::Message(pb::Message::default());
         let channel = EventBuilder::channel(pb::ChannelKind::Whatsapp, "demo", "acme");
-        let event = channel.event(EventType::MessageReceived, "wamid.1", "k".into(), at, payload());
+        let event = channel.event(
+            EventType::MessageReceived,
+            "wamid.1",
+            "k".into(),
+            at,
+            payload(),
+        );
         assert_eq!(event.source, "/omnigate/whatsapp/demo");
         assert_eq!(event.r#type, "message.received");
         assert_eq!(event.tenant, "acme");
         assert_eq!(
             event.id,
-            event_id(pb::ChannelKind::Whatsapp, "demo", "wamid.1", "message.received").to_string()
+            event_id(
+                pb::ChannelKind::Whatsapp,
+                "demo",
+                "wamid.1",
+                "message.received"
+            )
+            .to_string()
         );
         assert_eq!(event.time.unwrap().seconds, 1_749_416_383);
-        let again = channel.event(EventType::MessageReceived, "wamid.1", "k".into(), at, payload());
+        let again = channel.event(
+            EventType::MessageReceived,
+            "wamid.1",
+            "k".into(),
+            at,
+            payload(),
+        );
         assert_eq!(again.id, event.id, "deterministic");
         let router = EventBuilder::component("router", pb::ChannelKind::Whatsapp, "demo", "acme");
-        let routed = router.event(EventType::MessageReceived, "wamid.1", "k".into(), at, payload());
+        let routed = router.event(
+            EventType::MessageReceived,
+            "wamid.1",
+            "k".into(),
+            at,
+            payload(),
+        );
         assert_eq!(routed.source, "/omnigate/router");
-        assert_eq!(routed.id, event.id, "the id derives from the channel, not the maker");
+        assert_eq!(
+            routed.id, event.id,
+            "the id derives from the channel, not the maker"
+        );
     }
 }
