@@ -697,6 +697,16 @@ async fn limits_metrics_and_graceful_shutdown() {
         "{metrics}"
     );
     assert!(metrics.contains("omnigate_kafka_reachable 1"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "omnigate_channel_events_total{kind=\"whatsapp\",channel=\"demo\",outcome=\"published\"}"
+        ),
+        "one metric scheme for every channel: {metrics}"
+    );
+    assert!(
+        metrics.contains("omnigate_channel_request_duration_seconds_count{kind=\"whatsapp\"}"),
+        "{metrics}"
+    );
     let status = std::process::Command::new("kill")
         .args(["-TERM", &gateway.pid().to_string()])
         .status()

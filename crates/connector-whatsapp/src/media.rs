@@ -56,8 +56,7 @@ impl Whatsapp {
                         updated.mime_type = blob.mime_type.clone();
                     }
                     updated.blob = Some(blob);
-                    metrics::counter!("omnigate_whatsapp_media_total", "outcome" => "stored")
-                        .increment(1);
+                    crate::webhook::METRICS.media(&channel.channel_id, "stored");
                 }
                 Err(err) => {
                     tracing::warn!(channel = %channel.channel_id, media_id = %attachment.provider_media_id, error = %err, "Media failed for good");
@@ -67,8 +66,7 @@ impl Whatsapp {
                         title: err.title.clone(),
                         details: String::new(),
                     });
-                    metrics::counter!("omnigate_whatsapp_media_total", "outcome" => "failed")
-                        .increment(1);
+                    crate::webhook::METRICS.media(&channel.channel_id, "failed");
                 }
             }
             let cx = NormalizeCtx {

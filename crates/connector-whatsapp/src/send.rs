@@ -124,6 +124,7 @@ impl Whatsapp {
             channel_id: channel_id.to_string(),
             address: config.phone_number_id.clone(),
         };
+        let started = Instant::now();
         let outcome = self
             .execute(
                 command,
@@ -135,8 +136,7 @@ impl Whatsapp {
         let key = conversation_key::whatsapp(&config.phone_number_id, &command.to);
         let (kind, provider_event, payload) = match outcome {
             Ok(wamid) => {
-                metrics::counter!("omnigate_whatsapp_sends_total", "outcome" => "sent")
-                    .increment(1);
+                crate::webhook::METRICS.send(channel_id, "sent", started.elapsed().as_secs_f64());
                 (
                     EventType::MessageSent,
                     command.command_id.clone(),
@@ -150,8 +150,7 @@ impl Whatsapp {
                 )
             }
             Err(refusal) => {
-                metrics::counter!("omnigate_whatsapp_sends_total", "outcome" => "failed")
-                    .increment(1);
+                crate::webhook::METRICS.send(channel_id, "failed", started.elapsed().as_secs_f64());
                 tracing::warn!(command_id = %command.command_id, code = %refusal.code, reason = %refusal.title, "Send failed");
                 (
                     EventType::MessageStatus,

@@ -14,11 +14,15 @@ use omnigate_core::{
     api_error::ApiError,
     ingest,
     publish::{Outgoing, Topic},
+    telemetry::{ChannelMetrics, EventOutcome},
 };
 use omnigate_model::{event_id, pb, timestamp};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+
+/// The channel metrics of every WhatsApp channel.
+pub(crate) const METRICS: ChannelMetrics = ChannelMetrics::whatsapp();
 
 pub(crate) fn routes(connector: Whatsapp) -> Router {
     Router::new()
@@ -67,6 +71,18 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
+    let started = std::time::Instant::now();
+    let answer = handle(wa, channel, headers, body).await;
+    METRICS.request_duration(started.elapsed().as_secs_f64());
+    answer
+}
+
+async fn handle(
+    wa: Whatsapp,
+    channel: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
     let Some(config) = wa.inner.config.channels.get(&channel) else {
         return Err(ApiError::not_found("no such WhatsApp channel"));
     };
@@ -78,11 +94,11 @@ async fn receive(
         signature,
         &body,
     ) {
-        metrics::counter!("omnigate_whatsapp_rejected_total", "reason" => "signature").increment(1);
+        METRICS.events(&channel, EventOutcome::Rejected, 1);
         tracing::warn!(channel, reason = %err, "WhatsApp webhook signature refused");
         return Err(ApiError::unauthorized("invalid_signature", err.to_string()));
     }
-    metrics::counter!("omnigate_whatsapp_received_bytes_total").increment(body.len() as u64);
+    METRICS.received_bytes(&channel, body.len() as u64);
 
     let received_at = Utc::now();
     let cx = NormalizeCtx {
@@ -119,17 +135,20 @@ async fn receive(
         |err| tracing::warn!(channel, error = %err, "Kafka did not take the events; answering 503"),
     )?;
     if ingested == ingest::Ingested::DeadLettered {
-        metrics::counter!("omnigate_whatsapp_dead_lettered_total").increment(1);
+        METRICS.events(&channel, EventOutcome::DeadLettered, 1);
         return Ok(StatusCode::OK);
     }
     if !normalized.rejected.is_empty() {
         dead_letter(&wa, &cx, &body, &normalized.rejected.join("; ")).await?;
     }
     if normalized.ignored_changes > 0 {
-        metrics::counter!("omnigate_whatsapp_ignored_changes_total")
-            .increment(normalized.ignored_changes as u64);
+        METRICS.events(
+            &channel,
+            EventOutcome::Ignored,
+            normalized.ignored_changes as u64,
+        );
     }
-    metrics::counter!("omnigate_whatsapp_events_total").increment(count as u64);
+    METRICS.events(&channel, EventOutcome::Published, count as u64);
     tracing::debug!(channel, events = count, "WhatsApp webhook accepted");
     Ok(StatusCode::OK)
 }
@@ -140,7 +159,7 @@ async fn dead_letter(
     body: &Bytes,
     reason: &str,
 ) -> Result<(), ApiError> {
-    metrics::counter!("omnigate_whatsapp_dead_lettered_total").increment(1);
+    METRICS.events(cx.channel_id, EventOutcome::DeadLettered, 1);
     tracing::warn!(channel = cx.channel_id, %reason, bytes = body.len(), "WhatsApp body dead-lettered");
     ingest::dead_letter(
         &wa.inner.ctx.publisher,

@@ -83,7 +83,7 @@ impl Checkpointer {
 }
 
 async fn checkpoint_loop(pool: AnyPool, mut stopped: tokio::sync::oneshot::Receiver<()>) {
-    let seconds = metrics::histogram!("omnigate_sqlite_checkpoint_seconds");
+    let seconds = metrics::histogram!(crate::telemetry::metric::SQLITE_CHECKPOINT_SECONDS);
     let mut every = tokio::time::interval(CHECKPOINT_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -99,7 +99,8 @@ async fn checkpoint_loop(pool: AnyPool, mut stopped: tokio::sync::oneshot::Recei
             Ok(_) => seconds.record(started.elapsed().as_secs_f64()),
             Err(err) => {
                 // The writer's own checkpoints (the backstop) go on meanwhile.
-                metrics::counter!("omnigate_sqlite_checkpoint_errors_total").increment(1);
+                metrics::counter!(crate::telemetry::metric::SQLITE_CHECKPOINT_ERRORS_TOTAL)
+                    .increment(1);
                 tracing::warn!(error = %err, "SQLite checkpoint failed");
             }
         }

@@ -22,7 +22,11 @@ impl Health {
                 tracing::warn!("Kafka is unreachable; /readyz answers 503");
             }
         }
-        metrics::gauge!("omnigate_kafka_reachable").set(if reachable { 1.0 } else { 0.0 });
+        metrics::gauge!(crate::telemetry::metric::KAFKA_REACHABLE).set(if reachable {
+            1.0
+        } else {
+            0.0
+        });
     }
 
     /// True while the broker answers.

@@ -139,9 +139,9 @@ async fn record_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::histogram!("omnigate_http_request_duration_seconds", "route" => route.clone(), "status" => status.clone())
+    metrics::histogram!(crate::telemetry::metric::HTTP_REQUEST_DURATION_SECONDS, "route" => route.clone(), "status" => status.clone())
         .record(started.elapsed().as_secs_f64());
-    metrics::counter!("omnigate_http_requests_total", "route" => route, "status" => status)
+    metrics::counter!(crate::telemetry::metric::HTTP_REQUESTS_TOTAL, "route" => route, "status" => status)
         .increment(1);
     response
 }

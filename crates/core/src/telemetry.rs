@@ -35,3 +35,119 @@ pub fn init_metrics() -> PrometheusHandle {
         Err(_) => PrometheusBuilder::new().build_recorder().handle(),
     }
 }
+
+/// Every metric name, in one place: all are `omnigate_*`, and none takes a tenant,
+/// contact or message id as a label (channel ids come from config, so they are a
+/// bounded label).
+pub mod metric {
+    pub const CHANNEL_EVENTS_TOTAL: &str = "omnigate_channel_events_total";
+    pub const CHANNEL_MEDIA_TOTAL: &str = "omnigate_channel_media_total";
+    pub const CHANNEL_RECEIVED_BYTES_TOTAL: &str = "omnigate_channel_received_bytes_total";
+    pub const CHANNEL_REQUEST_DURATION_SECONDS: &str = "omnigate_channel_request_duration_seconds";
+    pub const CHANNEL_SENDS_TOTAL: &str = "omnigate_channel_sends_total";
+    pub const CHANNEL_SEND_DURATION_SECONDS: &str = "omnigate_channel_send_duration_seconds";
+    pub const HTTP_CONNECTIONS_OPEN: &str = "omnigate_http_connections_open";
+    pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "omnigate_http_connections_refused_total";
+    pub const HTTP_DEADLINE_CUTS_TOTAL: &str = "omnigate_http_deadline_cuts_total";
+    pub const HTTP_REQUESTS_TOTAL: &str = "omnigate_http_requests_total";
+    pub const HTTP_REQUEST_DURATION_SECONDS: &str = "omnigate_http_request_duration_seconds";
+    pub const KAFKA_CONSUMED_TOTAL: &str = "omnigate_kafka_consumed_total";
+    pub const KAFKA_CONSUME_ERRORS_TOTAL: &str = "omnigate_kafka_consume_errors_total";
+    pub const KAFKA_PRODUCED_TOTAL: &str = "omnigate_kafka_produced_total";
+    pub const KAFKA_PRODUCE_DURATION_SECONDS: &str = "omnigate_kafka_produce_duration_seconds";
+    pub const KAFKA_PRODUCE_ERRORS_TOTAL: &str = "omnigate_kafka_produce_errors_total";
+    pub const KAFKA_REACHABLE: &str = "omnigate_kafka_reachable";
+    pub const KAFKA_TRANSACTIONS_TOTAL: &str = "omnigate_kafka_transactions_total";
+    pub const ROUTER_CONVERSATION_WRITE_BATCH_SIZE: &str =
+        "omnigate_router_conversation_write_batch_size";
+    pub const ROUTER_EVENTS_TOTAL: &str = "omnigate_router_events_total";
+    pub const ROUTER_RULE_RELOADS_TOTAL: &str = "omnigate_router_rule_reloads_total";
+    pub const SQLITE_CHECKPOINT_ERRORS_TOTAL: &str = "omnigate_sqlite_checkpoint_errors_total";
+    pub const SQLITE_CHECKPOINT_SECONDS: &str = "omnigate_sqlite_checkpoint_seconds";
+    pub const WEBHOOK_ATTEMPTS_TOTAL: &str = "omnigate_webhook_attempts_total";
+    pub const WEBHOOK_ATTEMPT_DURATION_SECONDS: &str = "omnigate_webhook_attempt_duration_seconds";
+    pub const WEBHOOK_DELIVERIES_CREATED_TOTAL: &str = "omnigate_webhook_deliveries_created_total";
+    pub const WEBHOOK_ENDPOINTS: &str = "omnigate_webhook_endpoints";
+    pub const WEBHOOK_ENDPOINTS_DISABLED_TOTAL: &str = "omnigate_webhook_endpoints_disabled_total";
+    pub const WEBHOOK_STORE_ERRORS_TOTAL: &str = "omnigate_webhook_store_errors_total";
+    pub const WEBHOOK_STORE_WRITE_BATCH_SIZE: &str = "omnigate_webhook_store_write_batch_size";
+    pub const WEBHOOK_STORE_WRITE_SECONDS: &str = "omnigate_webhook_store_write_seconds";
+}
+
+/// What became of a provider's event on a channel: the `outcome` label of
+/// [`metric::CHANNEL_EVENTS_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Normalized and acknowledged by Kafka.
+    Published,
+    /// Refused before normalizing (a bad signature or token).
+    Rejected,
+    /// Unreadable, or refused by Kafka for good: on the dead-letter topic.
+    DeadLettered,
+    /// Understood and deliberately not turned into an event.
+    Ignored,
+}
+
+impl EventOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Published => "published",
+            Self::Rejected => "rejected",
+            Self::DeadLettered => "dead_lettered",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
+/// The metrics of one connector kind, the same names for every channel kind so that
+/// dashboards see every channel side by side.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelMetrics {
+    kind: &'static str,
+}
+
+impl ChannelMetrics {
+    /// The metrics of channels of `kind`.
+    pub fn new(kind: omnigate_model::pb::ChannelKind) -> Self {
+        Self {
+            kind: kind.short_name(),
+        }
+    }
+
+    /// The metrics of WhatsApp channels, as a constant.
+    pub const fn whatsapp() -> Self {
+        Self { kind: "whatsapp" }
+    }
+
+    /// `n` events of `channel` ended as `outcome`.
+    pub fn events(&self, channel: &str, outcome: EventOutcome, n: u64) {
+        metrics::counter!(metric::CHANNEL_EVENTS_TOTAL, "kind" => self.kind, "channel" => channel.to_string(), "outcome" => outcome.label())
+            .increment(n);
+    }
+
+    /// A provider request of `bytes` bytes arrived for `channel`.
+    pub fn received_bytes(&self, channel: &str, bytes: u64) {
+        metrics::counter!(metric::CHANNEL_RECEIVED_BYTES_TOTAL, "kind" => self.kind, "channel" => channel.to_string())
+            .increment(bytes);
+    }
+
+    /// A provider request took `seconds` from arrival to its answer.
+    pub fn request_duration(&self, seconds: f64) {
+        metrics::histogram!(metric::CHANNEL_REQUEST_DURATION_SECONDS, "kind" => self.kind)
+            .record(seconds);
+    }
+
+    /// A send on `channel` ended as `outcome` (`sent`, `failed`) after `seconds`.
+    pub fn send(&self, channel: &str, outcome: &'static str, seconds: f64) {
+        metrics::counter!(metric::CHANNEL_SENDS_TOTAL, "kind" => self.kind, "channel" => channel.to_string(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(metric::CHANNEL_SEND_DURATION_SECONDS, "kind" => self.kind)
+            .record(seconds);
+    }
+
+    /// A media download or upload on `channel` ended as `outcome` (`stored`, `failed`).
+    pub fn media(&self, channel: &str, outcome: &'static str) {
+        metrics::counter!(metric::CHANNEL_MEDIA_TOTAL, "kind" => self.kind, "channel" => channel.to_string(), "outcome" => outcome)
+            .increment(1);
+    }
+}

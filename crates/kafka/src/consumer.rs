@@ -65,7 +65,7 @@ where
     H: FnMut(ConsumedRecord) -> F,
     F: Future<Output = Result<(), HandlerError>>,
 {
-    let consumed = metrics::counter!("omnigate_kafka_consumed_total");
+    let consumed = metrics::counter!(omnigate_core::telemetry::metric::KAFKA_CONSUMED_TOTAL);
     'records: loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -75,7 +75,8 @@ where
             Ok(message) => message,
             Err(err) => {
                 tracing::warn!(error = %err, "Kafka consumer error");
-                metrics::counter!("omnigate_kafka_consume_errors_total").increment(1);
+                metrics::counter!(omnigate_core::telemetry::metric::KAFKA_CONSUME_ERRORS_TOTAL)
+                    .increment(1);
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -166,7 +167,7 @@ where
     use futures::{StreamExt, stream::FuturesOrdered};
     use tokio::sync::{mpsc, oneshot};
     let mut in_flight: InFlight = FuturesOrdered::new();
-    let consumed = metrics::counter!("omnigate_kafka_consumed_total");
+    let consumed = metrics::counter!(omnigate_core::telemetry::metric::KAFKA_CONSUMED_TOTAL);
     let lanes: Vec<mpsc::UnboundedSender<ForLane>> = if lanes > 1 {
         (0..lanes)
             .map(|_| {
@@ -200,7 +201,7 @@ where
                     Ok(message) => message,
                     Err(err) => {
                         tracing::warn!(error = %err, "Kafka consumer error");
-                        metrics::counter!("omnigate_kafka_consume_errors_total").increment(1);
+                        metrics::counter!(omnigate_core::telemetry::metric::KAFKA_CONSUME_ERRORS_TOTAL).increment(1);
                         continue;
                     }
                 };
@@ -396,7 +397,8 @@ pub async fn run_transactional<T: Transactional>(
             Ok(message) => vec![copy(&message)],
             Err(err) => {
                 tracing::warn!(error = %err, "Kafka consumer error");
-                metrics::counter!("omnigate_kafka_consume_errors_total").increment(1);
+                metrics::counter!(omnigate_core::telemetry::metric::KAFKA_CONSUME_ERRORS_TOTAL)
+                    .increment(1);
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -416,8 +418,9 @@ pub async fn run_transactional<T: Transactional>(
         let result = process_in_transaction(&consumer, &producer, &batch, handler, &shutdown).await;
         match result {
             Ok(()) => {
-                metrics::counter!("omnigate_kafka_consumed_total").increment(batch.len() as u64);
-                metrics::counter!("omnigate_kafka_transactions_total", "outcome" => "committed")
+                metrics::counter!(omnigate_core::telemetry::metric::KAFKA_CONSUMED_TOTAL)
+                    .increment(batch.len() as u64);
+                metrics::counter!(omnigate_core::telemetry::metric::KAFKA_TRANSACTIONS_TOTAL, "outcome" => "committed")
                     .increment(1);
             }
             Err(err) if is_fatal(&err) => {
@@ -425,7 +428,7 @@ pub async fn run_transactional<T: Transactional>(
                 return Err(err);
             }
             Err(err) => {
-                metrics::counter!("omnigate_kafka_transactions_total", "outcome" => "aborted")
+                metrics::counter!(omnigate_core::telemetry::metric::KAFKA_TRANSACTIONS_TOTAL, "outcome" => "aborted")
                     .increment(1);
                 tracing::warn!(error = %err, records = batch.len(), "Kafka transaction aborted; processing the batch again");
                 if let Err(abort) = producer.abort().await

@@ -58,8 +58,8 @@ impl PerTopic {
             .map(|topic| Self {
                 name: topic.name(&config.topic_prefix),
                 protobuf: protobuf.contains(topic.suffix()),
-                produced: metrics::counter!("omnigate_kafka_produced_total", "topic" => topic.suffix()),
-                duration: metrics::histogram!("omnigate_kafka_produce_duration_seconds", "topic" => topic.suffix()),
+                produced: metrics::counter!(omnigate_core::telemetry::metric::KAFKA_PRODUCED_TOTAL, "topic" => topic.suffix()),
+                duration: metrics::histogram!(omnigate_core::telemetry::metric::KAFKA_PRODUCE_DURATION_SECONDS, "topic" => topic.suffix()),
             })
             .collect()
     }
@@ -300,7 +300,7 @@ impl Publish for KafkaPublisher {
         let (key, value, ce) = self.encode(topic, record);
         let started = Instant::now();
         let fail = |kind: ErrorKind, message: String| {
-            metrics::counter!("omnigate_kafka_produce_errors_total", "topic" => topic.suffix(), "kind" => format!("{kind:?}").to_lowercase()).increment(1);
+            metrics::counter!(omnigate_core::telemetry::metric::KAFKA_PRODUCE_ERRORS_TOTAL, "topic" => topic.suffix(), "kind" => format!("{kind:?}").to_lowercase()).increment(1);
             PublishError {
                 kind,
                 topic: name.to_string(),

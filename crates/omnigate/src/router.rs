@@ -178,12 +178,12 @@ async fn reload_rules(router: Router, path: &Path, shutdown: CancellationToken) 
         match load_rules(path) {
             Ok(rules) => {
                 router.replace_rules(rules);
-                metrics::counter!("omnigate_router_rule_reloads_total", "outcome" => "ok")
+                metrics::counter!(omnigate_core::telemetry::metric::ROUTER_RULE_RELOADS_TOTAL, "outcome" => "ok")
                     .increment(1);
                 tracing::info!(file = %path.display(), "Routing rules reloaded");
             }
             Err(err) => {
-                metrics::counter!("omnigate_router_rule_reloads_total", "outcome" => "rejected")
+                metrics::counter!(omnigate_core::telemetry::metric::ROUTER_RULE_RELOADS_TOTAL, "outcome" => "rejected")
                     .increment(1);
                 tracing::error!(
                     error = format!("{err:#}"),

@@ -133,7 +133,7 @@ async fn write_conversations(pool: AnyPool, mut queue: mpsc::UnboundedReceiver<P
         }
         let rows: Vec<Vec<SqlValue<'_>>> =
             latest.into_values().map(ConversationRow::values).collect();
-        metrics::histogram!("omnigate_router_conversation_write_batch_size")
+        metrics::histogram!(omnigate_core::telemetry::metric::ROUTER_CONVERSATION_WRITE_BATCH_SIZE)
             .record(rows.len() as f64);
         let result = save_rows(&pool, &rows).await.map_err(|e| e.to_string());
         for pending in batch.drain(..) {

@@ -157,7 +157,7 @@ impl Router {
             self.settings,
         );
         if decision.outcome == Outcome::Duplicate {
-            metrics::counter!("omnigate_router_events_total", "outcome" => "duplicate")
+            metrics::counter!(omnigate_core::telemetry::metric::ROUTER_EVENTS_TOTAL, "outcome" => "duplicate")
                 .increment(1);
             return Ok(Box::pin(async {}));
         }
@@ -219,7 +219,7 @@ impl Router {
         if let Ok(mut state) = self.state.lock() {
             state.insert(key, assignment);
         }
-        metrics::counter!("omnigate_router_events_total", "outcome" => outcome_label).increment(1);
+        metrics::counter!(omnigate_core::telemetry::metric::ROUTER_EVENTS_TOTAL, "outcome" => outcome_label).increment(1);
         let (publisher, contacts) = (self.publisher.clone(), self.contacts());
         Ok(Box::pin(async move {
             // The SQL copy only feeds continuity and the API, so it is written beside the
@@ -242,7 +242,7 @@ impl Router {
 
     async fn dead_letter(&self, record: &ConsumedRecord, reason: &str) -> Result<(), HandlerError> {
         let letter = record.dead_letter("/omnigate/router", reason);
-        metrics::counter!("omnigate_router_events_total", "outcome" => "dead_lettered")
+        metrics::counter!(omnigate_core::telemetry::metric::ROUTER_EVENTS_TOTAL, "outcome" => "dead_lettered")
             .increment(1);
         self.publisher
             .publish(Topic::Deadletter, Outgoing::DeadLetter(Box::new(letter)))

@@ -145,14 +145,18 @@ struct Meters {
 
 impl Meters {
     fn register() -> Self {
-        let attempts = |outcome: &'static str| metrics::counter!("omnigate_webhook_attempts_total", "outcome" => outcome);
+        let attempts = |outcome: &'static str| metrics::counter!(omnigate_core::telemetry::metric::WEBHOOK_ATTEMPTS_TOTAL, "outcome" => outcome);
         Self {
-            created: metrics::counter!("omnigate_webhook_deliveries_created_total"),
+            created: metrics::counter!(
+                omnigate_core::telemetry::metric::WEBHOOK_DELIVERIES_CREATED_TOTAL
+            ),
             delivered: attempts("delivered"),
             retry: attempts("retry"),
             failed: attempts("failed"),
             gone: attempts("gone"),
-            attempt_duration: metrics::histogram!("omnigate_webhook_attempt_duration_seconds"),
+            attempt_duration: metrics::histogram!(
+                omnigate_core::telemetry::metric::WEBHOOK_ATTEMPT_DURATION_SECONDS
+            ),
         }
     }
 }
@@ -348,7 +352,8 @@ impl Inner {
                     .push(endpoint);
             }
         }
-        metrics::gauge!("omnigate_webhook_endpoints").set(endpoints.by_id.len() as f64);
+        metrics::gauge!(omnigate_core::telemetry::metric::WEBHOOK_ENDPOINTS)
+            .set(endpoints.by_id.len() as f64);
         if let Ok(mut current) = self.endpoints.write() {
             *current = Arc::new(endpoints);
         }
@@ -632,7 +637,8 @@ impl Inner {
             }
         }
         tracing::warn!(endpoint = %endpoint.id, reason, "Webhook endpoint disabled");
-        metrics::counter!("omnigate_webhook_endpoints_disabled_total").increment(1);
+        metrics::counter!(omnigate_core::telemetry::metric::WEBHOOK_ENDPOINTS_DISABLED_TOTAL)
+            .increment(1);
         if let Err(err) = self.refresh().await {
             tracing::warn!(error = %err, "Endpoints not re-read");
         }
@@ -721,14 +727,19 @@ async fn write_loop(
         loop {
             match store.write(&writes, now_ms()).await {
                 Ok(()) => {
-                    metrics::histogram!("omnigate_webhook_store_write_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::histogram!("omnigate_webhook_store_write_batch_size")
-                        .record(received as f64);
+                    metrics::histogram!(
+                        omnigate_core::telemetry::metric::WEBHOOK_STORE_WRITE_SECONDS
+                    )
+                    .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!(
+                        omnigate_core::telemetry::metric::WEBHOOK_STORE_WRITE_BATCH_SIZE
+                    )
+                    .record(received as f64);
                     break;
                 }
                 Err(err) => {
-                    metrics::counter!("omnigate_webhook_store_errors_total").increment(1);
+                    metrics::counter!(omnigate_core::telemetry::metric::WEBHOOK_STORE_ERRORS_TOTAL)
+                        .increment(1);
                     tracing::warn!(error = %err, "Webhook store write failed; retrying");
                     if shutdown.is_cancelled() {
                         return; // unstored messages are consumed again; outcomes retried after their lease
@@ -811,7 +822,8 @@ async fn poll_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
                 }
             }
             Err(err) => {
-                metrics::counter!("omnigate_webhook_store_errors_total").increment(1);
+                metrics::counter!(omnigate_core::telemetry::metric::WEBHOOK_STORE_ERRORS_TOTAL)
+                    .increment(1);
                 tracing::warn!(error = %err, "Due deliveries not read");
             }
         }

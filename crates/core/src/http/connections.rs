@@ -69,7 +69,7 @@ impl Deadline {
 
 /// Counts a connection or request cut by `deadline` (`omnigate_http_deadline_cuts_total`).
 pub fn count_cut(deadline: Deadline) {
-    metrics::counter!("omnigate_http_deadline_cuts_total", "deadline" => deadline.label())
+    metrics::counter!(crate::telemetry::metric::HTTP_DEADLINE_CUTS_TOTAL, "deadline" => deadline.label())
         .increment(1);
 }
 
@@ -120,7 +120,7 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
-    let gauge = metrics::gauge!("omnigate_http_connections_open", "listener" => limits.listener);
+    let gauge = metrics::gauge!(crate::telemetry::metric::HTTP_CONNECTIONS_OPEN, "listener" => limits.listener);
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -250,7 +250,7 @@ impl Slot {
     ) -> Option<Self> {
         let refuse = |cap: &'static str| {
             metrics::counter!(
-                "omnigate_http_connections_refused_total",
+                crate::telemetry::metric::HTTP_CONNECTIONS_REFUSED_TOTAL,
                 "listener" => limits.listener,
                 "cap" => cap
             )
