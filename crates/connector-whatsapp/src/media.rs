@@ -11,10 +11,10 @@ use crate::{
     normalize::{envelope, sha256_hex},
 };
 use omnigate_core::blob::content_key;
+use omnigate_core::retry::{Schedule, pause};
 use omnigate_model::{EventType, pb};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
-use std::time::Duration;
 
 impl Whatsapp {
     /// Stores every pending attachment of `event` and publishes one update per attachment.
@@ -97,21 +97,18 @@ impl Whatsapp {
         phone_number_id: &str,
         token: &str,
     ) -> Result<pb::BlobRef, GraphError> {
-        let delays = &self.inner.config.media_retry_delays_ms;
-        let mut attempt = 0;
+        let mut schedule = Schedule::millis(&self.inner.config.media_retry_delays_ms);
         loop {
-            match self.download_once(attachment, phone_number_id, token).await {
+            let err = match self.download_once(attachment, phone_number_id, token).await {
                 Ok(blob) => return Ok(blob),
-                Err(err) if err.is_retriable() && attempt < delays.len() => {
-                    let delay = Duration::from_millis(delays[attempt]);
-                    attempt += 1;
-                    tracing::info!(media_id = %attachment.provider_media_id, error = %err, attempt, "Media download failed; retrying");
-                    tokio::select! {
-                        () = self.inner.ctx.shutdown.cancelled() => return Err(err),
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-                Err(err) => return Err(err),
+                Err(err) => err,
+            };
+            let Some(delay) = schedule.next_delay().filter(|_| err.is_retriable()) else {
+                return Err(err);
+            };
+            tracing::info!(media_id = %attachment.provider_media_id, error = %err, attempt = schedule.attempts(), "Media download failed; retrying");
+            if !pause(delay, &self.inner.ctx.shutdown).await {
+                return Err(err);
             }
         }
     }

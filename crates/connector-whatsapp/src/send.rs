@@ -7,6 +7,7 @@ use crate::{
     normalize::{SERVICE_WINDOW, envelope},
 };
 use chrono::{DateTime, Utc};
+use omnigate_core::retry::Schedule;
 use omnigate_model::{EventType, conversation_key, datetime, pb, timestamp};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -212,24 +213,18 @@ impl Whatsapp {
         let body = self
             .graph_body(command, content, phone_number_id, token)
             .await?;
-        let delays = &self.inner.config.send_retry_delays_ms;
-        let mut attempt = 0;
+        let mut schedule = Schedule::millis(&self.inner.config.send_retry_delays_ms);
         loop {
-            match self.inner.graph.send(phone_number_id, token, &body).await {
-                Ok(wamid) => {
-                    return Ok(if wamid.is_empty() {
-                        command.reply_to_provider_id.clone()
-                    } else {
-                        wamid
-                    });
-                }
-                Err(err) if err.is_retriable() && attempt < delays.len() => {
-                    tracing::info!(command_id = %command.command_id, error = %err, attempt, "Send failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(delays[attempt])).await;
-                    attempt += 1;
-                }
-                Err(err) => return Err(err.into()),
-            }
+            let err = match self.inner.graph.send(phone_number_id, token, &body).await {
+                Ok(wamid) if wamid.is_empty() => return Ok(command.reply_to_provider_id.clone()),
+                Ok(wamid) => return Ok(wamid),
+                Err(err) => err,
+            };
+            let Some(delay) = schedule.next_delay().filter(|_| err.is_retriable()) else {
+                return Err(err.into());
+            };
+            tracing::info!(command_id = %command.command_id, error = %err, attempt = schedule.attempts(), "Send failed; retrying");
+            tokio::time::sleep(delay).await;
         }
     }
 

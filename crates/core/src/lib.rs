@@ -16,6 +16,7 @@ pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod publish;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -6,6 +6,7 @@ pub use omnigate_core::consume::{
     Completion, ConsumedRecord, DecodeError, HandlerError, RecordHeaders, Transactional,
 };
 use omnigate_core::publish::Topic;
+use omnigate_core::retry::Backoff;
 use rdkafka::{
     Message,
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -13,6 +14,11 @@ use rdkafka::{
     message::Headers,
 };
 use std::{future::Future, sync::Arc, time::Duration};
+
+/// The first pause before a record whose handler failed retriably is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest pause between tries of one record.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 use tokio_util::sync::CancellationToken;
 
 /// Creates a consumer in group `<topic_prefix><group>` subscribed to `topics`, ready
@@ -82,7 +88,7 @@ where
             }
         };
         let record = copy(&message);
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         loop {
             match handler(record.clone()).await {
                 Ok(()) => break,
@@ -91,12 +97,10 @@ where
                     break;
                 }
                 Err(HandlerError::Retriable(reason)) => {
-                    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, retry_in_ms = backoff.as_millis() as u64, "Retrying record");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break 'records,
-                        () = tokio::time::sleep(backoff) => {}
+                    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "Retrying record");
+                    if !backoff.sleep_unless(&shutdown).await {
+                        break 'records;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
         }
@@ -312,7 +316,7 @@ where
     H: FnMut(Arc<ConsumedRecord>) -> F,
     F: Future<Output = Result<Completion, HandlerError>>,
 {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
     loop {
         if shutdown.is_cancelled() {
             return None;
@@ -325,11 +329,9 @@ where
             }
             Err(HandlerError::Retriable(reason)) => {
                 tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "Retrying record");
-                tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(backoff) => {}
+                if !backoff.sleep_unless(shutdown).await {
+                    return None;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }
@@ -461,7 +463,8 @@ async fn process_in_transaction<T: Transactional>(
     producer.begin()?;
     let mut completions = Vec::with_capacity(batch.len());
     for record in batch {
-        let mut backoff = Duration::from_millis(100);
+        // Shorter than elsewhere: the transaction stays open meanwhile.
+        let mut backoff = Backoff::new(RETRY_FIRST, Duration::from_secs(5));
         loop {
             match handler.handle(record).await {
                 Ok(completion) => {
@@ -473,12 +476,10 @@ async fn process_in_transaction<T: Transactional>(
                     break;
                 }
                 Err(HandlerError::Retriable(reason)) => {
-                    if shutdown.is_cancelled() {
+                    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "Retrying record");
+                    if !backoff.sleep_unless(shutdown).await {
                         return Err(KafkaError::Canceled);
                     }
-                    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "Retrying record");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -258,11 +258,13 @@ where
     E: std::fmt::Display,
     F: Future<Output = Result<T, E>>,
 {
-    let mut backoff = std::time::Duration::from_millis(100);
+    let mut backoff = omnigate_core::retry::Backoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(10),
+    );
     while let Err(err) = attempt().await {
         tracing::warn!(error = %err, "{what}; retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+        backoff.sleep().await;
     }
 }
 

@@ -722,7 +722,8 @@ async fn write_loop(
                 Write::Defer(id, at) => writes.deferred.push((id, at)),
             }
         }
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff =
+            omnigate_core::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let started = std::time::Instant::now();
         loop {
             match store.write(&writes, now_ms()).await {
@@ -741,11 +742,10 @@ async fn write_loop(
                     metrics::counter!(omnigate_core::telemetry::metric::WEBHOOK_STORE_ERRORS_TOTAL)
                         .increment(1);
                     tracing::warn!(error = %err, "Webhook store write failed; retrying");
-                    if shutdown.is_cancelled() {
-                        return; // unstored messages are consumed again; outcomes retried after their lease
+                    // Unstored messages are consumed again; outcomes retried after their lease.
+                    if !backoff.sleep_unless(&shutdown).await {
+                        return;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
