@@ -149,6 +149,17 @@ impl ConfigSource {
         Self { figment }
     }
 
+    /// A configuration of `defaults` (the shipped `config/default.toml`, say) with
+    /// `toml` over it, for tests.
+    pub fn from_toml(defaults: &str, toml: &str) -> Self {
+        use figment::providers::{Format, Toml};
+        Self::new(
+            figment::Figment::new()
+                .merge(Toml::string(defaults))
+                .merge(Toml::string(toml)),
+        )
+    }
+
     /// Table `name` as `T` (`config/default.toml`, embedded in the binary, gives every
     /// connector's table its defaults). Errors carry the full key
     /// (`whatsapp.channels.demo.app_secret`).
@@ -156,6 +167,24 @@ impl ConfigSource {
         self.figment
             .extract_inner(name)
             .map_err(|err| crate::config::from_figment(err, name))
+    }
+}
+
+/// A [`Subscribe`] that consumes nothing: its consumers only wait for shutdown. For
+/// unit tests of connectors, whose consumers are tested end to end against Kafka.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdleSubscriber;
+
+impl Subscribe for IdleSubscriber {
+    fn consume(
+        &self,
+        _group: &str,
+        _topic: Topic,
+        _background: bool,
+        _handler: RecordHandler,
+        shutdown: CancellationToken,
+    ) -> Result<BoxFuture<'static, ()>, ConnectorError> {
+        Ok(Box::pin(async move { shutdown.cancelled().await }))
     }
 }
 

@@ -172,3 +172,73 @@ impl Publisher {
         futures::future::try_join_all(sends).await
     }
 }
+
+/// A [`Publish`] that keeps records in memory, for unit tests of connectors and
+/// handlers without a broker: it can fail the next publishes, or hold every publish
+/// until released (to see that nothing answers before the acknowledgement).
+#[derive(Clone, Default)]
+pub struct MemoryPublisher {
+    state: Arc<std::sync::Mutex<MemoryState>>,
+    gate: Arc<std::sync::OnceLock<Arc<tokio::sync::Semaphore>>>,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    records: Vec<(Topic, Outgoing)>,
+    failures: std::collections::VecDeque<ErrorKind>,
+}
+
+impl MemoryPublisher {
+    /// Everything acknowledged so far, in order.
+    pub fn records(&self) -> Vec<(Topic, Outgoing)> {
+        self.lock().records.clone()
+    }
+
+    /// The next `times` publishes fail with `kind`.
+    pub fn fail_next(&self, kind: ErrorKind, times: usize) {
+        self.lock()
+            .failures
+            .extend(std::iter::repeat_n(kind, times));
+    }
+
+    /// From now on every publish waits for a [`MemoryPublisher::release`].
+    pub fn hold(&self) {
+        let _ = self.gate.set(Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Lets `n` held publishes through.
+    pub fn release(&self, n: usize) {
+        if let Some(gate) = self.gate.get() {
+            gate.add_permits(n);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Publish for MemoryPublisher {
+    async fn publish(&self, topic: Topic, record: &Outgoing) -> Result<Delivered, PublishError> {
+        if let Some(gate) = self.gate.get() {
+            // A closed semaphore is never made here; a failed acquire only lets it through.
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
+        }
+        let mut state = self.lock();
+        if let Some(kind) = state.failures.pop_front() {
+            return Err(PublishError {
+                kind,
+                topic: topic.suffix().to_string(),
+                message: format!("memory publisher told to fail ({kind:?})"),
+            });
+        }
+        state.records.push((topic, record.clone()));
+        Ok(Delivered {
+            partition: 0,
+            offset: state.records.len() as i64 - 1,
+        })
+    }
+}
