@@ -740,3 +740,72 @@ async fn limits_metrics_and_graceful_shutdown() {
         unique.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_into_a_conversation_finds_its_channel_and_recipient() {
+    let (fake, graph) = start_fake().await;
+    let gateway = gateway("wa-reply", &graph).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let inbound = text_from("16505551234", "wamid.CONV1", now - 30, "is it in stock?");
+    assert_eq!(
+        post_signed(&gateway, &inbound, b"demo-app-secret")
+            .await
+            .status(),
+        200
+    );
+    // The helpdesk knows the conversation by the id the router gave it.
+    let routed = read_topic(
+        &brokers(),
+        &format!("{}routed.v1", gateway.prefix),
+        2,
+        Duration::from_secs(30),
+    );
+    let conversation_id = routed
+        .iter()
+        .map(record_json)
+        .find_map(|e| e["routing"]["conversationId"].as_str().map(String::from))
+        .expect("a routed message with a conversation id");
+    let reply = |id: &str, body: Value| {
+        let url = format!("{}/v1/conversations/{id}/messages", gateway.url);
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth("omnigate-dev-key")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let accepted = reply(&conversation_id, json!({"text": "Yes, 3 left."})).await;
+    assert_eq!(accepted.status(), 202, "{}", gateway.log());
+    let missing = reply("no-such-conversation", json!({"text": "hi"})).await;
+    assert_eq!(missing.status(), 404);
+    let addressed = reply(&conversation_id, json!({"to": "1", "text": "hi"})).await;
+    assert_eq!(
+        addressed.status(),
+        422,
+        "the conversation picks the recipient"
+    );
+
+    let started = std::time::Instant::now();
+    loop {
+        let sends = fake.lock().unwrap().sends.clone();
+        if let Some(send) = sends.iter().find(|s| s["text"]["body"] == "Yes, 3 left.") {
+            assert_eq!(
+                send["to"], "16505551234",
+                "to the customer of that conversation"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the reply never reached the Graph API; sends {sends:?}; log:\n{}",
+            gateway.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -24,6 +24,7 @@ use omnigate_core::{
     ConfigError,
     connector::{
         ChannelInfo, ConfigSource, Connector, ConnectorContext, ConnectorError, ConnectorKind,
+        ReplyAddress,
     },
     consume::HandlerError,
     publish::Topic,
@@ -122,6 +123,23 @@ impl Connector for WhatsappConnector {
                 tenant: channel.tenant.clone(),
             })
             .collect()
+    }
+
+    fn reply_address(&self, conversation_key: &str) -> Option<ReplyAddress> {
+        // whatsapp:{phone_number_id}:{wa_id}
+        let (phone_number_id, wa_id) = conversation_key
+            .strip_prefix("whatsapp:")?
+            .split_once(':')?;
+        let (channel_id, _) = self
+            .config
+            .channels
+            .iter()
+            .find(|(_, channel)| channel.phone_number_id == phone_number_id)?;
+        Some(ReplyAddress {
+            channel_id: channel_id.clone(),
+            kind: pb::ChannelKind::Whatsapp,
+            to: wa_id.to_string(),
+        })
     }
 
     async fn start(&self, ctx: ConnectorContext) -> Result<axum::Router, ConnectorError> {

@@ -27,6 +27,8 @@
 //!      takes the send commands of its own channel kind with
 //!      [`Subscriber::commands_for`]), pollers, retries. Everything stops when
 //!      `ctx.shutdown` fires;
+//!    - [`Connector::reply_address`]: the channel and recipient of a reply into one of
+//!      its conversations, from the conversation key it made;
 //!    - [`Connector::health`]: each channel's state, shown in `/readyz`'s detail.
 //! 5. **Telemetry** through [`crate::telemetry::ChannelMetrics`]: the same metric names
 //!    for every channel (`omnigate_channel_events_total{kind, channel, outcome}` and
@@ -59,6 +61,17 @@ pub struct ChannelInfo {
     pub kind: pb::ChannelKind,
     /// The tenant the channel belongs to.
     pub tenant: String,
+}
+
+/// Where a reply into a conversation is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyAddress {
+    /// The channel id.
+    pub channel_id: String,
+    /// The channel kind.
+    pub kind: pb::ChannelKind,
+    /// The recipient's address on that channel (a wa_id, an email address, ...).
+    pub to: String,
 }
 
 /// A channel's state, for `/readyz`'s detail and the metrics.
@@ -118,6 +131,14 @@ pub trait Connector: Send + Sync + 'static {
     /// Starts background work on `ctx.tasks` and returns the HTTP routes to mount on
     /// the shared listener (absolute paths; none for a pull connector).
     async fn start(&self, ctx: ConnectorContext) -> Result<axum::Router, ConnectorError>;
+
+    /// Where a reply into the conversation keyed `conversation_key` goes: the channel
+    /// and the recipient's address, when the key is one of this connector's. This is
+    /// how `POST /v1/conversations/{id}/messages` picks channel and recipient.
+    fn reply_address(&self, conversation_key: &str) -> Option<ReplyAddress> {
+        let _ = conversation_key;
+        None
+    }
 
     /// Each channel's state, by channel id. The default: all working.
     fn health(&self) -> Vec<(String, ChannelState)> {

@@ -11,6 +11,7 @@ use axum::{
 use omnigate_core::{
     api_error::{ApiError, ErrorBody},
     auth::{ApiKeys, Tenant, require_api_key},
+    connector::Connector,
     publish::{Outgoing, Publisher, Topic},
 };
 use omnigate_model::pb;
@@ -26,6 +27,8 @@ pub struct ApiState {
     pub channels: Arc<HashMap<String, pb::ChannelKind>>,
     /// The router's shared store of conversations.
     pub contacts: Arc<ContactStore>,
+    /// Every configured connector, to find where a reply into a conversation goes.
+    pub connectors: Arc<Vec<Arc<dyn Connector>>>,
 }
 
 /// The `/v1` routes behind the API-key middleware, and `/openapi.json` in front of it.
@@ -37,6 +40,10 @@ pub fn routes(
     let v1 = Router::new()
         .route("/v1/messages", post(send_message))
         .route("/v1/conversations/{id}", get(conversation))
+        .route(
+            "/v1/conversations/{id}/messages",
+            post(reply_in_conversation),
+        )
         .with_state(state)
         .merge(omnigate_webhooks::api::routes(webhooks))
         .layer(middleware::from_fn_with_state(keys, require_api_key));
@@ -54,7 +61,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "Omnigate API", description = "Send replies, look up conversations, and manage outbound webhooks. Every /v1 path takes `Authorization: Bearer <API key>`."),
-    paths(send_message, conversation),
+    paths(send_message, reply_in_conversation, conversation),
     components(schemas(ErrorBody, ConversationView)),
     modifiers(&BearerAuth),
     security(("api_key" = [])),
@@ -87,8 +94,59 @@ async fn send_message(
     Extension(Tenant(tenant)): Extension<Tenant>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let mut command: pb::SendCommand = serde_json::from_slice(&body)
+    let command: pb::SendCommand = serde_json::from_slice(&body)
         .map_err(|e| ApiError::unprocessable(format!("body is not a send command: {e}")))?;
+    accept(&state, tenant, command).await
+}
+
+/// `POST /v1/conversations/{id}/messages`: a reply into a conversation by the id on
+/// `omnigate.routed.v1`; Omnigate picks the channel and the recipient's address.
+#[utoipa::path(post, path = "/v1/conversations/{id}/messages", tag = "messages", params(("id" = String, Path, description = "Conversation id, as in `routing.conversationId`")),
+    request_body(content = serde_json::Value, description = "The content of a SendCommand in canonical JSON: one of `text`, `media`, `template`, `markRead`; optional `replyToProviderId` and `idempotencyKey`. `channel` and `to` come from the conversation."),
+    responses((status = 202, description = "Accepted: `{\"commandId\": …}`", body = serde_json::Value),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn reply_in_conversation(
+    State(state): State<ApiState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let mut command: pb::SendCommand = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::unprocessable(format!("body is not a message: {e}")))?;
+    if command.channel.is_some() || !command.to.is_empty() {
+        return Err(ApiError::unprocessable(
+            "`channel` and `to` come from the conversation; leave them out (or use POST /v1/messages)",
+        ));
+    }
+    let conversation = lookup(&state, &tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such conversation"))?;
+    let address = state
+        .connectors
+        .iter()
+        .find_map(|c| c.reply_address(&conversation.conversation_key))
+        .ok_or_else(|| {
+            ApiError::unprocessable(format!(
+                "no configured channel can reply into conversation key `{}`",
+                conversation.conversation_key
+            ))
+        })?;
+    command.channel = Some(pb::Channel {
+        kind: address.kind as i32,
+        channel_id: address.channel_id,
+        address: String::new(),
+    });
+    command.to = address.to;
+    accept(&state, tenant, command).await
+}
+
+/// Checks a send command, fills in its tenant, kind and id, and puts it on
+/// `omnigate.outbound.v1`.
+async fn accept(
+    state: &ApiState,
+    tenant: String,
+    mut command: pb::SendCommand,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let channel = command
         .channel
         .as_mut()
@@ -135,17 +193,22 @@ async fn conversation(
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<ConversationView>, ApiError> {
-    let view = state
-        .contacts
-        .conversation(&tenant, &id)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "Conversation lookup failed");
-            ApiError::unavailable(
-                "the conversation store is unavailable",
-                std::time::Duration::from_secs(5),
-            )
-        })?;
-    view.map(Json)
+    lookup(&state, &tenant, &id)
+        .await?
+        .map(Json)
         .ok_or_else(|| ApiError::not_found("no such conversation"))
+}
+
+async fn lookup(
+    state: &ApiState,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<ConversationView>, ApiError> {
+    state.contacts.conversation(tenant, id).await.map_err(|e| {
+        tracing::error!(error = %e, "Conversation lookup failed");
+        ApiError::unavailable(
+            "the conversation store is unavailable",
+            std::time::Duration::from_secs(5),
+        )
+    })
 }

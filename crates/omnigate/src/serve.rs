@@ -132,6 +132,13 @@ pub async fn serve(config: Config, roles: Vec<String>) -> anyhow::Result<()> {
             .map(|(_, channel)| (channel.id, channel.kind))
             .collect();
         let state = api::ApiState {
+            connectors: Arc::new(
+                config
+                    .connectors
+                    .iter()
+                    .map(|(_, c)| Arc::clone(c))
+                    .collect(),
+            ),
             publisher: publisher.clone(),
             channels: Arc::new(channels),
             contacts,
