@@ -112,11 +112,33 @@ fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
         Some("private")
     } else if first == 0x2001 && ip.segments()[1] == 0x0db8 {
         Some("reserved")
-    } else if let Some(v4) = ip.to_ipv4() {
-        // IPv4-compatible and NAT64 forms still reach an IPv4 host: judge that host.
+    } else if let Some(v4) = embedded_v4(ip) {
+        // IPv4-compatible, NAT64 and 6to4 addresses still reach an IPv4 host (through
+        // a translator or relay): judge that host.
         v4_kind(v4).map(|_| "IPv4-embedding")
+    } else if ip.segments()[..3] == [0x64, 0xff9b, 0x0001] {
+        // 64:ff9b:1::/48, NAT64 for local networks (RFC 8215): never a public endpoint.
+        Some("private")
     } else {
         None
+    }
+}
+
+/// The IPv4 host an IPv6 address reaches: `::a.b.c.d` (IPv4-compatible),
+/// `64:ff9b::a.b.c.d` (NAT64, RFC 6052) or `2002:aabb:ccdd::/48` (6to4, RFC 3056).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let v4 = |high: u16, low: u16| {
+        let [a, b] = high.to_be_bytes();
+        let [c, d] = low.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some(v4(s[6], s[7]))
+    } else if s[0] == 0x2002 {
+        Some(v4(s[1], s[2]))
+    } else {
+        ip.to_ipv4()
     }
 }
 
@@ -194,6 +216,13 @@ mod tests {
             ("::ffff:127.0.0.1", "loopback"),
             ("::ffff:10.0.0.1", "private"),
             ("::127.0.0.1", "IPv4-embedding"),
+            ("64:ff9b::127.0.0.1", "IPv4-embedding"),
+            ("64:ff9b::a9fe:a9fe", "IPv4-embedding"),
+            ("64:ff9b::10.0.0.1", "IPv4-embedding"),
+            ("64:ff9b:1::1", "private"),
+            ("2002:7f00:1::1", "IPv4-embedding"),
+            ("2002:c0a8:101::1", "IPv4-embedding"),
+            ("2002:a9fe:a9fe::", "IPv4-embedding"),
         ] {
             assert_eq!(refused(&policy, ip), Some(kind), "{ip}");
         }
@@ -203,6 +232,8 @@ mod tests {
             "8.8.8.8",
             "2606:4700::1111",
             "::ffff:1.1.1.1",
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
         ] {
             assert_eq!(refused(&policy, public), None, "{public}");
         }
