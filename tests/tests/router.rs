@@ -665,3 +665,52 @@ async fn a_fenced_transactional_router_stops_its_process() {
         first.log()
     );
 }
+
+/// The router restores its state by reading the assignments topic to the end offsets
+/// it takes at start, however slowly the broker answers: with every request taking
+/// 800 ms (longer than any quiet spell a reader might wait for), a restarted router
+/// still knows every conversation before it routes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_restored_to_the_end_from_a_slow_broker() {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let prefix = "omnigate.";
+    for topic in Topic::ALL {
+        mock.create_topic(&topic.name(prefix), 3, 1).unwrap();
+    }
+    let keys = 40;
+    let config = omnigate_e2e::kafka_config(&brokers, prefix);
+    let publisher = omnigate_core::publish::Publisher::new(
+        omnigate_kafka::KafkaPublisher::new(&config).unwrap(),
+    );
+    for event in stream(keys, 1) {
+        publisher.event(Topic::Inbound, event).await.unwrap();
+    }
+    let first = Gateway::start_roles(&brokers, prefix, &["router"], "", None, &[]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while first.metric_sum("omnigate_kafka_consumed_total").await < keys as f64 {
+        assert!(std::time::Instant::now() < deadline, "{}", first.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the last assignments be acknowledged, then stop it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dir = first.kill_keep_dir();
+
+    mock.broker_round_trip_time(1, Duration::from_millis(800))
+        .unwrap();
+    let second = Gateway::start_roles(&brokers, prefix, &["router"], "", Some(dir), &[]).await;
+    // The log file holds both processes' lines: the restarted one's come last.
+    let loaded = second
+        .log()
+        .lines()
+        .filter(|l| l.contains("Router state loaded"))
+        .last()
+        .unwrap_or("")
+        .to_string();
+    println!("slow broker (800 ms per request): {loaded}");
+    assert!(
+        loaded.contains(&format!("conversations={keys}")),
+        "every conversation restored: {loaded}\n{}",
+        second.log()
+    );
+}
