@@ -56,11 +56,9 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 
 /// While any clone of it lives, a SQLite database's write-ahead log is copied back
 /// into the database file (a passive checkpoint) every 100 ms, on a connection of its
-/// own. Run by the writer at a commit, the same work held that commit and every write
-/// queued behind it: in `make bench` the webhook dispatcher delivered 24,054 and
-/// 24,101 events/s with the writer checkpointing, 26,844 and 28,382/s with no
-/// checkpoint at all. A passive checkpoint never waits for the writer, nor the writer
-/// for it. For PostgreSQL and in-memory SQLite it does nothing.
+/// own. Run by the writer at a commit, the same work would hold that commit and every
+/// write queued behind it. A passive checkpoint never waits for the writer, nor the
+/// writer for it. For PostgreSQL and in-memory SQLite it does nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Checkpointer {
     /// Dropped with the last clone, which ends the checkpoint task.
@@ -172,8 +170,8 @@ impl OnConflict<'_> {
 /// On SQLite the values are bound as anonymous `?` parameters of multi-row `VALUES`
 /// statements. Numbered `$N` parameters cost sqlx a scan of the statement's parameter
 /// names per value (time growing with their count squared), and passing the rows as
-/// one JSON parameter made SQLite parse every row's JSON again for each column: 30-43%
-/// of the SQLite thread's samples in `make bench`. On PostgreSQL, a network away, the rows go
+/// one JSON parameter makes SQLite parse every row's JSON again for each column. On
+/// PostgreSQL, a network away, the rows go
 /// as one JSON parameter read by `jsonb_array_elements`: one round trip per call.
 pub async fn insert_rows(
     conn: &mut sqlx::AnyConnection,

@@ -12,11 +12,10 @@ use config::Config;
 use std::{future::Future, path::PathBuf, process::ExitCode, time::Duration};
 
 // jemalloc, unprefixed, replaces malloc for the whole process, librdkafka's C code
-// included. glibc's malloc spent about a quarter of the gateway's CPU in arena locks and
-// consolidation, because librdkafka's threads free what tokio's threads allocated (and
-// the other way round); jemalloc's per-thread caches cut CPU per ingested request
-// from 66-69 us to 55-56 us in `make bench`. A Rust-only allocator did not help: the
-// C side kept glibc.
+// included: librdkafka's threads free what tokio's threads allocated (and the other way
+// round), which glibc's malloc pays for in arena locks and consolidation, and
+// jemalloc's per-thread caches do not. A Rust-only allocator would leave the C side on
+// glibc.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -107,10 +107,9 @@ const MAX_SAVE_BATCH: usize = 1_000;
 /// How long the conversation writer waits for more rows after the first of a batch.
 const SAVE_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// Writes queued conversation rows, all that are waiting, in one statement. One
-/// statement per conversation cost a transaction and two thread hand-offs to sqlx's
-/// SQLite worker each; batching them took the router from 42 us to 40 us of CPU per
-/// event in `make bench`.
+/// Writes queued conversation rows, all that are waiting, in one statement: one
+/// statement per conversation would cost a transaction and two thread hand-offs to
+/// sqlx's SQLite worker each.
 async fn write_conversations(pool: AnyPool, mut queue: mpsc::UnboundedReceiver<PendingSave>) {
     let mut batch = Vec::with_capacity(MAX_SAVE_BATCH);
     while queue.recv_many(&mut batch, MAX_SAVE_BATCH).await > 0 {

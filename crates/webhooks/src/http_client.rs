@@ -2,14 +2,13 @@
 //! a total timeout and a capped response body.
 //!
 //! Deliveries go out over hyper's HTTP/1.1 connections, kept alive in a small pool of
-//! our own, rather than through reqwest. On the development machine reqwest cost
-//! about 30 us more CPU per request (its tower layers clone each request for a
-//! possible retry and redirect, and convert the URL again on every send), which was a
-//! third of the dispatcher's CPU per delivery. hyper-util's pooled client, used next,
-//! still built and moved a connect future of several kilobytes for every request,
-//! raced it against its pool, and spawned a task per request to return the connection:
-//! 10% of the dispatcher's samples. The endpoint's URL and fixed headers are prepared
-//! once per endpoint ([`Target`]), not once per attempt.
+//! our own, rather than through reqwest or hyper-util's pooled client: reqwest's tower
+//! layers clone each request for a possible retry and redirect and convert the URL
+//! again on every send; hyper-util's client builds and moves a connect future of
+//! several kilobytes for every request, races it against its pool, and spawns a task
+//! per request to return the connection. At tens of thousands of deliveries a second
+//! both cost more than the delivery itself. The endpoint's URL and fixed headers are
+//! prepared once per endpoint ([`Target`]), not once per attempt.
 
 use crate::{
     retry::{AttemptEnd, parse_retry_after},
