@@ -49,6 +49,8 @@ pub fn kafka_config(brokers: &str, prefix: &str) -> KafkaConfig {
         probe_interval_ms: 500,
         fetch_wait_max_ms: 500,
         background_fetch_wait_max_ms: 500,
+        fetch_min_bytes: 1,
+        background_fetch_min_bytes: 262_144,
         instance_id: String::new(),
         protobuf_topics: vec![],
         properties: BTreeMap::new(),

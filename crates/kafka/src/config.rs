@@ -39,6 +39,17 @@ pub struct KafkaConfig {
     /// downloads and send commands, and the router's follower of other instances'
     /// state. Default 500.
     pub background_fetch_wait_max_ms: u64,
+    /// Least data a consumer's fetch waits for at the broker (up to its fetch wait),
+    /// in bytes. Default 1: a record is handed over as soon as it arrives.
+    #[serde(default = "one_byte")]
+    pub fetch_min_bytes: u32,
+    /// `fetch_min_bytes` of the consumers off the main path. Default 262144: Kafka
+    /// answers a fetch the moment data arrives, so a consumer that follows a busy
+    /// topic record by record (the WhatsApp media consumer follows every inbound
+    /// event) would cost the broker and the gateway a fetch per record; waiting for
+    /// 256 KiB (or `background_fetch_wait_max_ms`) takes them in batches.
+    #[serde(default = "background_min_bytes")]
+    pub background_fetch_min_bytes: u32,
     /// A stable id of this instance (e.g. the pod name) for static consumer-group
     /// membership: a restarted instance takes its partitions back at once instead of
     /// waiting for the group to notice the old one is gone. Empty: dynamic membership.
@@ -52,6 +63,14 @@ pub struct KafkaConfig {
     /// Values are treated as secrets and never logged.
     #[serde(default)]
     pub properties: BTreeMap<String, SecretString>,
+}
+
+fn one_byte() -> u32 {
+    1
+}
+
+fn background_min_bytes() -> u32 {
+    262_144
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -71,6 +90,8 @@ impl std::fmt::Debug for KafkaConfig {
                 "background_fetch_wait_max_ms",
                 &self.background_fetch_wait_max_ms,
             )
+            .field("fetch_min_bytes", &self.fetch_min_bytes)
+            .field("background_fetch_min_bytes", &self.background_fetch_min_bytes)
             .field("instance_id", &self.instance_id)
             .field("protobuf_topics", &self.protobuf_topics)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
@@ -137,6 +158,7 @@ impl KafkaConfig {
     pub fn for_background(&self) -> Self {
         Self {
             fetch_wait_max_ms: self.background_fetch_wait_max_ms,
+            fetch_min_bytes: self.background_fetch_min_bytes,
             ..self.clone()
         }
     }
@@ -182,6 +204,8 @@ mod tests {
             probe_interval_ms: 2000,
             fetch_wait_max_ms: 10,
             background_fetch_wait_max_ms: 100,
+            fetch_min_bytes: 1,
+            background_fetch_min_bytes: 4096,
             instance_id: String::new(),
             protobuf_topics: Vec::new(),
             properties: BTreeMap::new(),
@@ -189,11 +213,13 @@ mod tests {
         let background = config.for_background();
         assert_eq!(background.fetch_wait_max_ms, 100);
         assert_eq!(background.background_fetch_wait_max_ms, 100);
+        assert_eq!(background.fetch_min_bytes, 4096);
         assert_eq!(
             format!(
                 "{:?}",
                 KafkaConfig {
                     fetch_wait_max_ms: 10,
+                    fetch_min_bytes: 1,
                     ..background
                 }
             ),

@@ -46,6 +46,7 @@ pub fn subscribe(
         // How often an idle consumer asks; a broker that answers only when this runs
         // out would add it to every delivery (see `fetch_wait_max_ms`).
         .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
+        .set("fetch.min.bytes", config.fetch_min_bytes.to_string())
         // Bounds how long a rebalance waits for a member that died without leaving.
         .set("max.poll.interval.ms", "30000")
         .create()?;

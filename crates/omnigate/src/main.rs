@@ -6,6 +6,7 @@ mod connectors;
 mod router;
 mod serve;
 mod tools;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 use config::Config;

@@ -8,10 +8,10 @@ use omnigate_core::{
     connector::{ConnectorContext, Subscriber},
     health::Health,
     http::{self, connections},
-    publish::{Publisher, Topic},
+    publish::Publisher,
     shutdown, telemetry,
 };
-use omnigate_kafka::{KafkaPublisher, KafkaSubscriber, admin, consumer};
+use omnigate_kafka::{KafkaPublisher, KafkaSubscriber, admin};
 use omnigate_model::pb;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio_util::task::TaskTracker;
@@ -81,30 +81,15 @@ pub async fn serve(config: Config, roles: Vec<String>) -> anyhow::Result<()> {
         None
     };
     if let (true, Some(store)) = (has(&roles, "webhooks"), &webhook_store) {
-        let dispatcher = omnigate_webhooks::Dispatcher::start(
-            config.webhooks.clone(),
+        crate::webhooks::start(
+            &config,
             store.clone(),
             publisher.clone(),
             Arc::clone(&webhook_changes),
             &tasks,
             &shutdown,
         )
-        .await
-        .context("cannot start the webhook dispatcher")?;
-        let consumer =
-            consumer::subscribe(&config.kafka, &config.webhooks.group_id, &[Topic::Routed])
-                .context("cannot start the Kafka consumer for webhooks")?;
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let result = consumer::run_pipelined(consumer, shutdown, 4096, 1, move |record| {
-                let dispatcher = dispatcher.clone();
-                async move { dispatcher.handle(&record).await }
-            })
-            .await;
-            if let Err(err) = result {
-                tracing::error!(error = %err, "Webhook consumer stopped");
-            }
-        });
+        .await?;
     }
     let router = if has(&roles, "router") {
         Some(crate::router::start(&config, publisher.clone(), &tasks, &shutdown).await?)
