@@ -33,11 +33,11 @@ pub struct KafkaConfig {
     pub probe_interval_ms: u64,
     /// Longest a consumer's fetch waits at the broker when nothing new is there, in
     /// milliseconds. Kafka answers as soon as a record arrives, so this only sets how
-    /// often an idle consumer asks. Default 500.
+    /// often an idle consumer asks. Default 5000.
     pub fetch_wait_max_ms: u64,
     /// `fetch_wait_max_ms` of the consumers off the main path: WhatsApp media
     /// downloads and send commands, and the router's follower of other instances'
-    /// state. Default 500.
+    /// state. Default 5000.
     pub background_fetch_wait_max_ms: u64,
     /// Least data a consumer's fetch waits for at the broker (up to its fetch wait),
     /// in bytes. Default 1: a record is handed over as soon as it arrives.
