@@ -90,9 +90,6 @@ transaction.state.log.num.partitions=10
 group.initial.rebalance.delay.ms=0
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
-# A single node has no followers to keep in step: the controller's no-op metadata
-# record every 500 ms only costs an idle broker CPU.
-metadata.max.idle.interval.ms=10000
 EOF
 }
 

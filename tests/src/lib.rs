@@ -50,7 +50,7 @@ pub fn kafka_config(brokers: &str, prefix: &str) -> KafkaConfig {
         fetch_wait_max_ms: 5000,
         background_fetch_wait_max_ms: 5000,
         fetch_min_bytes: 1,
-        background_fetch_min_bytes: 262_144,
+        background_fetch_min_bytes: 1,
         instance_id: String::new(),
         protobuf_topics: vec![],
         properties: BTreeMap::new(),
@@ -359,4 +359,33 @@ pub async fn publish_events(
     for event in events {
         publisher.event(topic, event).await.unwrap();
     }
+}
+
+/// The demo WhatsApp channel every gateway test configures (tenant `acme`).
+pub const DEMO_CHANNEL: &str = r#"
+[whatsapp.channels.demo]
+tenant = "acme"
+phone_number_id = "106540352242922"
+verify_token = "demo-verify-token"
+app_secret = "demo-app-secret"
+access_token = "demo-access-token"
+"#;
+
+/// A WhatsApp text message webhook for the demo channel, with message id `wamid`.
+pub fn whatsapp_text(wamid: &str) -> String {
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550783881","phone_number_id":"106540352242922"}},"contacts":[{{"profile":{{"name":"Ada"}},"wa_id":"16505551234"}}],"messages":[{{"from":"16505551234","id":"{wamid}","timestamp":"1749416383","type":"text","text":{{"body":"Hello!"}}}}]}}}}]}}]}}"#
+    )
+}
+
+/// An rdkafka MockCluster of one broker with every contract topic under `prefix`
+/// (3 partitions), for fault injection: broker down, slow, erroring.
+pub fn mock_cluster(
+    prefix: &str,
+) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for topic in omnigate_core::publish::Topic::ALL {
+        mock.create_topic(&topic.name(prefix), 3, 1).unwrap();
+    }
+    mock
 }

@@ -8,18 +8,9 @@ use omnigate_core::publish::{ErrorKind, Publish, Topic};
 use omnigate_e2e::{Gateway, kafka_config};
 use omnigate_kafka::KafkaPublisher;
 use omnigate_model::pb;
-use rdkafka::mocking::MockCluster;
 use std::time::{Duration, Instant};
 
 const PREFIX: &str = "omnigate.";
-
-fn mock_with_topics() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
-    let mock = MockCluster::new(1).unwrap();
-    for topic in Topic::ALL {
-        mock.create_topic(&topic.name(PREFIX), 3, 1).unwrap();
-    }
-    mock
-}
 
 fn event() -> pb::Event {
     pb::Event {
@@ -32,7 +23,7 @@ fn event() -> pb::Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_fails_retriably_within_the_bounded_wait() {
-    let mock = mock_with_topics();
+    let mock = omnigate_e2e::mock_cluster(PREFIX);
     let mut config = kafka_config(&mock.bootstrap_servers(), PREFIX);
     config.message_timeout_ms = 2000;
     let publisher = KafkaPublisher::new(&config).unwrap();
@@ -73,7 +64,7 @@ async fn publish_fails_retriably_within_the_bounded_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_and_webhooks_follow_the_broker() {
-    let mock = mock_with_topics();
+    let mock = omnigate_e2e::mock_cluster(PREFIX);
     let gateway = Gateway::start(
         &mock.bootstrap_servers(),
         PREFIX,

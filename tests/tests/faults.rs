@@ -5,30 +5,15 @@
 
 use base64::Engine as _;
 use omnigate_connector_whatsapp::verify::sign;
-use omnigate_e2e::{Gateway, brokers, json, read_topic, unique_prefix};
+use omnigate_e2e::{
+    DEMO_CHANNEL, Gateway, brokers, json, mock_cluster, read_topic, unique_prefix, whatsapp_text,
+};
 use std::{
     collections::{HashMap, HashSet},
     io::{Read as _, Write as _},
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
-
-const PNID: &str = "106540352242922";
-const CHANNEL: &str = r#"
-[whatsapp.channels.demo]
-tenant = "acme"
-phone_number_id = "106540352242922"
-verify_token = "demo-verify-token"
-app_secret = "demo-app-secret"
-access_token = "demo-access-token"
-"#;
-
-/// A WhatsApp text message webhook with message id `wamid`.
-fn message(wamid: &str) -> String {
-    format!(
-        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550783881","phone_number_id":"{PNID}"}},"contacts":[{{"profile":{{"name":"Ada"}},"wa_id":"16505551234"}}],"messages":[{{"from":"16505551234","id":"{wamid}","timestamp":"1749416383","type":"text","text":{{"body":"Hello!"}}}}]}}}}]}}]}}"#
-    )
-}
 
 async fn post(
     url: &str,
@@ -78,7 +63,7 @@ async fn hostile_input_gets_the_right_status_and_loses_nothing() {
         &brokers(),
         &prefix,
         &["api", "whatsapp"],
-        CHANNEL,
+        DEMO_CHANNEL,
         None,
         &[],
     )
@@ -87,7 +72,7 @@ async fn hostile_input_gets_the_right_status_and_loses_nothing() {
     let wa = "/webhooks/whatsapp/demo";
     let key = ("authorization", "Bearer omnigate-dev-key".to_string());
 
-    let valid = message("wamid.valid").into_bytes();
+    let valid = whatsapp_text("wamid.valid").into_bytes();
     let truncated = valid[..valid.len() / 2].to_vec();
     let invalid_utf8 = [
         b"{\"object\":\"whatsapp_business_account\",\"entry\":[\"".as_slice(),
@@ -307,7 +292,8 @@ async fn hostile_input_gets_the_right_status_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_killed_mid_flood_loses_no_acknowledged_message() {
     let prefix = unique_prefix("faults-kill");
-    let first = Gateway::start_roles(&brokers(), &prefix, &["whatsapp"], CHANNEL, None, &[]).await;
+    let first =
+        Gateway::start_roles(&brokers(), &prefix, &["whatsapp"], DEMO_CHANNEL, None, &[]).await;
     first
         .wait_for("/readyz", 200, Duration::from_secs(30))
         .await;
@@ -326,7 +312,7 @@ async fn gateway_killed_mid_flood_loses_no_acknowledged_message() {
                     .unwrap();
                 for n in 0..per_client {
                     let wamid = format!("wamid.c{c}n{n}");
-                    let body = message(&wamid);
+                    let body = whatsapp_text(&wamid);
                     // Like Meta: retry until a 2xx.
                     loop {
                         assert!(Instant::now() < deadline, "{wamid} never acknowledged");
@@ -364,8 +350,15 @@ async fn gateway_killed_mid_flood_loses_no_acknowledged_message() {
     }
     let dir = first.kill_keep_dir();
     let acked_at_kill = acked.lock().unwrap().len();
-    let second =
-        Gateway::start_roles(&brokers(), &prefix, &["whatsapp"], CHANNEL, Some(dir), &[]).await;
+    let second = Gateway::start_roles(
+        &brokers(),
+        &prefix,
+        &["whatsapp"],
+        DEMO_CHANNEL,
+        Some(dir),
+        &[],
+    )
+    .await;
     *url.write().unwrap() = second.url.clone();
     for task in tasks {
         task.await.unwrap();
@@ -417,18 +410,15 @@ async fn gateway_killed_mid_flood_loses_no_acknowledged_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_and_erroring_broker_never_hangs_a_webhook() {
     use omnigate_core::publish::Topic;
-    use rdkafka::{mocking::MockCluster, types::RDKafkaApiKey, types::RDKafkaRespErr};
-    let mock = MockCluster::new(1).unwrap();
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let prefix = "omnigate.";
-    for topic in Topic::ALL {
-        mock.create_topic(&topic.name(prefix), 3, 1).unwrap();
-    }
+    let mock = mock_cluster(prefix);
     // The test config bounds the wait for an acknowledgement at 3 s (message_timeout_ms).
     let gateway = Gateway::start_roles(
         &mock.bootstrap_servers(),
         prefix,
         &["whatsapp"],
-        CHANNEL,
+        DEMO_CHANNEL,
         None,
         &[],
     )
@@ -439,7 +429,7 @@ async fn a_slow_and_erroring_broker_never_hangs_a_webhook() {
     let send = |n: usize| {
         let (url, body) = (
             gateway.url.clone(),
-            message(&format!("wamid.slow{n}")).into_bytes(),
+            whatsapp_text(&format!("wamid.slow{n}")).into_bytes(),
         );
         async move {
             let started = Instant::now();
@@ -491,7 +481,7 @@ async fn a_slow_and_erroring_broker_never_hangs_a_webhook() {
         Duration::from_secs(20),
     )
     .unwrap();
-    let refused_body = message("wamid.slow3");
+    let refused_body = whatsapp_text("wamid.slow3");
     let letter = letters
         .iter()
         .map(json)
@@ -519,14 +509,11 @@ async fn a_slow_and_erroring_broker_never_hangs_a_webhook() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_outage_during_a_flood_loses_no_acknowledged_message() {
     use omnigate_core::publish::Topic;
-    use rdkafka::mocking::MockCluster;
-    let mock = MockCluster::new(1).unwrap();
     let prefix = "omnigate.";
-    for topic in Topic::ALL {
-        mock.create_topic(&topic.name(prefix), 3, 1).unwrap();
-    }
+    let mock = mock_cluster(prefix);
     let brokers = mock.bootstrap_servers();
-    let gateway = Gateway::start_roles(&brokers, prefix, &["whatsapp"], CHANNEL, None, &[]).await;
+    let gateway =
+        Gateway::start_roles(&brokers, prefix, &["whatsapp"], DEMO_CHANNEL, None, &[]).await;
     gateway
         .wait_for("/readyz", 200, Duration::from_secs(30))
         .await;
@@ -547,7 +534,7 @@ async fn a_broker_outage_during_a_flood_loses_no_acknowledged_message() {
                 let client = reqwest::Client::new();
                 for n in 0..per_client {
                     let wamid = format!("wamid.o{c}n{n}");
-                    let body = message(&wamid);
+                    let body = whatsapp_text(&wamid);
                     loop {
                         assert!(Instant::now() < deadline, "{wamid} never acknowledged");
                         let answer = client

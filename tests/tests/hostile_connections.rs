@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use omnigate_connector_whatsapp::verify::sign;
-use omnigate_e2e::{Gateway, brokers, free_port, read_topic, unique_prefix};
+use omnigate_e2e::{DEMO_CHANNEL, Gateway, brokers, free_port, read_topic, unique_prefix};
 use serde_json::json;
 use std::{
     net::{IpAddr, SocketAddr},
@@ -23,15 +23,6 @@ const PNID: &str = "106540352242922";
 const HEADER_TIMEOUT_MS: u64 = 1500;
 const BODY_TIMEOUT_MS: u64 = 1500;
 const IDLE_TIMEOUT_MS: u64 = 2000;
-
-const CHANNEL: &str = r#"
-[whatsapp.channels.demo]
-tenant = "acme"
-phone_number_id = "106540352242922"
-verify_token = "demo-verify-token"
-app_secret = "demo-app-secret"
-access_token = "demo-access-token"
-"#;
 
 /// A gateway with the api, whatsapp and router roles and these caps and deadlines.
 async fn gateway(test: &str, max_connections: usize, per_client: usize, admin: u16) -> Gateway {
@@ -65,7 +56,7 @@ async fn gateway(test: &str, max_connections: usize, per_client: usize, admin: u
         &brokers(),
         &unique_prefix(test),
         &["api", "whatsapp", "router"],
-        CHANNEL,
+        DEMO_CHANNEL,
         None,
         &env,
     )

@@ -703,8 +703,7 @@ async fn state_is_restored_to_the_end_from_a_slow_broker() {
     let loaded = second
         .log()
         .lines()
-        .filter(|l| l.contains("Router state loaded"))
-        .last()
+        .rfind(|l| l.contains("Router state loaded"))
         .unwrap_or("")
         .to_string();
     println!("slow broker (800 ms per request): {loaded}");

@@ -7,27 +7,19 @@
 
 use omnigate_connector_whatsapp::verify::sign;
 use omnigate_core::publish::Topic;
-use omnigate_e2e::{Gateway, free_port, json, unique_prefix};
+use omnigate_e2e::{
+    DEMO_CHANNEL, Gateway, free_port, json, mock_cluster, unique_prefix, whatsapp_text,
+};
 use std::{
     collections::HashSet,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-const PNID: &str = "106540352242922";
 // Requests wait for Kafka longer than the grace period: at the deadline they are
 // still in flight, so the shutdown abandons them and must say so.
 const GRACE_MS: u64 = 1000;
 const FLUSH_MS: u64 = 4000;
-
-const CHANNEL: &str = r#"
-[whatsapp.channels.demo]
-tenant = "acme"
-phone_number_id = "106540352242922"
-verify_token = "demo-verify-token"
-app_secret = "demo-app-secret"
-access_token = "demo-access-token"
-"#;
 
 /// The shutdown budget's settings, as environment.
 fn budget(grace_ms: u64, flush_ms: u64) -> [(&'static str, String); 2] {
@@ -37,14 +29,8 @@ fn budget(grace_ms: u64, flush_ms: u64) -> [(&'static str, String); 2] {
     ]
 }
 
-fn message(wamid: &str) -> String {
-    format!(
-        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550783881","phone_number_id":"{PNID}"}},"contacts":[{{"profile":{{"name":"Ada"}},"wa_id":"16505551234"}}],"messages":[{{"from":"16505551234","id":"{wamid}","timestamp":"1749416383","type":"text","text":{{"body":"Hello!"}}}}]}}}}]}}]}}"#
-    )
-}
-
 async fn post(url: &str, wamid: &str) -> Option<u16> {
-    let body = message(wamid);
+    let body = whatsapp_text(wamid);
     reqwest::Client::new()
         .post(format!("{url}/webhooks/whatsapp/demo"))
         .header("content-type", "application/json")
@@ -127,6 +113,31 @@ fn unclean_reason(gateway: &Gateway) -> String {
         .to_string()
 }
 
+/// With the broker gone: requests in flight, then SIGTERM. The process must exit within
+/// the budget, say that work was abandoned, and never have answered 200 for it.
+async fn terminate_with_requests_in_flight(gateway: &mut Gateway, case: &str) {
+    let in_flight = requests_in_flight(gateway, 5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (took, code) = terminate(gateway, bound() + Duration::from_secs(10));
+    let answers: Vec<Option<u16>> = futures::future::join_all(in_flight)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    println!(
+        "{case}: SIGTERM to exit {took:?} (bound {:?}), exit code {code:?}, in-flight answers {answers:?}; {}",
+        bound(),
+        unclean_reason(gateway)
+    );
+    assert!(code.is_some(), "exited; log:\n{}", gateway.log());
+    assert!(took <= bound(), "{took:?}; log:\n{}", gateway.log());
+    assert_ne!(code, Some(0), "work was abandoned: the exit says so");
+    assert!(
+        answers.iter().all(|a| *a != Some(200)),
+        "nothing unacknowledged was answered 200: {answers:?}"
+    );
+}
+
 /// The longest a shutdown may take: grace, flush, and the budget's margin.
 fn bound() -> Duration {
     Duration::from_millis(GRACE_MS + FLUSH_MS + 2000)
@@ -134,19 +145,15 @@ fn bound() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_mock_broker_down_exits_within_the_budget() {
-    use rdkafka::mocking::MockCluster;
-    let mock = MockCluster::new(1).unwrap();
     let prefix = "omnigate.";
-    for topic in Topic::ALL {
-        mock.create_topic(&topic.name(prefix), 3, 1).unwrap();
-    }
+    let mock = mock_cluster(prefix);
     let brokers = mock.bootstrap_servers();
     let roles = ["whatsapp", "router", "webhooks", "api"];
     let mut gateway = Gateway::start_roles(
         &brokers,
         prefix,
         &roles,
-        CHANNEL,
+        DEMO_CHANNEL,
         None,
         &budget(GRACE_MS, FLUSH_MS),
     )
@@ -157,30 +164,12 @@ async fn sigterm_with_the_mock_broker_down_exits_within_the_budget() {
     let acked = acknowledged(&gateway, "mock", 20).await;
 
     mock.broker_down(1).unwrap();
-    let in_flight = requests_in_flight(&gateway, 5);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (took, code) = terminate(&mut gateway, bound() + Duration::from_secs(10));
-    let answers: Vec<Option<u16>> = futures::future::join_all(in_flight)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    println!(
-        "mock broker down: SIGTERM to exit {took:?} (bound {:?}), exit code {code:?}, in-flight answers {answers:?}; {}",
-        bound(),
-        unclean_reason(&gateway)
-    );
-    assert!(code.is_some(), "exited; log:\n{}", gateway.log());
-    assert!(took <= bound(), "{took:?}; log:\n{}", gateway.log());
-    assert_ne!(code, Some(0), "work was abandoned: the exit says so");
-    assert!(
-        answers.iter().all(|a| *a != Some(200)),
-        "nothing unacknowledged was answered 200: {answers:?}"
-    );
+    terminate_with_requests_in_flight(&mut gateway, "mock broker down").await;
 
     mock.broker_up(1).unwrap();
     let dir = gateway.kill_keep_dir();
-    let restarted = Gateway::start_roles(&brokers, prefix, &roles, CHANNEL, Some(dir), &[]).await;
+    let restarted =
+        Gateway::start_roles(&brokers, prefix, &roles, DEMO_CHANNEL, Some(dir), &[]).await;
     restarted
         .wait_for("/readyz", 200, Duration::from_secs(30))
         .await;
@@ -252,7 +241,7 @@ async fn sigterm_with_the_real_broker_stopped_exits_within_the_budget() {
         &brokers,
         &prefix,
         &roles,
-        CHANNEL,
+        DEMO_CHANNEL,
         None,
         &budget(GRACE_MS, FLUSH_MS),
     )
@@ -263,27 +252,12 @@ async fn sigterm_with_the_real_broker_stopped_exits_within_the_budget() {
     let acked = acknowledged(&gateway, "real", 20).await;
 
     let data = broker.kill();
-    let in_flight = requests_in_flight(&gateway, 5);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (took, code) = terminate(&mut gateway, bound() + Duration::from_secs(10));
-    let answers: Vec<Option<u16>> = futures::future::join_all(in_flight)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    println!(
-        "real broker stopped: SIGTERM to exit {took:?} (bound {:?}), exit code {code:?}, in-flight answers {answers:?}; {}",
-        bound(),
-        unclean_reason(&gateway)
-    );
-    assert!(code.is_some(), "exited; log:\n{}", gateway.log());
-    assert!(took <= bound(), "{took:?}; log:\n{}", gateway.log());
-    assert_ne!(code, Some(0), "work was abandoned: the exit says so");
-    assert!(answers.iter().all(|a| *a != Some(200)), "{answers:?}");
+    terminate_with_requests_in_flight(&mut gateway, "real broker stopped").await;
 
     let broker = ScratchBroker::start(port, data);
     let dir = gateway.kill_keep_dir();
-    let restarted = Gateway::start_roles(&brokers, &prefix, &roles, CHANNEL, Some(dir), &[]).await;
+    let restarted =
+        Gateway::start_roles(&brokers, &prefix, &roles, DEMO_CHANNEL, Some(dir), &[]).await;
     restarted
         .wait_for("/readyz", 200, Duration::from_secs(60))
         .await;
@@ -298,19 +272,15 @@ async fn sigterm_with_the_real_broker_stopped_exits_within_the_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_during_a_slow_shutdown_exits_at_once() {
-    use rdkafka::mocking::MockCluster;
-    let mock = MockCluster::new(1).unwrap();
     let prefix = "omnigate.";
-    for topic in Topic::ALL {
-        mock.create_topic(&topic.name(prefix), 3, 1).unwrap();
-    }
+    let mock = mock_cluster(prefix);
     let brokers = mock.bootstrap_servers();
     // A long budget: only the second signal can end this shutdown quickly.
     let mut gateway = Gateway::start_roles(
         &brokers,
         prefix,
         &["whatsapp", "router"],
-        CHANNEL,
+        DEMO_CHANNEL,
         None,
         &budget(30_000, 30_000),
     )

@@ -54,9 +54,6 @@ pub async fn connect(url: &str) -> Result<AnyPool, sqlx::Error> {
 /// How often a [`Checkpointer`] copies SQLite's write-ahead log into the database.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The longest pause between checkpoints of a database nobody writes to.
-const CHECKPOINT_IDLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// While any clone of it lives, a SQLite database's write-ahead log is copied back
 /// into the database file (a passive checkpoint) every 100 ms, on a connection of its
 /// own. Run by the writer at a commit, the same work would hold that commit and every
@@ -85,28 +82,19 @@ impl Checkpointer {
 
 async fn checkpoint_loop(pool: AnyPool, mut stopped: tokio::sync::oneshot::Receiver<()>) {
     let seconds = metrics::histogram!(crate::telemetry::metric::SQLITE_CHECKPOINT_SECONDS);
-    let mut pause = CHECKPOINT_INTERVAL;
+    let mut every = tokio::time::interval(CHECKPOINT_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut stopped => break,
-            () = tokio::time::sleep(pause) => {}
+            _ = every.tick() => {}
         }
         let started = std::time::Instant::now();
-        // The second column is how many WAL pages there were to copy.
-        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&pool)
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
             .await
         {
-            Ok((_, pages, _)) => {
-                seconds.record(started.elapsed().as_secs_f64());
-                // An idle database is looked at less and less often, so an idle
-                // process does not wake ten times a second for nothing.
-                pause = if pages > 0 {
-                    CHECKPOINT_INTERVAL
-                } else {
-                    (pause * 2).min(CHECKPOINT_IDLE_INTERVAL)
-                };
-            }
+            Ok(_) => seconds.record(started.elapsed().as_secs_f64()),
             Err(err) => {
                 // The writer's own checkpoints (the backstop) go on meanwhile.
                 metrics::counter!(crate::telemetry::metric::SQLITE_CHECKPOINT_ERRORS_TOTAL)

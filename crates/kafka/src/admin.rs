@@ -96,6 +96,7 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<Vec<String>, Bootstra
         .collect();
     if still_missing.is_empty() {
         tracing::info!(topics = ?created, "Created missing Kafka topics");
+        wait_until_visible(&admin, config, &created).await;
         return Ok(created);
     }
     let mut instructions: Vec<String> = still_missing
@@ -119,6 +120,42 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<Vec<String>, Bootstra
     Err(BootstrapError::Missing {
         instructions: instructions.join("\n"),
     })
+}
+
+/// Waits (up to 10 s) until new topics have a leader for every partition in the
+/// metadata. A consumer that subscribes to a topic the broker does not report yet is
+/// told it does not exist and looks again only at its next metadata refresh.
+async fn wait_until_visible(
+    admin: &Arc<AdminClient<DefaultClientContext>>,
+    config: &KafkaConfig,
+    names: &[String],
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let (admin, names, expected) = (Arc::clone(admin), names.to_vec(), config.partitions);
+        let visible = tokio::task::spawn_blocking(move || {
+            names.iter().all(|name| {
+                admin
+                    .inner()
+                    .fetch_metadata(Some(name), Timeout::After(Duration::from_secs(2)))
+                    .is_ok_and(|metadata| {
+                        metadata.topics().iter().any(|t| {
+                            t.name() == name
+                                && t.error().is_none()
+                                && t.partitions().len() >= expected as usize
+                                && t.partitions().iter().all(|p| p.leader() >= 0)
+                        })
+                    })
+            })
+        })
+        .await
+        .unwrap_or(false);
+        if visible {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!(topics = ?names, "New topics not in the broker's metadata after 10 s");
 }
 
 async fn existing_topics(

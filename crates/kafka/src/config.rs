@@ -43,11 +43,10 @@ pub struct KafkaConfig {
     /// in bytes. Default 1: a record is handed over as soon as it arrives.
     #[serde(default = "one_byte")]
     pub fetch_min_bytes: u32,
-    /// `fetch_min_bytes` of the consumers off the main path. Default 262144: Kafka
-    /// answers a fetch the moment data arrives, so a consumer that follows a busy
-    /// topic record by record (the WhatsApp media consumer follows every inbound
-    /// event) would cost the broker and the gateway a fetch per record; waiting for
-    /// 256 KiB (or `background_fetch_wait_max_ms`) takes them in batches.
+    /// `fetch_min_bytes` of the consumers off the main path. Default 1. Raising it
+    /// batches what a consumer that follows a busy topic record by record (the
+    /// WhatsApp media consumer follows every inbound event) fetches, at the price of
+    /// waiting up to `background_fetch_wait_max_ms` when traffic is light.
     #[serde(default = "background_min_bytes")]
     pub background_fetch_min_bytes: u32,
     /// A stable id of this instance (e.g. the pod name) for static consumer-group
@@ -70,7 +69,7 @@ fn one_byte() -> u32 {
 }
 
 fn background_min_bytes() -> u32 {
-    262_144
+    1
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -91,7 +90,10 @@ impl std::fmt::Debug for KafkaConfig {
                 &self.background_fetch_wait_max_ms,
             )
             .field("fetch_min_bytes", &self.fetch_min_bytes)
-            .field("background_fetch_min_bytes", &self.background_fetch_min_bytes)
+            .field(
+                "background_fetch_min_bytes",
+                &self.background_fetch_min_bytes,
+            )
             .field("instance_id", &self.instance_id)
             .field("protobuf_topics", &self.protobuf_topics)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())

@@ -47,6 +47,9 @@ pub fn subscribe(
         // out would add it to every delivery (see `fetch_wait_max_ms`).
         .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
         .set("fetch.min.bytes", config.fetch_min_bytes.to_string())
+        // A topic subscribed to before the broker reported it is looked for again
+        // within seconds, not at librdkafka's five-minute metadata refresh.
+        .set("topic.metadata.refresh.interval.ms", "10000")
         // Bounds how long a rebalance waits for a member that died without leaving.
         .set("max.poll.interval.ms", "30000")
         .create()?;
