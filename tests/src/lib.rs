@@ -389,3 +389,20 @@ pub fn mock_cluster(
     }
     mock
 }
+
+/// POSTs `body` to the demo WhatsApp channel of the gateway at `url`, signed with the
+/// demo app secret, through `client`.
+pub async fn post_whatsapp(
+    client: &reqwest::Client,
+    url: &str,
+    body: String,
+) -> reqwest::Result<reqwest::Response> {
+    let signature = omnigate_connector_whatsapp::verify::sign(b"demo-app-secret", body.as_bytes());
+    client
+        .post(format!("{url}/webhooks/whatsapp/demo"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await
+}

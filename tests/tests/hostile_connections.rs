@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use omnigate_connector_whatsapp::verify::sign;
-use omnigate_e2e::{DEMO_CHANNEL, Gateway, brokers, free_port, read_topic, unique_prefix};
+use omnigate_e2e::{
+    DEMO_CHANNEL, Gateway, brokers, free_port, post_whatsapp, read_topic, unique_prefix,
+};
 use serde_json::json;
 use std::{
     net::{IpAddr, SocketAddr},
@@ -185,16 +187,7 @@ async fn half_sent_heads_are_closed_and_others_are_served_meanwhile() {
         tries += 1;
         let wamid = format!("wamid.during-attack-{tries}");
         let body = text_message(&wamid);
-        let post = provider
-            .post(format!("{}/webhooks/whatsapp/demo", gateway.url))
-            .header("content-type", "application/json")
-            .header(
-                "x-hub-signature-256",
-                sign(b"demo-app-secret", body.as_bytes()),
-            )
-            .body(body)
-            .send()
-            .await;
+        let post = post_whatsapp(&provider, &gateway.url, body).await;
         if post.is_ok_and(|r| r.status() == 200) {
             answered += 1;
             wamids.push(wamid);

@@ -5,10 +5,10 @@
 //! signal exits at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use omnigate_connector_whatsapp::verify::sign;
 use omnigate_core::publish::Topic;
 use omnigate_e2e::{
-    DEMO_CHANNEL, Gateway, free_port, json, mock_cluster, unique_prefix, whatsapp_text,
+    DEMO_CHANNEL, Gateway, free_port, json, mock_cluster, post_whatsapp, unique_prefix,
+    whatsapp_text,
 };
 use std::{
     collections::HashSet,
@@ -30,19 +30,27 @@ fn budget(grace_ms: u64, flush_ms: u64) -> [(&'static str, String); 2] {
 }
 
 async fn post(url: &str, wamid: &str) -> Option<u16> {
-    let body = whatsapp_text(wamid);
-    reqwest::Client::new()
-        .post(format!("{url}/webhooks/whatsapp/demo"))
-        .header("content-type", "application/json")
-        .header(
-            "x-hub-signature-256",
-            sign(b"demo-app-secret", body.as_bytes()),
-        )
-        .body(body)
-        .send()
+    post_whatsapp(&reqwest::Client::new(), url, whatsapp_text(wamid))
         .await
         .ok()
         .map(|r| r.status().as_u16())
+}
+
+/// A gateway with `roles` and the test's shutdown budget, ready.
+async fn start(brokers: &str, prefix: &str, roles: &[&str]) -> Gateway {
+    let gateway = Gateway::start_roles(
+        brokers,
+        prefix,
+        roles,
+        DEMO_CHANNEL,
+        None,
+        &budget(GRACE_MS, FLUSH_MS),
+    )
+    .await;
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(60))
+        .await;
+    gateway
 }
 
 /// Posts `n` messages that must be acknowledged; returns their ids.
@@ -149,18 +157,7 @@ async fn sigterm_with_the_mock_broker_down_exits_within_the_budget() {
     let mock = mock_cluster(prefix);
     let brokers = mock.bootstrap_servers();
     let roles = ["whatsapp", "router", "webhooks", "api"];
-    let mut gateway = Gateway::start_roles(
-        &brokers,
-        prefix,
-        &roles,
-        DEMO_CHANNEL,
-        None,
-        &budget(GRACE_MS, FLUSH_MS),
-    )
-    .await;
-    gateway
-        .wait_for("/readyz", 200, Duration::from_secs(30))
-        .await;
+    let mut gateway = start(&brokers, prefix, &roles).await;
     let acked = acknowledged(&gateway, "mock", 20).await;
 
     mock.broker_down(1).unwrap();
@@ -237,18 +234,7 @@ async fn sigterm_with_the_real_broker_stopped_exits_within_the_budget() {
     let brokers = broker.brokers();
     let prefix = unique_prefix("shutdown-real");
     let roles = ["whatsapp", "router"];
-    let mut gateway = Gateway::start_roles(
-        &brokers,
-        &prefix,
-        &roles,
-        DEMO_CHANNEL,
-        None,
-        &budget(GRACE_MS, FLUSH_MS),
-    )
-    .await;
-    gateway
-        .wait_for("/readyz", 200, Duration::from_secs(60))
-        .await;
+    let mut gateway = start(&brokers, &prefix, &roles).await;
     let acked = acknowledged(&gateway, "real", 20).await;
 
     let data = broker.kill();
