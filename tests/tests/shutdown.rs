@@ -36,13 +36,14 @@ async fn post(url: &str, wamid: &str) -> Option<u16> {
         .map(|r| r.status().as_u16())
 }
 
-/// A gateway with `roles` and the test's shutdown budget, ready.
-async fn start(brokers: &str, prefix: &str, roles: &[&str]) -> Gateway {
+/// A gateway with `roles`, the demo channel, `extra` config and the test's shutdown
+/// budget, ready.
+async fn start(brokers: &str, prefix: &str, roles: &[&str], extra: &str) -> Gateway {
     let gateway = Gateway::start_roles(
         brokers,
         prefix,
         roles,
-        DEMO_CHANNEL,
+        &format!("{DEMO_CHANNEL}\n{extra}"),
         None,
         &budget(GRACE_MS, FLUSH_MS),
     )
@@ -157,8 +158,49 @@ async fn sigterm_with_the_mock_broker_down_exits_within_the_budget() {
     let mock = mock_cluster(prefix);
     let brokers = mock.bootstrap_servers();
     let roles = ["whatsapp", "router", "webhooks", "api"];
-    let mut gateway = start(&brokers, prefix, &roles).await;
+    // Deliveries pending too: an endpoint that accepts connections and never answers.
+    let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let receiver_url = format!("http://{}/", receiver.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let accepted = std::sync::Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in receiver.incoming().flatten() {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                held.push(stream);
+            }
+        });
+    }
+    let data = tempfile::tempdir().unwrap();
+    let webhooks = format!(
+        "[webhooks]\ndatabase_url = \"sqlite://{}?mode=rwc\"\nallow_networks = [\"127.0.0.0/8\"]\nendpoint_refresh = \"200ms\"\n",
+        data.path().join("webhooks.db").display()
+    );
+    let mut gateway = start(&brokers, prefix, &roles, &webhooks).await;
+    let registered = reqwest::Client::new()
+        .post(format!("{}/v1/webhooks", gateway.url))
+        .bearer_auth("omnigate-dev-key")
+        .json(&serde_json::json!({"url": receiver_url, "events": ["message.*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let acked = acknowledged(&gateway, "mock", 20).await;
+    let started = Instant::now();
+    while accepted.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no delivery was attempted; log:\n{}",
+            gateway.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "deliveries pending at the signal: {} connections held by the silent endpoint",
+        accepted.load(std::sync::atomic::Ordering::Relaxed)
+    );
 
     mock.broker_down(1).unwrap();
     terminate_with_requests_in_flight(&mut gateway, "mock broker down").await;
@@ -234,7 +276,7 @@ async fn sigterm_with_the_real_broker_stopped_exits_within_the_budget() {
     let brokers = broker.brokers();
     let prefix = unique_prefix("shutdown-real");
     let roles = ["whatsapp", "router"];
-    let mut gateway = start(&brokers, &prefix, &roles).await;
+    let mut gateway = start(&brokers, &prefix, &roles, "").await;
     let acked = acknowledged(&gateway, "real", 20).await;
 
     let data = broker.kill();
