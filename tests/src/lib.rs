@@ -143,18 +143,24 @@ impl Gateway {
         dir: Option<tempfile::TempDir>,
         env: &[(&str, String)],
     ) -> Self {
-        let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-        let port = free_port();
-        let webhooks = if extra.contains("[webhooks]") {
-            String::new()
-        } else {
-            format!(
-                "[webhooks]\ndatabase_url = \"sqlite://{}?mode=rwc\"",
-                dir.path().join("webhooks.db").display()
-            )
-        };
-        let config = format!(
-            r#"
+        let mut dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        // A port found free can be taken by a concurrent test before the gateway binds
+        // it: then the gateway exits at once, and it is started again on another port.
+        for attempt in 0..3 {
+            let port = free_port();
+            let logged = std::fs::metadata(dir.path().join("omnigate.log"))
+                .map(|m| m.len() as usize)
+                .unwrap_or(0);
+            let webhooks = if extra.contains("[webhooks]") {
+                String::new()
+            } else {
+                format!(
+                    "[webhooks]\ndatabase_url = \"sqlite://{}?mode=rwc\"",
+                    dir.path().join("webhooks.db").display()
+                )
+            };
+            let config = format!(
+                r#"
 roles = {roles:?}
 [server]
 listen = "127.0.0.1:{port}"
@@ -179,37 +185,62 @@ sha256 = "bb2c3471b1d4f3a48f740bf10b04cc830d5cd528b47ba699f9f0d733dbc5e397"
 {webhooks}
 {extra}
 "#,
-            blobs = dir.path().join("blobs").display(),
-            rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../config/routing.toml")
-                .display(),
-            db = dir.path().join("omnigate.db").display(),
-        );
-        let path = dir.path().join("omnigate.toml");
-        std::fs::write(&path, config).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("omnigate.log"))
-            .unwrap();
-        let child = Command::new(omnigate_bin())
-            .args(["serve", "--config"])
-            .arg(&path)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let gateway = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            prefix: prefix.into(),
-            dir,
-        };
-        gateway
-            .wait_for("/healthz", 200, Duration::from_secs(60))
-            .await;
-        gateway
+                blobs = dir.path().join("blobs").display(),
+                rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../config/routing.toml")
+                    .display(),
+                db = dir.path().join("omnigate.db").display(),
+            );
+            let path = dir.path().join("omnigate.toml");
+            std::fs::write(&path, config).unwrap();
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.path().join("omnigate.log"))
+                .unwrap();
+            let child = Command::new(omnigate_bin())
+                .args(["serve", "--config"])
+                .arg(&path)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let mut started = Self {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+                prefix: prefix.into(),
+                dir,
+            };
+            if started.healthy_or_exited(Duration::from_secs(60)).await {
+                return started;
+            }
+            let log = started.log();
+            let this_start = log.get(logged..).unwrap_or_default();
+            if attempt == 2 || !this_start.contains("Address already in use") {
+                panic!("the gateway exited or never answered /healthz; log:\n{log}");
+            }
+            dir = started.kill_keep_dir();
+        }
+        unreachable!("the third attempt returns or panics")
+    }
+
+    /// Waits for `/healthz` to answer 200: true when it did, false when the process
+    /// exited first or `timeout` passed.
+    async fn healthy_or_exited(&mut self, timeout: Duration) -> bool {
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            let answer = client.get(format!("{}/healthz", self.url)).send().await;
+            if answer.is_ok_and(|r| r.status().as_u16() == 200) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     /// The process's log so far (for assertion messages).
