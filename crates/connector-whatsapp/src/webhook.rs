@@ -124,12 +124,9 @@ async fn handle(
         .into_iter()
         .map(|e| (Topic::Inbound, Outgoing::Event(Box::new(e))))
         .collect();
-    let ingested = ingest::publish_or_dead_letter(
-        publisher,
-        &wa.inner.ctx.blobs,
-        &records,
-        raw_letter(&cx, &body, ""),
-    )
+    let ingested = ingest::publish_or_dead_letter(publisher, &wa.inner.ctx.blobs, &records, || {
+        raw_letter(&cx, &body, "")
+    })
     .await
     .inspect_err(
         |err| tracing::warn!(channel, error = %err, "Kafka did not take the events; answering 503"),

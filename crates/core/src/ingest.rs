@@ -22,21 +22,23 @@ pub enum Ingested {
     DeadLettered,
 }
 
-/// Publishes `records`; on a permanent refusal, dead-letters `letter` (the request's
-/// raw bytes and where they came from) with the broker's reason. Fails only when the
-/// request must be retried by the provider (answer 503): Kafka unreachable, or even
-/// the dead letter could not be stored.
+/// Publishes `records`; on a permanent refusal, dead-letters what `letter` makes (the
+/// request's raw bytes and where they came from; made only then, off the common path)
+/// with the broker's reason. Fails only when the request must be retried by the
+/// provider (answer 503): Kafka unreachable, or even the dead letter could not be
+/// stored.
 pub async fn publish_or_dead_letter(
     publisher: &Publisher,
     blobs: &BlobStore,
     records: &[(Topic, Outgoing)],
-    letter: pb::DeadLetter,
+    letter: impl FnOnce() -> pb::DeadLetter,
 ) -> Result<Ingested, PublishError> {
     let refused = match publisher.publish_all(records).await {
         Ok(_) => return Ok(Ingested::Published),
         Err(err) if err.kind == ErrorKind::Permanent => err,
         Err(err) => return Err(err),
     };
+    let letter = letter();
     tracing::warn!(source = %letter.source, error = %refused, "Kafka refused the events for good; dead-lettering the request");
     dead_letter(
         publisher,
@@ -158,7 +160,7 @@ mod tests {
             dead: Arc::clone(&dead),
         });
         let event = (Topic::Inbound, Outgoing::Event(Box::default()));
-        let outcome = publish_or_dead_letter(&publisher, &blobs, &[event], letter(raw))
+        let outcome = publish_or_dead_letter(&publisher, &blobs, &[event], || letter(raw))
             .await
             .unwrap();
         let letters = dead.lock().unwrap().clone();

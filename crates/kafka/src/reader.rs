@@ -56,15 +56,7 @@ fn assign_all(
     topic: &str,
     start: Offset,
 ) -> Result<(BaseConsumer, BTreeMap<i32, i64>), ReadError> {
-    let consumer: BaseConsumer = config
-        .client_config()
-        .set(
-            "group.id",
-            format!("omnigate-reader-{}", uuid_like_suffix()),
-        )
-        .set("enable.auto.commit", "false")
-        // What a transactional producer aborted, or has not committed yet, is not state.
-        .set("isolation.level", "read_committed")
+    let consumer: BaseConsumer = reader_client(config)
         .set("enable.partition.eof", "true")
         .create()?;
     let partitions = partitions_of(&consumer, topic)?;
@@ -122,15 +114,25 @@ fn end_offset(consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<i6
 /// How long a topic may take to appear in the metadata after it was created.
 const METADATA_PATIENCE: Duration = Duration::from_secs(5);
 
-/// A suffix that keeps readers in one process and across processes apart.
-fn uuid_like_suffix() -> String {
+/// The settings of a reader: a group id of its own (it never commits; the id only
+/// keeps readers in one process and across processes apart), committed records only.
+fn reader_client(config: &KafkaConfig) -> rdkafka::ClientConfig {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    let mut client = config.client_config();
+    client
+        .set(
+            "group.id",
+            format!(
+                "omnigate-reader-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ),
+        )
+        .set("enable.auto.commit", "false")
+        // What a transactional producer aborted, or has not committed yet, is not state.
+        .set("isolation.level", "read_committed");
+    client
 }
 
 fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> ReadRecord {
@@ -249,15 +251,7 @@ pub fn read_topic(
     quiet: Duration,
     timeout: Duration,
 ) -> Result<Vec<ReadRecord>, KafkaError> {
-    let consumer: BaseConsumer = config
-        .client_config()
-        .set(
-            "group.id",
-            format!("omnigate-reader-{}", uuid_like_suffix()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
+    let consumer: BaseConsumer = reader_client(config).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut assignment = TopicPartitionList::new();
     for t in metadata.topics() {
