@@ -90,6 +90,16 @@ transaction.state.log.num.partitions=10
 group.initial.rebalance.delay.ms=0
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
+# Thread pools sized for one small node: each idle thread wakes on its own timer, and the
+# defaults (8 request handlers, 4 group coordinator threads) are for a many-core server.
+num.network.threads=2
+num.io.threads=2
+background.threads=2
+group.coordinator.threads=1
+share.coordinator.threads=1
+# The controller writes a no-op record to its log when idle, by default every 500 ms;
+# a single node has no follower that needs it that often.
+metadata.max.idle.interval.ms=5000
 EOF
 }
 
@@ -97,7 +107,7 @@ EOF
 broker_command() {
   local props=$1
   # The serial collector: one small heap, and no concurrent GC threads waking an idle broker.
-  broker_cmd=(java -Xms128m "-Xmx$KAFKA_HEAP" -XX:+UseSerialGC
+  broker_cmd=(java -Xms128m "-Xmx$KAFKA_HEAP" -XX:+UseSerialGC ${jit_flags[@]+"${jit_flags[@]}"}
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=$cache/log4j2.properties"
     -cp "$libs/*" kafka.Kafka "$props")
@@ -182,6 +192,9 @@ case "$mode" in
   run)
     port=${KAFKA_PORT:-9092}
     install
+    # The quick compiler only: an idle broker's optimizing compiler went on recompiling
+    # for tens of minutes, and `make run` carries no load that needs its code.
+    jit_flags=(-XX:TieredStopAtLevel=1)
     data=$root/data/kafka
     mkdir -p data
     props=data/kafka.properties

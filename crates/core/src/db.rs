@@ -51,14 +51,21 @@ pub async fn connect(url: &str) -> Result<AnyPool, sqlx::Error> {
         .await
 }
 
-/// How often a [`Checkpointer`] copies SQLite's write-ahead log into the database.
+/// How often a [`Checkpointer`] copies SQLite's write-ahead log into the database
+/// while the log grows.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The longest a [`Checkpointer`] waits between checkpoints while nothing is written:
+/// an idle gateway should not wake ten times a second for nothing, and the first
+/// writes after a quiet spell are checkpointed within this.
+const CHECKPOINT_IDLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// While any clone of it lives, a SQLite database's write-ahead log is copied back
-/// into the database file (a passive checkpoint) every 100 ms, on a connection of its
-/// own. Run by the writer at a commit, the same work would hold that commit and every
-/// write queued behind it. A passive checkpoint never waits for the writer, nor the
-/// writer for it. For PostgreSQL and in-memory SQLite it does nothing.
+/// into the database file (a passive checkpoint) every 100 ms while it grows, and
+/// less often (up to every 2 s) while it does not, on a connection of its own. Run by
+/// the writer at a commit, the same work would hold that commit and every write
+/// queued behind it. A passive checkpoint never waits for the writer, nor the writer
+/// for it. For PostgreSQL and in-memory SQLite it does nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Checkpointer {
     /// Dropped with the last clone, which ends the checkpoint task.
@@ -80,26 +87,46 @@ impl Checkpointer {
     }
 }
 
+/// The wait before the next checkpoint: the short interval when the last one found
+/// frames it had not seen before, twice the last wait (up to the idle interval) when
+/// the log stood still.
+fn next_checkpoint_wait(last: std::time::Duration, log_grew: bool) -> std::time::Duration {
+    if log_grew {
+        CHECKPOINT_INTERVAL
+    } else {
+        (last * 2).min(CHECKPOINT_IDLE_INTERVAL)
+    }
+}
+
 async fn checkpoint_loop(pool: AnyPool, mut stopped: tokio::sync::oneshot::Receiver<()>) {
     let seconds = metrics::histogram!(crate::telemetry::metric::SQLITE_CHECKPOINT_SECONDS);
-    let mut every = tokio::time::interval(CHECKPOINT_INTERVAL);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = CHECKPOINT_INTERVAL;
+    // The log's size and checkpointed frames as of the last checkpoint: when neither
+    // moved, nothing was written in between.
+    let mut last_seen: Option<(i64, i64)> = None;
     loop {
         tokio::select! {
             _ = &mut stopped => break,
-            _ = every.tick() => {}
+            () = tokio::time::sleep(wait) => {}
         }
         let started = std::time::Instant::now();
-        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
+        // The row is (busy, frames in the log, frames checkpointed).
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
             .await
         {
-            Ok(_) => seconds.record(started.elapsed().as_secs_f64()),
+            Ok((_, log, checkpointed)) => {
+                seconds.record(started.elapsed().as_secs_f64());
+                let seen = Some((log, checkpointed));
+                wait = next_checkpoint_wait(wait, seen != last_seen);
+                last_seen = seen;
+            }
             Err(err) => {
                 // The writer's own checkpoints (the backstop) go on meanwhile.
                 metrics::counter!(crate::telemetry::metric::SQLITE_CHECKPOINT_ERRORS_TOTAL)
                     .increment(1);
                 tracing::warn!(error = %err, "SQLite checkpoint failed");
+                wait = CHECKPOINT_INTERVAL;
             }
         }
     }
@@ -258,5 +285,23 @@ pub fn validate_url(key: &str, url: &str) -> Result<(), crate::ConfigError> {
             key,
             "must start with sqlite: or postgres://",
         ))
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn checkpoints_back_off_while_the_log_stands_still_and_return_when_it_grows() {
+        let mut wait = CHECKPOINT_INTERVAL;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            wait = next_checkpoint_wait(wait, false);
+            waits.push(wait.as_millis());
+        }
+        assert_eq!(waits, [200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(next_checkpoint_wait(wait, true), Duration::from_millis(100));
     }
 }
