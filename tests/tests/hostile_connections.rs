@@ -226,7 +226,13 @@ async fn half_sent_heads_are_closed_and_others_are_served_meanwhile() {
         slowest <= (HEADER_TIMEOUT_MS + 1500) as usize,
         "closed within the head deadline: slowest {slowest} ms"
     );
-    assert!(refused >= (attackers - per_client) as f64, "{refused}");
+    // Heads cut by the deadline free their slots while the attack still opens more, so
+    // on a slow machine more than `per_client` get in; each is refused or cut all the same.
+    assert!(refused > 0.0, "the per-client cap refused none");
+    assert!(
+        refused + cut >= attackers as f64,
+        "every half-sent head is refused at the cap or cut: {refused} + {cut}"
+    );
     assert!(tries >= 2, "the attack lasted long enough to probe");
     assert_eq!(
         answered, tries,

@@ -31,6 +31,35 @@ pub struct ApiState {
     pub connectors: Arc<Vec<Arc<dyn Connector>>>,
 }
 
+/// Builds the API's state from the context: the channels and connectors of the
+/// configuration, the router's store and the webhook registry.
+pub async fn start(ctx: &crate::roles::RoleContext<'_>) -> anyhow::Result<Router> {
+    let config = ctx.config;
+    let channels: HashMap<String, pb::ChannelKind> = config
+        .channels()
+        .into_iter()
+        .map(|(_, channel)| (channel.id, channel.kind))
+        .collect();
+    let state = ApiState {
+        connectors: Arc::new(
+            config
+                .connectors
+                .iter()
+                .map(|(_, c)| Arc::clone(c))
+                .collect(),
+        ),
+        publisher: ctx.connector.publisher.clone(),
+        channels: Arc::new(channels),
+        contacts: ctx.contacts().await?,
+    };
+    let webhooks = omnigate_webhooks::api::WebhookApi {
+        store: ctx.webhook_store().await?,
+        changes: Arc::clone(&ctx.webhook_changes),
+        rotation_overlap: config.webhooks.rotation_overlap,
+    };
+    Ok(routes(state, webhooks, ApiKeys::new(&config.api_keys)))
+}
+
 /// The `/v1` routes behind the API-key middleware, and `/openapi.json` in front of it.
 pub fn routes(
     state: ApiState,

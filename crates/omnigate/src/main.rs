@@ -3,6 +3,7 @@
 mod api;
 mod config;
 mod connectors;
+mod roles;
 mod router;
 mod serve;
 mod tools;

@@ -1,12 +1,12 @@
 //! The router role: state from the compacted topic, rules with hot reload, the consumer.
 
-use crate::config::Config;
+use crate::roles::RoleContext;
 use anyhow::Context as _;
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_kafka::{consumer, reader};
-use omnigate_router::{Rules, contacts::ContactStore, service::Router};
+use omnigate_router::{Rules, service::Router};
 use std::{path::Path, time::Duration};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 /// Loads and validates the rules file, naming the file, rule and field on failure.
 pub fn load_rules(path: &Path) -> anyhow::Result<Rules> {
@@ -15,22 +15,13 @@ pub fn load_rules(path: &Path) -> anyhow::Result<Rules> {
     Rules::from_toml(&text).with_context(|| format!("router.rules_file {}", path.display()))
 }
 
-/// Starts the router's tasks on `tasks`; returns the contact store for the API.
-pub async fn start(
-    config: &Config,
-    publisher: Publisher,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Router> {
+/// Restores the router's state, then starts its consumers and rules reloader on the
+/// context's tasks.
+pub async fn start(ctx: &RoleContext<'_>) -> anyhow::Result<()> {
+    let config = ctx.config;
+    let (tasks, shutdown) = (&ctx.connector.tasks, &ctx.connector.shutdown);
     let rules = load_rules(&config.router.rules_file)?;
-    let contacts = ContactStore::connect(&config.router.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open router.database_url {}",
-                config.router.database_url
-            )
-        })?;
+    let contacts = ctx.contacts().await?;
     // Exactly-once mode: the router's outputs and offsets go through its own
     // transactional producer; its id is stable per instance so a restart fences the
     // dead predecessor and aborts whatever it left open.
@@ -51,7 +42,7 @@ pub async fn start(
     };
     let publisher = match &transactional {
         Some(producer) => Publisher::new(producer.clone()),
-        None => publisher,
+        None => ctx.connector.publisher.clone(),
     };
     let router = Router::new(rules, contacts, publisher, config.router.policy());
 
@@ -138,7 +129,7 @@ pub async fn start(
         shutdown.clone(),
     );
     tasks.spawn(async move { reload_rules(reloader, &path, shutdown).await });
-    Ok(router)
+    Ok(())
 }
 
 fn as_consumed(record: &reader::ReadRecord) -> consumer::ConsumedRecord {

@@ -1,9 +1,8 @@
 //! `omnigate serve`: wires the configured roles onto one listener and one producer.
 
-use crate::{api, config::Config};
+use crate::config::Config;
 use anyhow::Context as _;
 use omnigate_core::{
-    auth::ApiKeys,
     blob::BlobStore,
     connector::{ConnectorContext, Subscriber},
     health::Health,
@@ -12,8 +11,7 @@ use omnigate_core::{
     shutdown, telemetry,
 };
 use omnigate_kafka::{KafkaPublisher, KafkaSubscriber, admin};
-use omnigate_model::pb;
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::time::Duration;
 use tokio_util::task::TaskTracker;
 
 /// Runs until SIGINT or SIGTERM, then drains requests, stops consumers and flushes Kafka.
@@ -54,88 +52,14 @@ pub async fn serve(config: Config, roles: Vec<String>) -> anyhow::Result<()> {
         health: health.clone(),
     };
 
+    let roles_ctx = crate::roles::RoleContext::new(&config, ctx);
     let mut app = axum::Router::new();
-    for (name, connector) in &config.connectors {
-        if roles.iter().any(|role| role == name) {
-            let routes = connector
-                .start(ctx.clone())
-                .await
-                .with_context(|| format!("cannot start the {name} connector"))?;
-            app = app.merge(routes);
-        }
-    }
-    // One webhook store for the registry (api) and the dispatcher (webhooks).
-    let webhook_changes = Arc::new(tokio::sync::Notify::new());
-    let webhook_store = if has(&roles, "api") || has(&roles, "webhooks") {
-        Some(
-            omnigate_webhooks::WebhookStore::connect(&config.webhooks.database_url)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot open webhooks.database_url {}",
-                        config.webhooks.database_url
-                    )
-                })?,
-        )
-    } else {
-        None
-    };
-    if let (true, Some(store)) = (has(&roles, "webhooks"), &webhook_store) {
-        crate::webhooks::start(
-            &config,
-            store.clone(),
-            publisher.clone(),
-            Arc::clone(&webhook_changes),
-            &tasks,
-            &shutdown,
-        )
-        .await?;
-    }
-    let router = if has(&roles, "router") {
-        Some(crate::router::start(&config, publisher.clone(), &tasks, &shutdown).await?)
-    } else {
-        None
-    };
-    if has(&roles, "api") {
-        // The conversation API reads the router's shared store; open it when no router runs here.
-        let contacts = match &router {
-            Some(router) => router.contacts(),
-            None => Arc::new(
-                omnigate_router::contacts::ContactStore::connect(&config.router.database_url)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot open router.database_url {}",
-                            config.router.database_url
-                        )
-                    })?,
-            ),
-        };
-        let channels: HashMap<String, pb::ChannelKind> = config
-            .channels()
-            .into_iter()
-            .map(|(_, channel)| (channel.id, channel.kind))
-            .collect();
-        let state = api::ApiState {
-            connectors: Arc::new(
-                config
-                    .connectors
-                    .iter()
-                    .map(|(_, c)| Arc::clone(c))
-                    .collect(),
-            ),
-            publisher: publisher.clone(),
-            channels: Arc::new(channels),
-            contacts,
-        };
-        let webhooks = omnigate_webhooks::api::WebhookApi {
-            store: webhook_store
-                .clone()
-                .context("the api role opens the webhook store")?,
-            changes: Arc::clone(&webhook_changes),
-            rotation_overlap: config.webhooks.rotation_overlap,
-        };
-        app = app.merge(api::routes(state, webhooks, ApiKeys::new(&config.api_keys)));
+    for (name, role) in crate::roles::enabled(&config, &roles) {
+        let routes = role
+            .start(&roles_ctx)
+            .await
+            .with_context(|| format!("cannot start the {name} role"))?;
+        app = app.merge(routes);
     }
 
     let server = &config.server;
@@ -205,8 +129,4 @@ pub async fn serve(config: Config, roles: Vec<String>) -> anyhow::Result<()> {
     }
     tracing::info!(unacknowledged, "Stopped cleanly");
     Ok(())
-}
-
-fn has(roles: &[String], role: &str) -> bool {
-    roles.iter().any(|r| r == role)
 }

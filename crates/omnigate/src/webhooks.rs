@@ -1,31 +1,24 @@
 //! The webhooks role: the dispatcher, fed by a pipelined consumer of
-//! `omnigate.routed.v1`. Started like the router role (`crate::router::start`).
+//! `omnigate.routed.v1`.
 
-use crate::config::Config;
+use crate::roles::RoleContext;
 use anyhow::Context as _;
-use omnigate_core::publish::{Publisher, Topic};
+use omnigate_core::publish::Topic;
 use omnigate_kafka::consumer;
-use omnigate_webhooks::WebhookStore;
 use std::sync::Arc;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How many routed records the dispatcher's consumer keeps in flight.
 const MAX_IN_FLIGHT: usize = 4096;
 
-/// Starts the dispatcher and its consumer on `tasks`.
-pub async fn start(
-    config: &Config,
-    store: WebhookStore,
-    publisher: Publisher,
-    changes: Arc<tokio::sync::Notify>,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+/// Starts the dispatcher and its consumer on the context's tasks.
+pub async fn start(ctx: &RoleContext<'_>) -> anyhow::Result<()> {
+    let config = ctx.config;
+    let (tasks, shutdown) = (&ctx.connector.tasks, &ctx.connector.shutdown);
     let dispatcher = omnigate_webhooks::Dispatcher::start(
         config.webhooks.clone(),
-        store,
-        publisher,
-        changes,
+        ctx.webhook_store().await?,
+        ctx.connector.publisher.clone(),
+        Arc::clone(&ctx.webhook_changes),
         tasks,
         shutdown,
     )

@@ -37,7 +37,7 @@ impl Router {
     /// Builds a router with loaded rules and an empty state.
     pub fn new(
         rules: Rules,
-        contacts: ContactStore,
+        contacts: Arc<ContactStore>,
         publisher: Publisher,
         settings: PolicySettings,
     ) -> Self {
@@ -45,7 +45,7 @@ impl Router {
             source: format!("/omnigate/router/{}", uuid::Uuid::new_v4()).into(),
             rules: Arc::new(RwLock::new(Arc::new(rules))),
             state: Arc::default(),
-            contacts: Arc::new(contacts),
+            contacts,
             publisher,
             settings,
         }
