@@ -18,10 +18,12 @@ run: deps
 	@scripts/run.sh
 
 # Services the tests talk to, installed and started when missing: Apache Kafka (KRaft,
-# data in a temporary folder) on 127.0.0.1:9092 and PostgreSQL on 127.0.0.1:5432.
+# data in a temporary folder) on 127.0.0.1:9092 and PostgreSQL on 127.0.0.1:5432; and
+# the providers' own client libraries the tests sign requests with (Python, in a venv).
 test-services: deps
 	@scripts/kafka.sh test
 	@scripts/postgres.sh
+	@scripts/python-tools.sh
 
 test: test-services
 	cargo build --workspace --all-targets
@@ -49,12 +51,13 @@ bench: deps
 # fuzz/artifacts/<target>/; fix the bug and keep the input as a regression test
 # (crates/connector-whatsapp/tests/fuzz_regressions/).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := whatsapp_normalize whatsapp_signature webhook_signature
+FUZZ_TARGETS := whatsapp_normalize whatsapp_signature webhook_signature voice_parsers
 fuzz:
 	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 	@cd fuzz && for target in $(FUZZ_TARGETS); do \
 	  mkdir -p corpus/$$target; \
 	  seeds=""; [ $$target = whatsapp_normalize ] && seeds="../crates/connector-whatsapp/tests/fixtures ../crates/connector-whatsapp/tests/fuzz_regressions"; \
+	  [ $$target = voice_parsers ] && seeds="../crates/connector-voice/tests/fixtures"; \
 	  echo "==> $$target for $(FUZZ_SECONDS) s"; \
 	  cargo fuzz run -s none $$target corpus/$$target $$seeds -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 	done

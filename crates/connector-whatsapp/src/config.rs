@@ -1,6 +1,9 @@
 //! The `[whatsapp]` table: Graph API settings and one entry per channel.
 
-use omnigate_core::{ConfigError, config::require_secret};
+use omnigate_core::{
+    ConfigError,
+    config::{require_secret, valid_channel_name},
+};
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -93,13 +96,4 @@ impl WhatsappConfig {
         }
         Ok(())
     }
-}
-
-/// Channel names end up in URLs and blob keys: keep them to a safe alphabet.
-pub fn valid_channel_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }

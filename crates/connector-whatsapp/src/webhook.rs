@@ -16,9 +16,8 @@ use omnigate_core::{
     publish::{Outgoing, Topic},
     telemetry::{ChannelMetrics, EventOutcome},
 };
-use omnigate_model::{event_id, pb, timestamp};
+use omnigate_model::pb;
 use secrecy::ExposeSecret;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
 /// The channel metrics of every WhatsApp channel.
@@ -167,25 +166,15 @@ async fn dead_letter(
     Ok(())
 }
 
-/// A dead letter carrying a request's exact bytes; its id derives from their hash, so
-/// a redelivered request gives the same id.
+/// A dead letter carrying the request's exact bytes.
 fn raw_letter(cx: &NormalizeCtx<'_>, body: &Bytes, reason: &str) -> pb::DeadLetter {
-    let digest = hex::encode(Sha256::digest(body));
-    pb::DeadLetter {
-        id: event_id(
-            pb::ChannelKind::Whatsapp,
-            cx.channel_id,
-            &digest,
-            "deadletter",
-        )
-        .to_string(),
-        source: format!("/omnigate/whatsapp/{}", cx.channel_id),
-        tenant: cx.tenant.to_string(),
-        channel_kind: pb::ChannelKind::Whatsapp as i32,
-        channel_id: cx.channel_id.to_string(),
-        reason: reason.to_string(),
-        raw: body.to_vec(),
-        content_type: "application/json".into(),
-        time: Some(timestamp(cx.received_at)),
-    }
+    ingest::raw_dead_letter(
+        pb::ChannelKind::Whatsapp,
+        cx.channel_id,
+        cx.tenant,
+        "application/json",
+        body,
+        reason,
+        cx.received_at,
+    )
 }

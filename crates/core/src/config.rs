@@ -112,6 +112,16 @@ pub fn require_secret(key: &str, secret: &SecretString) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// Channel names end up in URLs, metric labels and blob keys: a-z, 0-9, '-' and '_',
+/// up to 64 characters.
+pub fn valid_channel_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
 /// The HTTP listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -52,11 +52,23 @@ pub fn with_ops(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
                     // The path only: query strings can carry secrets (hub.verify_token).
-                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+                    tracing::info_span!("http", method = %request.method(), path = %loggable_path(request.uri().path()))
                 })
                 // 5xx answers here are expected (503 while Kafka is away), not crashes.
                 .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN)),
         )
+}
+
+/// A request path fit for logs: the token segment of `/webhooks/cti/{channel}/{token}`
+/// is the whole credential of a CTI bridge, so it is masked.
+pub fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.strip_prefix("/webhooks/cti/") {
+        Some(rest) if rest.trim_end_matches('/').contains('/') => {
+            let channel = rest.split('/').next().unwrap_or_default();
+            format!("/webhooks/cti/{channel}/***").into()
+        }
+        _ => path.into(),
+    }
 }
 
 /// `/healthz`, `/readyz` and `/metrics`: on the public listener and on the admin one.
@@ -144,4 +156,22 @@ async fn record_request(request: Request, next: Next) -> Response {
     metrics::counter!(crate::telemetry::metric::HTTP_REQUESTS_TOTAL, "route" => route, "status" => status)
         .increment(1);
     response
+}
+
+#[cfg(test)]
+mod loggable_path_tests {
+    use super::loggable_path;
+
+    #[test]
+    fn the_cti_path_token_is_masked_and_other_paths_kept() {
+        assert_eq!(
+            loggable_path("/webhooks/cti/pbx/s3cret-token"),
+            "/webhooks/cti/pbx/***"
+        );
+        assert_eq!(loggable_path("/webhooks/cti/pbx"), "/webhooks/cti/pbx");
+        assert_eq!(
+            loggable_path("/webhooks/whatsapp/demo"),
+            "/webhooks/whatsapp/demo"
+        );
+    }
 }

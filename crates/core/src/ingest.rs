@@ -52,6 +52,31 @@ pub async fn publish_or_dead_letter(
     Ok(Ingested::DeadLettered)
 }
 
+/// A dead letter carrying a provider request's exact bytes. Its id derives from their
+/// hash, so a redelivered request gives the same id.
+pub fn raw_dead_letter(
+    kind: pb::ChannelKind,
+    channel_id: &str,
+    tenant: &str,
+    content_type: &str,
+    body: &[u8],
+    reason: &str,
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> pb::DeadLetter {
+    let digest = hex::encode(Sha256::digest(body));
+    pb::DeadLetter {
+        id: omnigate_model::event_id(kind, channel_id, &digest, "deadletter").to_string(),
+        source: format!("/omnigate/{}/{channel_id}", kind.short_name()),
+        tenant: tenant.to_string(),
+        channel_kind: kind as i32,
+        channel_id: channel_id.to_string(),
+        reason: reason.to_string(),
+        raw: body.to_vec(),
+        content_type: content_type.to_string(),
+        time: Some(omnigate_model::timestamp(received_at)),
+    }
+}
+
 /// Publishes a dead letter. When Kafka refuses it for good too (its raw bytes are
 /// what is too large), the bytes go to the blob store and the letter carries their
 /// key instead.

@@ -119,6 +119,11 @@ impl ChannelMetrics {
         Self { kind: "whatsapp" }
     }
 
+    /// The metrics of voice channels, for a `const`.
+    pub const fn voice() -> Self {
+        Self { kind: "voice" }
+    }
+
     /// `n` events of `channel` ended as `outcome`.
     pub fn events(&self, channel: &str, outcome: EventOutcome, n: u64) {
         metrics::counter!(metric::CHANNEL_EVENTS_TOTAL, "kind" => self.kind, "channel" => channel.to_string(), "outcome" => outcome.label())

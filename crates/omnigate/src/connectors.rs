@@ -5,5 +5,8 @@ use omnigate_core::connector::ConnectorKind;
 
 /// The connector kinds, each with its config table and role name.
 pub fn kinds() -> Vec<Box<dyn ConnectorKind>> {
-    vec![Box::new(omnigate_connector_whatsapp::WhatsappKind)]
+    vec![
+        Box::new(omnigate_connector_whatsapp::WhatsappKind),
+        Box::new(omnigate_connector_voice::VoiceKind),
+    ]
 }
