@@ -24,6 +24,8 @@ pub struct CallState {
     pub answered_by: String,
     /// `call.ended` or `call.missed` was published.
     pub ended: bool,
+    /// `call.voicemail` was published.
+    pub voicemail: bool,
 }
 
 /// The event a report calls for, and the call's state once it is published.
@@ -40,12 +42,17 @@ pub struct Decision {
 /// What `report` means for a call in `state`: an event, or nothing when it repeats or
 /// comes after a later step (a `ringing` after `answered`, anything after the end).
 pub fn decide(state: &CallState, report: &CallReport) -> Option<Decision> {
-    if state.ended {
-        return None;
-    }
     let mut next = state.clone();
     let mut report = report.clone();
     let event_type = match report.step {
+        // A voicemail comes after the end of its call (Twilio sends the recording
+        // once the caller hangs up): it has a once-only flag of its own.
+        Step::Voicemail if state.voicemail => return None,
+        Step::Voicemail => {
+            next.voicemail = true;
+            EventType::CallVoicemail
+        }
+        _ if state.ended => return None,
         Step::Ringing if state.rang || state.answered_at.is_some() => return None,
         Step::Ringing => {
             next.rang = true;
@@ -205,6 +212,7 @@ pub fn call_event(channel: &CallChannel<'_>, decision: &Decision) -> pb::Event {
         cause: report.cause.clone(),
         recording: None,
         sequence: report.sequence,
+        recording_url: report.recording_url.clone(),
     };
     EventBuilder::channel(pb::ChannelKind::Voice, channel.channel_id, channel.tenant).event(
         decision.event_type,
@@ -235,6 +243,7 @@ mod tests {
             duration_seconds: None,
             answered_by: String::new(),
             cause: String::new(),
+            recording_url: String::new(),
         }
     }
 

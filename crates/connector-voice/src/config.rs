@@ -58,6 +58,20 @@ pub struct ChannelConfig {
     /// signature covers the URL Twilio saw, not the one behind a proxy.
     #[serde(default)]
     pub public_url: Option<Url>,
+    /// Twilio: the number `/incoming` dials first (E.164); without it, callers go
+    /// straight to voicemail.
+    #[serde(default)]
+    pub forward_to: Option<String>,
+    /// Twilio: how long `forward_to` rings before the caller goes to voicemail, in
+    /// seconds. Default 20.
+    #[serde(default = "default_ring_seconds")]
+    pub ring_seconds: u32,
+    /// Twilio: what a caller hears before leaving a voicemail.
+    #[serde(default = "default_greeting")]
+    pub voicemail_greeting: String,
+    /// Twilio: the longest voicemail, in seconds. Default 120.
+    #[serde(default = "default_voicemail_max_seconds")]
+    pub voicemail_max_seconds: u32,
     /// CTI: the path token of `/webhooks/cti/{channel}/{token}`. Secret.
     #[serde(default)]
     pub token: Option<SecretString>,
@@ -71,6 +85,18 @@ fn default_tenant() -> String {
     "default".into()
 }
 
+fn default_ring_seconds() -> u32 {
+    20
+}
+
+fn default_greeting() -> String {
+    "Sorry, nobody can take your call right now. Please leave a message after the tone.".into()
+}
+
+fn default_voicemail_max_seconds() -> u32 {
+    120
+}
+
 impl std::fmt::Debug for ChannelConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let redacted = |s: &Option<SecretString>| s.as_ref().map(|_| "[REDACTED]");
@@ -82,6 +108,9 @@ impl std::fmt::Debug for ChannelConfig {
             .field("account_sid", &self.account_sid)
             .field("auth_token", &redacted(&self.auth_token))
             .field("public_url", &self.public_url)
+            .field("forward_to", &self.forward_to)
+            .field("ring_seconds", &self.ring_seconds)
+            .field("voicemail_max_seconds", &self.voicemail_max_seconds)
             .field("token", &redacted(&self.token))
             .field("hmac_secret", &redacted(&self.hmac_secret))
             .finish()
@@ -159,6 +188,15 @@ impl VoiceConfig {
                             ));
                         }
                     }
+                    if let Some(forward_to) = &channel.forward_to
+                        && omnigate_model::phone::to_e164(forward_to).as_deref()
+                            != Some(forward_to.as_str())
+                    {
+                        return Err(ConfigError::new(
+                            format!("{key}.forward_to"),
+                            "must be a number in E.164, such as +15550100300",
+                        ));
+                    }
                     misplaced("token", channel.token.is_some())?;
                     misplaced("hmac_secret", channel.hmac_secret.is_some())?;
                 }
@@ -176,6 +214,7 @@ impl VoiceConfig {
                     misplaced("account_sid", channel.account_sid.is_some())?;
                     misplaced("auth_token", channel.auth_token.is_some())?;
                     misplaced("public_url", channel.public_url.is_some())?;
+                    misplaced("forward_to", channel.forward_to.is_some())?;
                 }
             }
         }

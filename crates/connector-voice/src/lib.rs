@@ -11,6 +11,7 @@
 pub mod calls;
 pub mod config;
 pub mod normalize;
+mod twiml;
 pub mod verify;
 mod webhook;
 

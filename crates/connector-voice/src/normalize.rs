@@ -19,6 +19,8 @@ pub enum Step {
         /// Whether the provider says the call was answered.
         answered: Option<bool>,
     },
+    /// The caller left a message; the report's `recording_url` says where it is.
+    Voicemail,
 }
 
 /// One provider request about one call, in provider-neutral terms.
@@ -45,6 +47,8 @@ pub struct CallReport {
     /// The provider's cause for the end of the call, kept as spelt (`completed`,
     /// `no-answer`, `normalClearing`, `NORMAL_CLEARING`, …).
     pub cause: String,
+    /// Where the provider keeps a voicemail's recording.
+    pub recording_url: String,
 }
 
 /// A verified request that is not a call report we can read.
@@ -131,6 +135,43 @@ pub fn twilio_status(
         } else {
             String::new()
         },
+        recording_url: String::new(),
+    }))
+}
+
+/// A Twilio recording status callback for the voicemail `<Record>` of
+/// `/incoming`; `caller` is the `from` the recording callback URL carries (Twilio's
+/// recording callbacks do not say who called).
+pub fn twilio_recording(
+    pairs: &[(String, String)],
+    caller: &str,
+    received_at: DateTime<Utc>,
+) -> Result<Parsed, ParseError> {
+    let call_id = required(pairs, "CallSid")?.to_string();
+    let status = required(pairs, "RecordingStatus")?;
+    if status != "completed" {
+        return Ok(Parsed::Ignored(format!("RecordingStatus {status}")));
+    }
+    let recording_url = required(pairs, "RecordingUrl")?.to_string();
+    let duration_seconds = match field(pairs, "RecordingDuration").filter(|v| !v.is_empty()) {
+        Some(v) => Some(
+            v.parse::<u32>()
+                .map_err(|_| ParseError(format!("`RecordingDuration` is not a number: `{v}`")))?,
+        ),
+        None => None,
+    };
+    Ok(Parsed::Report(CallReport {
+        call_id,
+        step: Step::Voicemail,
+        direction: pb::Direction::Inbound,
+        from: caller.to_string(),
+        to: String::new(),
+        at: received_at,
+        sequence: 0,
+        duration_seconds,
+        answered_by: String::new(),
+        cause: String::new(),
+        recording_url,
     }))
 }
 
@@ -192,6 +233,7 @@ pub fn cti(
         duration_seconds: None,
         answered_by,
         cause: cause.to_string(),
+        recording_url: String::new(),
     }))
 }
 

@@ -6,7 +6,7 @@ use crate::{
     calls::{self, CallChannel},
     config::{ChannelConfig, Provider},
     normalize::{self, ParseError, Parsed},
-    verify,
+    twiml, verify,
 };
 use axum::{
     Json, Router,
@@ -31,6 +31,14 @@ pub(crate) const METRICS: ChannelMetrics = ChannelMetrics::voice();
 pub(crate) fn routes(voice: Voice) -> Router {
     Router::new()
         .route("/webhooks/twilio/voice/{channel}", post(twilio_status))
+        .route(
+            "/webhooks/twilio/voice/{channel}/incoming",
+            post(twilio_incoming),
+        )
+        .route(
+            "/webhooks/twilio/voice/{channel}/recording",
+            post(twilio_recording),
+        )
         .route("/webhooks/cti/{channel}", post(cti_signed))
         .route("/webhooks/cti/{channel}/{token}", post(cti_with_token))
         .with_state(voice)
@@ -64,23 +72,31 @@ fn refused(channel_id: &str, source: &str, reason: &str) -> ApiError {
     ApiError::unauthorized("invalid_signature", reason.to_string())
 }
 
-/// `POST /webhooks/twilio/voice/{channel}`: a status callback.
-async fn twilio_status(
-    State(voice): State<Voice>,
-    Path(channel_id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<(), ApiError> {
-    let started = std::time::Instant::now();
-    let config = channel(&voice, &channel_id, Provider::Twilio)?;
-    let json = content_type(&headers).starts_with("application/json");
+/// A Twilio request that passed the signature and account checks.
+struct TwilioRequest<'a> {
+    config: &'a ChannelConfig,
+    /// The form fields (empty for a JSON body).
+    pairs: Vec<(String, String)>,
+    /// The URL Twilio called, as it signed it.
+    url: url::Url,
+}
+
+/// Checks `X-Twilio-Signature` over the URL Twilio called (the channel's public
+/// base, then the path and query) and that the request is for the channel's account.
+fn verify_twilio_request<'a>(
+    voice: &'a Voice,
+    channel_id: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<TwilioRequest<'a>, ApiError> {
+    let config = channel(voice, channel_id, Provider::Twilio)?;
+    let json = content_type(headers).starts_with("application/json");
     let pairs = if json {
         Vec::new()
     } else {
-        normalize::form_pairs(&body)
+        normalize::form_pairs(body)
     };
-    // Twilio signs the URL it called: the public base, then the path and query.
     let base = config
         .public_url
         .as_ref()
@@ -102,18 +118,18 @@ async fn twilio_status(
     let signature = headers
         .get("x-twilio-signature")
         .and_then(|v| v.to_str().ok());
-    if let Err(err) = verify::verify_twilio(token, &url, &pairs, &body, signature) {
-        return Err(refused(&channel_id, "twilio", &err.to_string()));
+    if let Err(err) = verify::verify_twilio(token, &url, &pairs, body, signature) {
+        return Err(refused(channel_id, "twilio", &err.to_string()));
     }
     let account = pairs
         .iter()
         .find(|(name, _)| name == "AccountSid")
         .map(|(_, v)| v.as_str());
     if !json && account != config.account_sid.as_deref() {
-        METRICS.events(&channel_id, EventOutcome::Rejected, 1);
+        METRICS.events(channel_id, EventOutcome::Rejected, 1);
         tracing::warn!(
             channel = channel_id,
-            "Twilio callback for another account refused"
+            "Twilio request for another account refused"
         );
         return Err(ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
@@ -121,8 +137,79 @@ async fn twilio_status(
             "AccountSid is not this channel's account",
         ));
     }
-    let parsed = normalize::twilio_status(&pairs, Utc::now());
-    let answer = ingest_report(&voice, &channel_id, config, parsed, &headers, &body).await;
+    Ok(TwilioRequest { config, pairs, url })
+}
+
+/// `POST /webhooks/twilio/voice/{channel}`: a status callback.
+async fn twilio_status(
+    State(voice): State<Voice>,
+    Path(channel_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(), ApiError> {
+    let started = std::time::Instant::now();
+    let request = verify_twilio_request(&voice, &channel_id, &uri, &headers, &body)?;
+    let parsed = normalize::twilio_status(&request.pairs, Utc::now());
+    let answer = ingest_report(&voice, &channel_id, request.config, parsed, &headers, &body).await;
+    METRICS.request_duration(started.elapsed().as_secs_f64());
+    answer
+}
+
+/// `POST /webhooks/twilio/voice/{channel}/incoming`: the number's voice URL. Rings
+/// `forward_to` first when there is one; when nobody answers there (Twilio posts the
+/// `<Dial>` outcome back here), or without one, the caller may leave a voicemail,
+/// whose recording Twilio reports to `/recording`.
+async fn twilio_incoming(
+    State(voice): State<Voice>,
+    Path(channel_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let request = verify_twilio_request(&voice, &channel_id, &uri, &headers, &body)?;
+    let field = |name: &str| {
+        request
+            .pairs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let public = request
+        .config
+        .public_url
+        .as_ref()
+        .map(|u| u.as_str().trim_end_matches('/'))
+        .unwrap_or_default();
+    let base = format!("{public}/webhooks/twilio/voice/{channel_id}");
+    let twiml = twiml::incoming(
+        request.config,
+        &base,
+        field("From").unwrap_or_default(),
+        field("DialCallStatus"),
+    );
+    Ok(([(header::CONTENT_TYPE, "text/xml")], twiml))
+}
+
+/// `POST /webhooks/twilio/voice/{channel}/recording?from=...`: a voicemail's
+/// recording is ready.
+async fn twilio_recording(
+    State(voice): State<Voice>,
+    Path(channel_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(), ApiError> {
+    let started = std::time::Instant::now();
+    let request = verify_twilio_request(&voice, &channel_id, &uri, &headers, &body)?;
+    let caller = request
+        .url
+        .query_pairs()
+        .find(|(name, _)| name == "from")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let parsed = normalize::twilio_recording(&request.pairs, &caller, Utc::now());
+    let answer = ingest_report(&voice, &channel_id, request.config, parsed, &headers, &body).await;
     METRICS.request_duration(started.elapsed().as_secs_f64());
     answer
 }

@@ -373,3 +373,82 @@ async fn kafka_refusing_a_call_event_is_answered_503_and_the_retry_publishes_it(
         .collect();
     assert_eq!(types, ["call.ringing"]);
 }
+
+#[tokio::test]
+async fn the_voice_url_answers_twiml_and_the_recording_becomes_one_voicemail_event() {
+    let setup = setup().await;
+    let base = "https://voice.example.test/webhooks/twilio/voice/demo-twilio";
+    let incoming = [
+        ("AccountSid", ACCOUNT),
+        ("CallSid", "CA0009"),
+        ("CallStatus", "ringing"),
+        ("Direction", "inbound"),
+        ("From", "+16505551234"),
+        ("To", "+15550100200"),
+    ];
+    let path = "/webhooks/twilio/voice/demo-twilio/incoming";
+    let signature = twilio_signs("demo-auth-token", &format!("{base}/incoming"), &incoming);
+    let response = setup
+        .app
+        .clone()
+        .oneshot(twilio_post(path, &incoming, &signature))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/xml");
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let twiml = String::from_utf8(body.to_vec()).unwrap();
+    // No forward_to on this channel: straight to the greeting and the recording,
+    // whose callback carries the caller.
+    let callback = format!("{base}/recording?from=%2B16505551234");
+    assert!(twiml.starts_with("<?xml"), "{twiml}");
+    assert!(
+        twiml.contains("<Say>Sorry, nobody can take your call"),
+        "{twiml}"
+    );
+    assert!(
+        twiml.contains(&format!(r#"recordingStatusCallback="{callback}""#)),
+        "{twiml}"
+    );
+
+    let recording = [
+        ("AccountSid", ACCOUNT),
+        ("CallSid", "CA0009"),
+        ("RecordingSid", "RE0009"),
+        (
+            "RecordingUrl",
+            "https://api.twilio.com/2010-04-01/Accounts/AC00000000000000000000000000000000/Recordings/RE0009",
+        ),
+        ("RecordingStatus", "completed"),
+        ("RecordingDuration", "17"),
+        ("RecordingChannels", "1"),
+        ("RecordingSource", "RecordVerb"),
+    ];
+    let signature = twilio_signs("demo-auth-token", &callback, &recording);
+    let path = "/webhooks/twilio/voice/demo-twilio/recording?from=%2B16505551234";
+    for _ in 0..2 {
+        // Twilio may send it twice; one event.
+        assert_eq!(
+            send(&setup.app, twilio_post(path, &recording, &signature)).await,
+            200
+        );
+    }
+    let events = call_events(&setup.kafka);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].r#type, "call.voicemail");
+    assert_eq!(events[0].conversation_key, "voice:demo-twilio:+16505551234");
+    let Some(pb::event::Payload::Call(call)) = &events[0].payload else {
+        panic!("not a call event");
+    };
+    assert_eq!(call.duration_seconds, 17);
+    assert!(call.recording_url.ends_with("/Recordings/RE0009"));
+
+    // A caller forged into the callback URL breaks Twilio's signature.
+    let forged = "/webhooks/twilio/voice/demo-twilio/recording?from=%2B19995550000";
+    assert_eq!(
+        send(&setup.app, twilio_post(forged, &recording, &signature)).await,
+        401
+    );
+}
