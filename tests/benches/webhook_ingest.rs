@@ -4,11 +4,15 @@
 //!   1. a bare hyper server that reads the body and answers 200;
 //!   2. rdkafka producing the same event bytes with no HTTP at all.
 //!
+//! Then signed Twilio status callbacks (one call each) at the voice connector, against
+//! the same two baselines.
+//!
 //! Prints requests/s, p50/p99 latency and peak memory, and the gateway's ratio to the
 //! lower baseline. Needs the broker `make bench` starts (Apache Kafka, KRaft); each
 //! measured phase restarts it empty.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use omnigate_connector_voice::verify::twilio_signature;
 use omnigate_connector_whatsapp::{NormalizeCtx, normalize, verify::sign};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
@@ -57,14 +61,66 @@ fn bodies() -> Vec<(String, String)> {
         .collect()
 }
 
-/// POSTs bodies with `concurrency()` keep-alive connections for `duration`; `rate` paces the
-/// total to that many requests per second when set.
-async fn load(
+/// Signed requests to one URL: each body with its signature header's value.
+#[derive(Clone)]
+struct Requests {
     url: String,
+    content_type: &'static str,
+    signature_header: &'static str,
     bodies: Arc<Vec<(String, String)>>,
-    duration: Duration,
-    rate: Option<f64>,
-) -> Run {
+}
+
+impl Requests {
+    /// WhatsApp webhook bodies, signed with `X-Hub-Signature-256`.
+    fn whatsapp(url: String, bodies: Arc<Vec<(String, String)>>) -> Self {
+        Self {
+            url,
+            content_type: "application/json",
+            signature_header: "x-hub-signature-256",
+            bodies,
+        }
+    }
+}
+
+/// Twilio status callbacks (`ringing`, one call each) for the channel at `url`,
+/// signed with `X-Twilio-Signature` under `auth_token`.
+fn twilio_requests(url: String, auth_token: &[u8]) -> Requests {
+    let bodies = (0..BODIES)
+        .map(|i| {
+            let call = format!("CA{i:032x}");
+            let from = format!("+1650555{:04}", i % 5000);
+            let params: Vec<(String, String)> = [
+                ("AccountSid", "AC00000000000000000000000000000000"),
+                ("ApiVersion", "2010-04-01"),
+                ("CallSid", call.as_str()),
+                ("CallStatus", "ringing"),
+                ("CallbackSource", "call-progress-events"),
+                ("Direction", "inbound"),
+                ("From", from.as_str()),
+                ("SequenceNumber", "1"),
+                ("To", "+15550100200"),
+            ]
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+            let signature = twilio_signature(auth_token, &url, &params);
+            let body = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&params)
+                .finish();
+            (body, signature)
+        })
+        .collect();
+    Requests {
+        url,
+        content_type: "application/x-www-form-urlencoded",
+        signature_header: "x-twilio-signature",
+        bodies: Arc::new(bodies),
+    }
+}
+
+/// POSTs the requests with `concurrency()` keep-alive connections for `duration`;
+/// `rate` paces the total to that many requests per second when set.
+async fn load(requests: Requests, duration: Duration, rate: Option<f64>) -> Run {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency())
         .build()
@@ -72,8 +128,9 @@ async fn load(
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency())
         .map(|worker| {
-            let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+            let (client, requests) = (client.clone(), requests.clone());
             tokio::spawn(async move {
+                let bodies = &requests.bodies;
                 let mut latencies = Vec::new();
                 let mut errors = 0;
                 let mut n = 0usize;
@@ -89,9 +146,9 @@ async fn load(
                     n += 1;
                     let sent = Instant::now();
                     let response = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .header("x-hub-signature-256", signature)
+                        .post(&requests.url)
+                        .header("content-type", requests.content_type)
+                        .header(requests.signature_header, signature)
                         .body(body.clone())
                         .send()
                         .await;
@@ -192,7 +249,7 @@ fn main() {
             .unwrap();
         let url = format!("http://127.0.0.1:{port}/");
         wait_http(&url).await;
-        let bare = load(url, bodies.clone(), duration, None).await;
+        let bare = load(Requests::whatsapp(url, bodies.clone()), duration, None).await;
         let bare_mem = peak_mib(&hyper);
         let bare_cpu = cpu_seconds(&hyper);
         stop(hyper);
@@ -224,7 +281,12 @@ fn main() {
         let gateway = start_gateway(&path, port).await;
         let url = format!("http://127.0.0.1:{port}/webhooks/whatsapp/bench");
         let (cpu_before, broker_before) = (cpu_seconds(&gateway), broker_cpu_seconds());
-        let full = load(url.clone(), bodies.clone(), duration, None).await;
+        let full = load(
+            Requests::whatsapp(url.clone(), bodies.clone()),
+            duration,
+            None,
+        )
+        .await;
         let gateway_cpu = cpu_seconds(&gateway) - cpu_before;
         let gateway_broker_cpu = broker_cpu_seconds() - broker_before;
         full.print("omnigate: signed POST -> Kafka ack", peak_mib(&gateway));
@@ -234,7 +296,12 @@ fn main() {
         fresh_broker();
         let gateway = start_gateway(&path, port).await;
         let half_rate = full.rate() / 2.0;
-        let half = load(url, bodies.clone(), duration, Some(half_rate)).await;
+        let half = load(
+            Requests::whatsapp(url, bodies.clone()),
+            duration,
+            Some(half_rate),
+        )
+        .await;
         half.print(
             &format!("omnigate at half rate ({half_rate:.0}/s)"),
             peak_mib(&gateway),
@@ -252,12 +319,45 @@ fn main() {
             gateway_broker_cpu / full.requests as f64 * 1e6,
             produce_broker_cpu / produce.requests as f64 * 1e6
         );
+        // Voice: signed Twilio status callbacks, one call each, on an empty broker.
+        fresh_broker();
+        let port = free_port();
+        let config = format!(
+            "roles = [\"voice\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\npartitions = 3\nlinger_ms = {linger}\n[blobs]\nurl = \"file://{}\"\n[voice.channels.bench]\nprovider = \"twilio\"\nnumber = \"+15550100200\"\naccount_sid = \"AC00000000000000000000000000000000\"\nauth_token = \"bench-token\"\npublic_url = \"http://127.0.0.1:{port}\"\n",
+            brokers(),
+            unique_prefix("bench-voice"),
+            dir.path().join("blobs").display()
+        );
+        let voice_path = dir.path().join("voice.toml");
+        std::fs::write(&voice_path, config).unwrap();
+        let gateway = start_gateway(&voice_path, port).await;
+        let requests = twilio_requests(
+            format!("http://127.0.0.1:{port}/webhooks/twilio/voice/bench"),
+            b"bench-token",
+        );
+        let (cpu_before, broker_before) = (cpu_seconds(&gateway), broker_cpu_seconds());
+        let voice = load(requests, duration, None).await;
+        let voice_cpu = cpu_seconds(&gateway) - cpu_before;
+        let voice_broker_cpu = broker_cpu_seconds() - broker_before;
+        voice.print("omnigate: Twilio callback -> Kafka ack", peak_mib(&gateway));
+        stop(gateway);
+        println!(
+            "Voice: CPU per request {:.1} us; broker CPU per event {:.1} us",
+            voice_cpu / voice.requests.max(1) as f64 * 1e6,
+            voice_broker_cpu / voice.requests.max(1) as f64 * 1e6
+        );
+
         let lower = bare.rate().min(produce.rate());
         println!(
             "\nratio: omnigate / lower baseline = {:.2} (target >= 0.50); acknowledged events/s = {:.0} (target >= 10000); p99 at half rate = {:.2} ms (target < 25)",
             full.rate() / lower,
             full.rate(),
             half.percentile(0.99)
+        );
+        println!(
+            "ratio: voice / lower baseline = {:.2} (target >= 0.50); acknowledged call events/s = {:.0}",
+            voice.rate() / lower,
+            voice.rate()
         );
     });
 }
