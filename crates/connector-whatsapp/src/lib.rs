@@ -24,7 +24,7 @@ use omnigate_core::{
     ConfigError,
     connector::{
         ChannelInfo, ConfigSource, Connector, ConnectorContext, ConnectorError, ConnectorKind,
-        ReplyAddress,
+        Pace, ReplyAddress,
     },
     consume::HandlerError,
     publish::Topic,
@@ -151,7 +151,8 @@ impl Connector for WhatsappConnector {
             &ctx,
             "whatsapp-media",
             Topic::Inbound,
-            true,
+            // It acts on the few events with pending media among all of them.
+            Pace::Bulk,
             Box::new(move |record| {
                 let media = media.clone();
                 Box::pin(async move {

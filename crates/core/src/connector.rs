@@ -201,7 +201,7 @@ impl Subscribe for IdleSubscriber {
         &self,
         _group: &str,
         _topic: Topic,
-        _background: bool,
+        _pace: Pace,
         _handler: RecordHandler,
         shutdown: CancellationToken,
     ) -> Result<BoxFuture<'static, ()>, ConnectorError> {
@@ -209,18 +209,32 @@ impl Subscribe for IdleSubscriber {
     }
 }
 
+/// How eagerly a consumer fetches from the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// On the main path: each record is handed over the moment it arrives.
+    Main,
+    /// Off the main path (send commands, state followers): idle consumers ask the
+    /// broker less often; records still arrive one by one.
+    Background,
+    /// Follows a busy topic for the few records it acts on (the WhatsApp media
+    /// downloads follow every inbound event): fetches wait for a batch
+    /// (`kafka.bulk_fetch_min_bytes`), up to the background fetch wait when traffic
+    /// is light, so the broker serves a few large fetches instead of one per record.
+    Bulk,
+}
+
 /// Runs a record handler over one topic in one consumer group, at least once, until
 /// shutdown. Implemented by `omnigate-kafka`.
 pub trait Subscribe: Send + Sync + 'static {
     /// A future that consumes `topic` in group `<topic_prefix><group>` and calls
     /// `handler` for every record (a retriable error retries the record with backoff;
-    /// a permanent one skips it), until `shutdown`. `background` marks a consumer off
-    /// the main path, which may poll the broker less often.
+    /// a permanent one skips it), until `shutdown`, fetching at `pace`.
     fn consume(
         &self,
         group: &str,
         topic: Topic,
-        background: bool,
+        pace: Pace,
         handler: RecordHandler,
         shutdown: CancellationToken,
     ) -> Result<BoxFuture<'static, ()>, ConnectorError>;
@@ -246,12 +260,12 @@ impl Subscriber {
         ctx: &ConnectorContext,
         group: &str,
         topic: Topic,
-        background: bool,
+        pace: Pace,
         handler: RecordHandler,
     ) -> Result<(), ConnectorError> {
         let consuming = self
             .0
-            .consume(group, topic, background, handler, ctx.shutdown.clone())?;
+            .consume(group, topic, pace, handler, ctx.shutdown.clone())?;
         ctx.tasks.spawn(consuming);
         Ok(())
     }
@@ -286,6 +300,6 @@ impl Subscriber {
             }
             handler(command)
         });
-        self.spawn(ctx, group, Topic::Outbound, true, handler)
+        self.spawn(ctx, group, Topic::Outbound, Pace::Background, handler)
     }
 }

@@ -3,7 +3,7 @@
 use crate::{KafkaConfig, consumer};
 use futures::future::BoxFuture;
 use omnigate_core::{
-    connector::{ConnectorError, RecordHandler, Subscribe},
+    connector::{ConnectorError, Pace, RecordHandler, Subscribe},
     publish::Topic,
 };
 use tokio_util::sync::CancellationToken;
@@ -26,14 +26,14 @@ impl Subscribe for KafkaSubscriber {
         &self,
         group: &str,
         topic: Topic,
-        background: bool,
+        pace: Pace,
         handler: RecordHandler,
         shutdown: CancellationToken,
     ) -> Result<BoxFuture<'static, ()>, ConnectorError> {
-        let config = if background {
-            self.config.for_background()
-        } else {
-            self.config.clone()
+        let config = match pace {
+            Pace::Main => self.config.clone(),
+            Pace::Background => self.config.for_background(),
+            Pace::Bulk => self.config.for_bulk(),
         };
         let consumer =
             consumer::subscribe(&config, group, &[topic]).map_err(|err| ConnectorError {
