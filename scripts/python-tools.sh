@@ -9,5 +9,9 @@ if "$venv/bin/python" -c "import twilio.request_validator" 2>/dev/null; then
   exit 0
 fi
 echo "==> Installing the Python test clients (twilio) into $venv"
-python3 -m venv "$venv"
+if ! python3 -m venv "$venv" 2>/dev/null; then
+  # Debian ships venv separately.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  python3 -m venv "$venv"
+fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check "twilio==9.13.0"
