@@ -30,6 +30,8 @@ pub enum Provider {
     /// Zammad's generic CTI format, posted by PBX bridges (3CX, Asterisk,
     /// FreeSWITCH, STARFACE), authenticated by a path token or a body HMAC.
     Cti,
+    /// Asterisk's Manager Interface, watched passively over TCP.
+    Asterisk,
 }
 
 /// One phone line.
@@ -79,6 +81,15 @@ pub struct ChannelConfig {
     /// `/webhooks/cti/{channel}`. Secret.
     #[serde(default)]
     pub hmac_secret: Option<SecretString>,
+    /// Asterisk: the AMI address, `tcp://pbx.example.com:5038`.
+    #[serde(default)]
+    pub ami_url: Option<Url>,
+    /// Asterisk: the AMI user (`manager.conf`), with `read = call` at least.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Asterisk: the AMI user's secret. Secret.
+    #[serde(default)]
+    pub secret: Option<SecretString>,
 }
 
 fn default_tenant() -> String {
@@ -113,6 +124,9 @@ impl std::fmt::Debug for ChannelConfig {
             .field("voicemail_max_seconds", &self.voicemail_max_seconds)
             .field("token", &redacted(&self.token))
             .field("hmac_secret", &redacted(&self.hmac_secret))
+            .field("ami_url", &self.ami_url)
+            .field("username", &self.username)
+            .field("secret", &redacted(&self.secret))
             .finish()
     }
 }
@@ -199,6 +213,7 @@ impl VoiceConfig {
                     }
                     misplaced("token", channel.token.is_some())?;
                     misplaced("hmac_secret", channel.hmac_secret.is_some())?;
+                    misplaced("ami_url", channel.ami_url.is_some())?;
                 }
                 Provider::Cti => {
                     let given = |s: &Option<SecretString>| {
@@ -215,6 +230,33 @@ impl VoiceConfig {
                     misplaced("auth_token", channel.auth_token.is_some())?;
                     misplaced("public_url", channel.public_url.is_some())?;
                     misplaced("forward_to", channel.forward_to.is_some())?;
+                    misplaced("ami_url", channel.ami_url.is_some())?;
+                }
+                Provider::Asterisk => {
+                    match &channel.ami_url {
+                        Some(url)
+                            if url.scheme() == "tcp"
+                                && url.host_str().is_some()
+                                && url.port().is_some() => {}
+                        _ => {
+                            return Err(ConfigError::new(
+                                format!("{key}.ami_url"),
+                                "must be the AMI address with its port, such as tcp://pbx.example.com:5038",
+                            ));
+                        }
+                    }
+                    if channel.username.as_deref().unwrap_or_default().is_empty() {
+                        return Err(ConfigError::new(
+                            format!("{key}.username"),
+                            "the AMI user (manager.conf) is missing",
+                        ));
+                    }
+                    require_secret(
+                        &format!("{key}.secret"),
+                        channel.secret.as_ref().unwrap_or(&SecretString::from("")),
+                    )?;
+                    misplaced("account_sid", channel.account_sid.is_some())?;
+                    misplaced("token", channel.token.is_some())?;
                 }
             }
         }

@@ -1,13 +1,15 @@
-//! Voice connector: call events from Twilio and from any PBX that speaks Zammad's
-//! generic CTI format.
+//! Voice connector: call events from Twilio, from any PBX that speaks Zammad's
+//! generic CTI format, and from Asterisk directly over AMI.
 //!
 //! - `POST /webhooks/twilio/voice/{channel}`: Twilio status callbacks, checked against
 //!   `X-Twilio-Signature` and the channel's account;
 //! - `POST /webhooks/cti/{channel}/{token}` and `POST /webhooks/cti/{channel}` (with
 //!   `X-Omnigate-Signature`): `newCall`, `answer` and `hangup` from CTI bridges;
+//! - [`ami`]: a long-lived Asterisk Manager Interface connection per channel;
 //! - [`calls`]: one state machine turns every source's reports into `call.ringing`,
 //!   `call.answered`, `call.ended` and `call.missed`, once each per call.
 
+pub mod ami;
 pub mod calls;
 pub mod config;
 pub mod normalize;
@@ -21,11 +23,15 @@ use async_trait::async_trait;
 use omnigate_core::{
     ConfigError,
     connector::{
-        ChannelInfo, ConfigSource, Connector, ConnectorContext, ConnectorError, ConnectorKind,
+        ChannelInfo, ChannelState, ConfigSource, Connector, ConnectorContext, ConnectorError,
+        ConnectorKind,
     },
 };
 use omnigate_model::pb;
-use std::sync::Arc;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
 
 /// The running connector: every configured voice channel.
 #[derive(Clone, Debug)]
@@ -38,6 +44,19 @@ struct Inner {
     config: VoiceConfig,
     ctx: ConnectorContext,
     calls: calls::CallBook,
+    states: ChannelStates,
+}
+
+/// Each channel's state, shared by the running connector (which sets it) and the
+/// configured one (which reports it).
+type ChannelStates = Arc<Mutex<BTreeMap<String, ChannelState>>>;
+
+impl Voice {
+    /// Records `channel`'s state for health reports.
+    pub(crate) fn set_state(&self, channel: &str, state: ChannelState) {
+        let mut states = self.inner.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.insert(channel.to_string(), state);
+    }
 }
 
 /// The voice connector kind: its `[voice]` table and role name.
@@ -52,7 +71,10 @@ impl ConnectorKind for VoiceKind {
     fn configure(&self, source: &ConfigSource) -> Result<Arc<dyn Connector>, ConfigError> {
         let config: VoiceConfig = source.table("voice")?;
         config.validate()?;
-        Ok(Arc::new(VoiceConnector { config }))
+        Ok(Arc::new(VoiceConnector {
+            config,
+            states: ChannelStates::default(),
+        }))
     }
 }
 
@@ -60,6 +82,7 @@ impl ConnectorKind for VoiceKind {
 #[derive(Debug)]
 struct VoiceConnector {
     config: VoiceConfig,
+    states: ChannelStates,
 }
 
 #[async_trait]
@@ -76,14 +99,36 @@ impl Connector for VoiceConnector {
             .collect()
     }
 
+    fn health(&self) -> Vec<(String, ChannelState)> {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        self.config
+            .channels
+            .keys()
+            .map(|id| {
+                (
+                    id.clone(),
+                    states.get(id).cloned().unwrap_or(ChannelState::Ok),
+                )
+            })
+            .collect()
+    }
+
     async fn start(&self, ctx: ConnectorContext) -> Result<axum::Router, ConnectorError> {
         let voice = Voice {
             inner: Arc::new(Inner {
                 calls: calls::CallBook::new(self.config.max_tracked_calls),
                 config: self.config.clone(),
-                ctx,
+                ctx: ctx.clone(),
+                states: Arc::clone(&self.states),
             }),
         };
+        for (id, channel) in &self.config.channels {
+            if channel.provider == Provider::Asterisk {
+                voice.set_state(id, ChannelState::Error("Asterisk AMI: connecting".into()));
+                ctx.tasks
+                    .spawn(ami::follow(voice.clone(), id.clone(), channel.clone()));
+            }
+        }
         Ok(webhook::routes(voice))
     }
 }

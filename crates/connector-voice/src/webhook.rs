@@ -320,9 +320,23 @@ async fn ingest_report(
             return Ok(());
         }
     };
+    publish_report(voice, channel_id, config, &report, || letter("")).await
+}
+
+/// Publishes the event `report` calls for against its call's state, if any, then
+/// moves the state. Fails only when the provider should send the report again
+/// (Kafka did not take it).
+pub(crate) async fn publish_report(
+    voice: &Voice,
+    channel_id: &str,
+    config: &ChannelConfig,
+    report: &normalize::CallReport,
+    letter: impl FnOnce() -> pb::DeadLetter,
+) -> Result<(), ApiError> {
+    let ctx = &voice.inner.ctx;
     let call_key = format!("{channel_id}:{}", report.call_id);
     let calls = &voice.inner.calls;
-    let Some(decision) = calls::decide(&calls.state(&call_key), &report) else {
+    let Some(decision) = calls::decide(&calls.state(&call_key), report) else {
         METRICS.events(channel_id, EventOutcome::Ignored, 1);
         tracing::debug!(channel = channel_id, step = ?report.step, "Repeated or late call step; nothing to publish");
         return Ok(());
@@ -337,7 +351,7 @@ async fn ingest_report(
     let event_type = decision.event_type;
     let records = [(Topic::Inbound, Outgoing::Event(Box::new(event)))];
     let ingested =
-        ingest::publish_or_dead_letter(&ctx.publisher, &ctx.blobs, &records, || letter(""))
+        ingest::publish_or_dead_letter(&ctx.publisher, &ctx.blobs, &records, letter)
             .await
             .inspect_err(|err| {
                 tracing::warn!(channel = channel_id, error = %err, "Kafka did not take the call event; answering 503");
