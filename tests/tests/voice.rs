@@ -148,3 +148,113 @@ async fn a_missed_cti_call_is_routed_beside_the_callers_whatsapp_conversation() 
         "requests are logged, masked"
     );
 }
+
+/// The bytes the fake Twilio serves as a recording.
+const RECORDING: &[u8] = b"RIFF\x24\x00\x00\x00WAVEfmt fake voicemail audio";
+const ACCOUNT: &str = "AC00000000000000000000000000000000";
+
+/// A fake Twilio REST API serving one recording, as Twilio does: `.wav` appended to
+/// the RecordingUrl, HTTP basic auth with the account SID and auth token.
+async fn fake_twilio() -> u16 {
+    use axum::{extract::Path, http::HeaderMap, routing::get};
+    use base64::Engine as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT}:demo-auth-token"))
+    );
+    let app = axum::Router::new().route(
+        "/2010-04-01/Accounts/{account}/Recordings/{file}",
+        get(
+            move |Path((account, file)): Path<(String, String)>, headers: HeaderMap| {
+                let expected = expected.clone();
+                async move {
+                    let authorized = headers
+                        .get("authorization")
+                        .is_some_and(|v| v.to_str().ok() == Some(expected.as_str()));
+                    if !authorized || account != ACCOUNT {
+                        return (axum::http::StatusCode::UNAUTHORIZED, Vec::new());
+                    }
+                    if file != "RE0000000000000000000000000000000a.wav" {
+                        return (axum::http::StatusCode::NOT_FOUND, Vec::new());
+                    }
+                    (axum::http::StatusCode::OK, RECORDING.to_vec())
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+// Two workers: the fake Twilio serves while the test blocks reading Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voicemail_recording_is_copied_into_the_blob_store_after_the_callback() {
+    let prefix = unique_prefix("voice-recording");
+    let twilio = fake_twilio().await;
+    let extra = format!(
+        "[voice]\ntwilio_api_base = \"http://127.0.0.1:{twilio}\"\n[voice.channels.line]\nprovider = \"twilio\"\nnumber = \"+15550100200\"\ndefault_country = \"US\"\naccount_sid = \"{ACCOUNT}\"\nauth_token = \"demo-auth-token\"\npublic_url = \"https://voice.example.test\"\n"
+    );
+    let gateway = Gateway::start_roles(&brokers(), &prefix, &["voice"], &extra, None, &[]).await;
+    // Twilio signs the public URL it calls; the request reaches the gateway directly.
+    let path = "/webhooks/twilio/voice/line/recording?from=%2B16505551234";
+    let callback = format!("https://voice.example.test{path}");
+    let params: Vec<(String, String)> = [
+        ("AccountSid", ACCOUNT),
+        ("CallSid", "CA0000000000000000000000000000000a"),
+        ("RecordingSid", "RE0000000000000000000000000000000a"),
+        (
+            "RecordingUrl",
+            &format!("http://127.0.0.1:{twilio}/2010-04-01/Accounts/{ACCOUNT}/Recordings/RE0000000000000000000000000000000a"),
+        ),
+        ("RecordingStatus", "completed"),
+        ("RecordingDuration", "9"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    let signature =
+        omnigate_connector_voice::verify::twilio_signature(b"demo-auth-token", &callback, &params);
+    let status = reqwest::Client::new()
+        .post(format!("{}{path}", gateway.url))
+        .header("x-twilio-signature", signature)
+        .form(&params)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200, "log:\n{}", gateway.log());
+
+    let started = Instant::now();
+    let updated = loop {
+        let inbound: Vec<Value> = read_topic(
+            &brokers(),
+            &format!("{prefix}inbound.v1"),
+            2,
+            Duration::from_secs(2),
+        )
+        .iter()
+        .map(json)
+        .collect();
+        if let Some(update) = inbound
+            .iter()
+            .find(|e| e["type"] == "message.media_updated")
+        {
+            assert!(inbound.iter().any(|e| e["type"] == "call.voicemail"));
+            break update.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no media update; log:\n{}",
+            gateway.log()
+        );
+    };
+    let attachment = &updated["mediaUpdated"]["attachment"];
+    assert_eq!(attachment["state"], "MEDIA_STATE_STORED");
+    assert_eq!(attachment["size"], RECORDING.len().to_string());
+    let key = attachment["blob"]["key"].as_str().unwrap();
+    let stored = std::fs::read(gateway.dir.path().join("blobs").join(key)).unwrap();
+    assert_eq!(stored, RECORDING);
+    assert_eq!(updated["conversationKey"], "voice:line:+16505551234");
+}

@@ -16,6 +16,13 @@ pub struct VoiceConfig {
     /// How many calls the state machine remembers (the oldest are forgotten first).
     /// Default 100000.
     pub max_tracked_calls: usize,
+    /// Where Twilio recordings are fetched from; a recording URL elsewhere is never
+    /// fetched. Default `https://api.twilio.com`; tests point it at a fake.
+    pub twilio_api_base: Url,
+    /// Largest recording copied into the blob store, in bytes. Default 50 MiB.
+    pub recording_max_bytes: u64,
+    /// Timeout of one recording download, in milliseconds. Default 30000.
+    pub http_timeout_ms: u64,
     /// Channels by name; the name is the `{channel}` in the webhook paths.
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelConfig>,

@@ -13,6 +13,7 @@ pub mod ami;
 pub mod calls;
 pub mod config;
 pub mod normalize;
+mod recordings;
 mod twiml;
 pub mod verify;
 mod webhook;
@@ -24,8 +25,10 @@ use omnigate_core::{
     ConfigError,
     connector::{
         ChannelInfo, ChannelState, ConfigSource, Connector, ConnectorContext, ConnectorError,
-        ConnectorKind,
+        ConnectorKind, Pace,
     },
+    consume::HandlerError,
+    publish::Topic,
 };
 use omnigate_model::pb;
 use std::{
@@ -45,6 +48,8 @@ struct Inner {
     ctx: ConnectorContext,
     calls: calls::CallBook,
     states: ChannelStates,
+    /// Downloads voicemail recordings.
+    http: reqwest::Client,
 }
 
 /// Each channel's state, shared by the running connector (which sets it) and the
@@ -120,8 +125,56 @@ impl Connector for VoiceConnector {
                 config: self.config.clone(),
                 ctx: ctx.clone(),
                 states: Arc::clone(&self.states),
+                http: reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_millis(
+                        self.config.http_timeout_ms,
+                    ))
+                    .build()
+                    .map_err(|e| ConnectorError {
+                        connector: "voice",
+                        message: format!("cannot build the HTTP client: {e}"),
+                    })?,
             }),
         };
+        if self
+            .config
+            .channels
+            .values()
+            .any(|channel| channel.provider == Provider::Twilio)
+        {
+            // Recordings follow the inbound topic: a crash between the callback's 200
+            // and the copy never loses the copy.
+            let copier = voice.clone();
+            ctx.subscriber.spawn(
+                &ctx,
+                "voice-recordings",
+                Topic::Inbound,
+                Pace::Bulk,
+                Box::new(move |record| {
+                    let copier = copier.clone();
+                    Box::pin(async move {
+                        if !recordings::is_voicemail(&record) {
+                            return Ok(());
+                        }
+                        let event: pb::Event = record
+                            .decode()
+                            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+                        copier
+                            .copy_recording(&event)
+                            .await
+                            .map_err(|err| match err {
+                                recordings::RecordingError::Retriable(m) => {
+                                    HandlerError::Retriable(m)
+                                }
+                                recordings::RecordingError::Permanent(m) => {
+                                    tracing::warn!(reason = %m, "Voicemail recording not copied");
+                                    HandlerError::Permanent(m)
+                                }
+                            })
+                    })
+                }),
+            )?;
+        }
         for (id, channel) in &self.config.channels {
             if channel.provider == Provider::Asterisk {
                 voice.set_state(id, ChannelState::Error("Asterisk AMI: connecting".into()));
