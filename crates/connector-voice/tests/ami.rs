@@ -5,12 +5,7 @@
 
 use omnigate_connector_voice::VoiceKind;
 use omnigate_core::{
-    blob::BlobStore,
-    connector::{
-        ChannelState, ConfigSource, Connector, ConnectorContext, ConnectorKind, IdleSubscriber,
-        Subscriber,
-    },
-    health::Health,
+    connector::{ChannelState, ConfigSource, Connector, ConnectorContext, ConnectorKind},
     publish::{MemoryPublisher, Outgoing, Publisher, Topic},
 };
 use std::{sync::Arc, time::Duration};
@@ -73,19 +68,7 @@ async fn start(
         .unwrap();
     let kafka = MemoryPublisher::default();
     let dir = tempfile::tempdir().unwrap();
-    let blobs: omnigate_core::config::BlobConfig = serde_json::from_value(
-        serde_json::json!({"url": format!("file:{}", dir.path().display())}),
-    )
-    .unwrap();
-    let ctx = ConnectorContext {
-        publisher: Publisher::new(kafka.clone()),
-        subscriber: Subscriber::new(IdleSubscriber),
-        database_url: "sqlite::memory:".into(),
-        blobs: BlobStore::open(&blobs).unwrap(),
-        shutdown: Default::default(),
-        tasks: Default::default(),
-        health: Health::default(),
-    };
+    let ctx = ConnectorContext::for_tests(Publisher::new(kafka.clone()), dir.path()).unwrap();
     let _no_routes_needed = connector.start(ctx).await.unwrap();
     (connector, kafka, dir)
 }

@@ -5,9 +5,7 @@
 use axum::{body::Body, http::Request};
 use omnigate_connector_whatsapp::{WhatsappKind, verify::sign};
 use omnigate_core::{
-    blob::BlobStore,
-    connector::{ConfigSource, ConnectorContext, ConnectorKind, IdleSubscriber, Subscriber},
-    health::Health,
+    connector::{ConfigSource, ConnectorContext, ConnectorKind},
     publish::{ErrorKind, MemoryPublisher, Outgoing, Publisher, Topic},
 };
 use std::time::Duration;
@@ -35,19 +33,7 @@ async fn setup() -> Setup {
         .unwrap();
     let kafka = MemoryPublisher::default();
     let dir = tempfile::tempdir().unwrap();
-    let blobs: omnigate_core::config::BlobConfig = serde_json::from_value(
-        serde_json::json!({"url": format!("file:{}", dir.path().display())}),
-    )
-    .unwrap();
-    let ctx = ConnectorContext {
-        publisher: Publisher::new(kafka.clone()),
-        subscriber: Subscriber::new(IdleSubscriber),
-        database_url: "sqlite::memory:".into(),
-        blobs: BlobStore::open(&blobs).unwrap(),
-        shutdown: Default::default(),
-        tasks: Default::default(),
-        health: Health::default(),
-    };
+    let ctx = ConnectorContext::for_tests(Publisher::new(kafka.clone()), dir.path()).unwrap();
     let app = connector.start(ctx).await.unwrap();
     Setup {
         app,

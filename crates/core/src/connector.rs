@@ -103,6 +103,33 @@ pub struct ConnectorContext {
     pub health: Health,
 }
 
+impl ConnectorContext {
+    /// A context for a connector's unit tests: `publisher` stands in for Kafka, blobs
+    /// go to `blob_dir`, consumers consume nothing ([`IdleSubscriber`]), and the SQL
+    /// database is in memory.
+    pub fn for_tests(
+        publisher: Publisher,
+        blob_dir: &std::path::Path,
+    ) -> Result<Self, ConfigError> {
+        let blobs = crate::config::BlobConfig {
+            url: format!("file:{}", blob_dir.display()),
+            s3_region: String::new(),
+            s3_endpoint: String::new(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: secrecy::SecretString::from(""),
+        };
+        Ok(Self {
+            publisher,
+            subscriber: Subscriber::new(IdleSubscriber),
+            database_url: "sqlite::memory:".into(),
+            blobs: BlobStore::open(&blobs)?,
+            shutdown: Default::default(),
+            tasks: Default::default(),
+            health: Health::default(),
+        })
+    }
+}
+
 impl std::fmt::Debug for ConnectorContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectorContext")
