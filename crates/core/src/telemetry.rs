@@ -124,6 +124,11 @@ impl ChannelMetrics {
         Self { kind: "voice" }
     }
 
+    /// The metrics of email channels, for a `const`.
+    pub const fn email() -> Self {
+        Self { kind: "email" }
+    }
+
     /// `n` events of `channel` ended as `outcome`.
     pub fn events(&self, channel: &str, outcome: EventOutcome, n: u64) {
         metrics::counter!(metric::CHANNEL_EVENTS_TOTAL, "kind" => self.kind, "channel" => channel.to_string(), "outcome" => outcome.label())

@@ -8,5 +8,6 @@ pub fn kinds() -> Vec<Box<dyn ConnectorKind>> {
     vec![
         Box::new(omnigate_connector_whatsapp::WhatsappKind),
         Box::new(omnigate_connector_voice::VoiceKind),
+        Box::new(omnigate_connector_email::EmailKind),
     ]
 }
