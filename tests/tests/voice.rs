@@ -258,3 +258,131 @@ async fn a_voicemail_recording_is_copied_into_the_blob_store_after_the_callback(
     assert_eq!(stored, RECORDING);
     assert_eq!(updated["conversationKey"], "voice:line:+16505551234");
 }
+
+/// Stops the test's Kamailio when the test ends, passed or not.
+struct Kamailio {
+    logs: tempfile::TempDir,
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(repo().join("scripts/sip.sh"))
+            .arg("stop")
+            .arg(self.logs.path())
+            .status();
+    }
+}
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Places one real SIP call through Kamailio (two baresip user agents) and returns
+/// its SIP Call-ID.
+fn sip_call(port: u16, scenario: &str, caller: &str) -> String {
+    let output = std::process::Command::new("python3")
+        .arg(repo().join("tests/voice/sip_call.py"))
+        .args(["--proxy", &format!("127.0.0.1:{port}")])
+        .args(["--scenario", scenario, "--caller", caller])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{scenario} call failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.lines().last().unwrap().trim().to_string()
+}
+
+// Two workers: the gateway's CTI requests are answered while the test blocks on calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_sip_calls_through_kamailio_give_the_right_call_events() {
+    let prefix = unique_prefix("voice-sip");
+    let gateway = Gateway::start_roles(&brokers(), &prefix, &["voice"], PBX, None, &[]).await;
+    let kamailio = Kamailio {
+        logs: tempfile::tempdir().unwrap(),
+    };
+    let port = omnigate_e2e::free_port();
+    let started = std::process::Command::new(repo().join("scripts/sip.sh"))
+        .arg("start")
+        .arg(port.to_string())
+        .arg(format!("{}/webhooks/cti/pbx/pbx-path-token", gateway.url))
+        .arg(kamailio.logs.path())
+        .status()
+        .unwrap();
+    assert!(started.success(), "Kamailio did not start");
+    // Each scenario from its own caller, so each call has a conversation of its own.
+    let scenarios = [
+        ("answered", "+15550001111"),
+        ("busy", "+15550001112"),
+        ("cancel", "+15550001113"),
+        ("noanswer", "+15550001114"),
+    ];
+    let calls: Vec<(&str, String)> = scenarios
+        .iter()
+        .map(|(scenario, caller)| (*scenario, sip_call(port, scenario, caller)))
+        .collect();
+    let expected_events = 3 + 2 + 2 + 2;
+    let inbound: Vec<Value> = read_topic(
+        &brokers(),
+        &format!("{prefix}inbound.v1"),
+        expected_events,
+        Duration::from_secs(30),
+    )
+    .iter()
+    .map(json)
+    .collect();
+    let of_call = |call_id: &str| -> Vec<(String, String)> {
+        let mut events: Vec<&Value> = inbound
+            .iter()
+            .filter(|e| e["call"]["callId"] == call_id)
+            .collect();
+        events.sort_by_key(|e| {
+            e["call"]["sequence"]
+                .as_str()
+                .unwrap_or("0")
+                .parse::<u64>()
+                .unwrap_or(0)
+        });
+        events
+            .iter()
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_string(),
+                    e["call"]["cause"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let kamailio_log =
+        || std::fs::read_to_string(kamailio.logs.path().join("kamailio.log")).unwrap_or_default();
+    for (scenario, call_id) in &calls {
+        let got = of_call(call_id);
+        let types: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+        let last_cause = got.last().map(|(_, c)| c.as_str()).unwrap_or_default();
+        let (want_types, want_cause): (&[&str], &str) = match *scenario {
+            "answered" => (
+                &["call.ringing", "call.answered", "call.ended"],
+                "normalClearing",
+            ),
+            "busy" => (&["call.ringing", "call.missed"], "busy"),
+            "cancel" => (&["call.ringing", "call.missed"], "cancel"),
+            _ => (&["call.ringing", "call.missed"], "noAnswer"),
+        };
+        assert_eq!(
+            types,
+            want_types,
+            "{scenario} call {call_id}: {got:?}\ngateway log:\n{}\nkamailio log:\n{}",
+            gateway.log(),
+            kamailio_log()
+        );
+        assert_eq!(last_cause, want_cause, "{scenario}: {got:?}");
+    }
+    let busy = inbound
+        .iter()
+        .find(|e| e["call"]["callId"] == calls[1].1.as_str() && e["type"] == "call.missed")
+        .unwrap();
+    assert_eq!(busy["conversationKey"], "voice:pbx:+15550001112");
+    assert_eq!(busy["call"]["from"], "+15550001112");
+}
