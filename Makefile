@@ -19,11 +19,13 @@ run: deps
 
 # Services the tests talk to, installed and started when missing: Apache Kafka (KRaft,
 # data in a temporary folder) on 127.0.0.1:9092 and PostgreSQL on 127.0.0.1:5432;
-# Kamailio and baresip (each voice test starts its own Kamailio); and the providers'
+# Dovecot and Postfix (IMAP 127.0.0.1:11143, SMTP :12525); Kamailio and baresip (each
+# voice test starts its own Kamailio); and the providers'
 # own client libraries the tests sign requests with (Python, in a venv).
 test-services: deps
 	@scripts/kafka.sh test
 	@scripts/postgres.sh
+	@scripts/mail.sh test
 	@scripts/sip.sh install
 	@scripts/python-tools.sh
 

@@ -1,0 +1,464 @@
+//! Email end to end: mail delivered by a real Postfix into a real Dovecot, followed by
+//! the gateway over IMAP, onto the broker `make test` starts; replies sent through the
+//! API land in the customer's Dovecot mailbox with threading headers.
+//! `scripts/mail.sh test` (run by `make test`) serves IMAP on 127.0.0.1:11143 and SMTP
+//! on :12525; any `name@domain` logs in with `test-password`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use futures::TryStreamExt as _;
+use omnigate_e2e::{Gateway, brokers, json, read_at_least, unique_prefix};
+use serde_json::{Value, json};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+const IMAP_PORT: u16 = 11143;
+const SMTP_PORT: u16 = 12525;
+const PASSWORD: &str = "test-password";
+
+/// A mailbox address no other test (or earlier run) uses.
+fn fresh_address(name: &str) -> String {
+    format!(
+        "{name}-{}@omnigate.test",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// The config of channel `support` following `address`'s INBOX.
+fn channel(address: &str) -> String {
+    format!(
+        r#"
+[email]
+# Dovecot notices a UIDVALIDITY change at a session's next command, not during IDLE.
+idle_renew_secs = 5
+reconnect_min_ms = 200
+reconnect_max_ms = 2000
+[email.channels.support]
+tenant = "acme"
+address = "{address}"
+display_name = "ACME Support"
+imap_url = "imap://127.0.0.1:{IMAP_PORT}"
+username = "{address}"
+password = "{PASSWORD}"
+smtp_url = "smtp://127.0.0.1:{SMTP_PORT}"
+smtp_auth = false
+"#
+    )
+}
+
+/// A raw mail with CRLF line ends.
+fn mail(from: &str, to: &str, subject: &str, id: &str, parents: &[&str], body: &str) -> String {
+    let mut headers = vec![
+        format!("From: Customer <{from}>"),
+        format!("To: <{to}>"),
+        format!("Subject: {subject}"),
+        format!("Message-ID: <{id}>"),
+        "Date: Mon, 9 Nov 2026 10:00:00 +0000".to_string(),
+        "MIME-Version: 1.0".to_string(),
+        "Content-Type: text/plain; charset=utf-8".to_string(),
+    ];
+    if let Some(parent) = parents.last() {
+        headers.push(format!("In-Reply-To: <{parent}>"));
+        let references: Vec<String> = parents.iter().map(|p| format!("<{p}>")).collect();
+        headers.push(format!("References: {}", references.join(" ")));
+    }
+    format!(
+        "{}\r\n\r\n{}\r\n",
+        headers.join("\r\n"),
+        body.replace('\n', "\r\n")
+    )
+}
+
+/// Hands `raw` to the test SMTP server (Postfix, which delivers into Dovecot).
+async fn smtp(from: &str, to: &str, raw: &str) {
+    use lettre::{AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor, address::Envelope};
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(SMTP_PORT)
+        .build();
+    let envelope = Envelope::new(Some(from.parse().unwrap()), vec![to.parse().unwrap()]).unwrap();
+    transport.send_raw(&envelope, raw.as_bytes()).await.unwrap();
+}
+
+/// Every mail in `user`'s INBOX, raw, once there are at least `n` (or after 30 s).
+async fn inbox(user: &str, n: usize) -> Vec<Vec<u8>> {
+    let started = Instant::now();
+    loop {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", IMAP_PORT))
+            .await
+            .unwrap();
+        let mut client = async_imap::Client::new(stream);
+        client.read_response().await.unwrap();
+        let mut session = client
+            .login(user, PASSWORD)
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let selected = session.select("INBOX").await.unwrap();
+        let mut mails = Vec::new();
+        if selected.exists > 0 {
+            let fetches: Vec<_> = session
+                .fetch("1:*", "BODY.PEEK[]")
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            mails = fetches
+                .iter()
+                .filter_map(|f| f.body().map(<[u8]>::to_vec))
+                .collect();
+        }
+        let _ = session.logout().await;
+        if mails.len() >= n || started.elapsed() > Duration::from_secs(30) {
+            return mails;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The inbound topic's events of `types`, once `done` holds for them (or after 60 s).
+async fn inbound_until(prefix: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let topic = format!("{prefix}inbound.v1");
+    let started = Instant::now();
+    loop {
+        let records = tokio::task::spawn_blocking({
+            let topic = topic.clone();
+            move || read_at_least(&brokers(), &topic, usize::MAX, Duration::from_secs(2))
+        })
+        .await
+        .unwrap();
+        let events: Vec<Value> = records.iter().map(json).collect();
+        if done(&events) || started.elapsed() > Duration::from_secs(60) {
+            return events;
+        }
+    }
+}
+
+fn received(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "message.received")
+        .collect()
+}
+
+fn distinct_ids(events: &[Value]) -> BTreeSet<String> {
+    received(events)
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mails_reach_kafka_with_their_parts_and_a_reply_chain_shares_one_conversation() {
+    let prefix = unique_prefix("email-thread");
+    let support = fresh_address("support");
+    let customer = fresh_address("customer");
+    let ids: Vec<String> = (1..=3)
+        .map(|i| format!("t{i}.{}@example.com", uuid::Uuid::new_v4().simple()))
+        .collect();
+    // The first mail is there before the gateway starts: read by the backfill.
+    smtp(
+        &customer,
+        &support,
+        &mail(
+            &customer,
+            &support,
+            "Order 1234 is late",
+            &ids[0],
+            &[],
+            "Where is my order?",
+        ),
+    )
+    .await;
+    let gateway = Gateway::start_roles(
+        &brokers(),
+        &prefix,
+        &["email"],
+        &channel(&support),
+        None,
+        &[],
+    )
+    .await;
+    smtp(
+        &support,
+        &support,
+        &mail(
+            &customer,
+            &support,
+            "Re: Order 1234 is late",
+            &ids[1],
+            &[&ids[0]],
+            "Any news?",
+        ),
+    )
+    .await;
+    smtp(
+        &customer,
+        &support,
+        &mail(
+            &customer,
+            &support,
+            "Re: Order 1234 is late",
+            &ids[2],
+            &[&ids[0], &ids[1]],
+            "Still waiting.\n\nOn Mon, 9 Nov 2026, Customer wrote:\n> Any news?",
+        ),
+    )
+    .await;
+    let events = inbound_until(&gateway.prefix, |e| received(e).len() >= 3).await;
+    let mails = received(&events);
+    assert_eq!(mails.len(), 3, "log:\n{}", gateway.log());
+    let key = format!("email:support:{}", ids[0]);
+    for mail in &mails {
+        assert_eq!(mail["conversationKey"], key.as_str(), "{mail}");
+        assert_eq!(mail["message"]["contact"]["email"], customer.as_str());
+        assert_eq!(mail["message"]["channel"]["address"], support.as_str());
+    }
+    let last = mails
+        .iter()
+        .find(|m| m["message"]["providerMessageId"] == ids[2].as_str())
+        .unwrap();
+    assert_eq!(last["message"]["email"]["newText"], "Still waiting.");
+    assert_eq!(last["message"]["replyToProviderId"], ids[1].as_str());
+    assert_eq!(distinct_ids(&events).len(), 3);
+    // The raw message is in the blob store, as the event says.
+    let raw_key = last["message"]["raw"]["blob"]["key"].as_str().unwrap();
+    let raw = std::fs::read(gateway.dir.path().join("blobs").join(raw_key)).unwrap();
+    assert!(String::from_utf8_lossy(&raw).contains(&ids[2]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_through_the_api_threads_in_the_customers_mailbox_and_the_answer_joins() {
+    let prefix = unique_prefix("email-reply");
+    let support = fresh_address("support");
+    let customer = fresh_address("customer");
+    let first = format!("q.{}@example.com", uuid::Uuid::new_v4().simple());
+    let gateway = Gateway::start_roles(
+        &brokers(),
+        &prefix,
+        &["email", "api"],
+        &channel(&support),
+        None,
+        &[],
+    )
+    .await;
+    smtp(
+        &customer,
+        &support,
+        &mail(
+            &customer,
+            &support,
+            "Broken charger",
+            &first,
+            &[],
+            "It sparks.",
+        ),
+    )
+    .await;
+    inbound_until(&prefix, |e| !received(e).is_empty()).await;
+
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/messages", gateway.url))
+        .bearer_auth("omnigate-dev-key")
+        .json(&json!({
+            "channel": {"channelId": "support"},
+            "to": customer,
+            "replyToProviderId": first,
+            "text": "Please stop using it; a replacement is on its way.",
+            "idempotencyKey": "reply-1",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202, "{}", answer.text().await.unwrap());
+    let events = inbound_until(&prefix, |e| e.iter().any(|e| e["type"] == "message.sent")).await;
+    let sent = events
+        .iter()
+        .find(|e| e["type"] == "message.sent")
+        .unwrap_or_else(|| panic!("no message.sent; log:\n{}", gateway.log()));
+    let key = format!("email:support:{first}");
+    assert_eq!(sent["conversationKey"], key.as_str());
+    let our_id = sent["sent"]["providerMessageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let delivered = inbox(&customer, 1).await;
+    assert_eq!(
+        delivered.len(),
+        1,
+        "the reply reached the customer's mailbox"
+    );
+    let reply = String::from_utf8_lossy(&delivered[0]).into_owned();
+    assert!(
+        reply.contains(&format!("In-Reply-To: <{first}>")),
+        "{reply}"
+    );
+    assert!(reply.contains(&format!("References: <{first}>")), "{reply}");
+    assert!(
+        reply.contains(&format!("Message-ID: <{our_id}>")),
+        "{reply}"
+    );
+    assert!(reply.contains("Subject: Re: Broken charger"), "{reply}");
+    assert!(
+        reply.contains(&format!("From: \"ACME Support\" <{support}>"))
+            || reply.contains(&format!("From: ACME Support <{support}>")),
+        "{reply}"
+    );
+
+    // The customer's client keeps only In-Reply-To: the answer still joins.
+    let answer_id = format!("a.{}@example.com", uuid::Uuid::new_v4().simple());
+    let raw = format!(
+        "From: <{customer}>\r\nTo: <{support}>\r\nSubject: Re: Broken charger\r\nMessage-ID: <{answer_id}>\r\nIn-Reply-To: <{our_id}>\r\nDate: Mon, 9 Nov 2026 11:00:00 +0000\r\n\r\nThanks!\r\n"
+    );
+    smtp(&customer, &support, &raw).await;
+    let events = inbound_until(&prefix, |e| received(e).len() >= 2).await;
+    let joined = received(&events)
+        .into_iter()
+        .find(|e| e["message"]["providerMessageId"] == answer_id.as_str())
+        .unwrap_or_else(|| panic!("the answer was not ingested; log:\n{}", gateway.log()));
+    assert_eq!(joined["conversationKey"], key.as_str());
+
+    // The same command again (a helpdesk retry) sends nothing new.
+    let again = reqwest::Client::new()
+        .post(format!("{}/v1/messages", gateway.url))
+        .bearer_auth("omnigate-dev-key")
+        .json(&json!({
+            "channel": {"channelId": "support"},
+            "to": customer,
+            "replyToProviderId": first,
+            "text": "Please stop using it; a replacement is on its way.",
+            "idempotencyKey": "reply-1",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 202);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(inbox(&customer, 1).await.len(), 1, "sent once");
+}
+
+fn mail_script(args: &[&str]) {
+    let status = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/mail.sh"),
+    )
+    .args(args)
+    .status()
+    .unwrap();
+    assert!(status.success(), "scripts/mail.sh {args:?} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_connector_resumes_from_its_cursor_and_a_uidvalidity_change_makes_no_new_ids() {
+    const MAILS: usize = 500;
+    let prefix = unique_prefix("email-crash");
+    let support = fresh_address("support");
+    let customer = fresh_address("customer");
+    let gateway = Gateway::start_roles(
+        &brokers(),
+        &prefix,
+        &["email"],
+        &channel(&support),
+        None,
+        &[],
+    )
+    .await;
+    let sending = tokio::spawn({
+        let (support, customer) = (support.clone(), customer.clone());
+        async move {
+            use lettre::{
+                AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor, address::Envelope,
+            };
+            let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+                .port(SMTP_PORT)
+                .build();
+            let envelope = Envelope::new(
+                Some(customer.parse().unwrap()),
+                vec![support.parse().unwrap()],
+            )
+            .unwrap();
+            for i in 0..MAILS {
+                let raw = mail(
+                    &customer,
+                    &support,
+                    &format!("Mail {i}"),
+                    &format!("bulk-{i}.{support}"),
+                    &[],
+                    "x",
+                );
+                transport.send_raw(&envelope, raw.as_bytes()).await.unwrap();
+            }
+        }
+    });
+    // Killed while mail is still arriving.
+    inbound_until(&prefix, |e| received(e).len() >= 50).await;
+    let dir = gateway.kill_keep_dir();
+    sending.await.unwrap();
+    let gateway = Gateway::start_roles(
+        &brokers(),
+        &prefix,
+        &["email"],
+        &channel(&support),
+        Some(dir),
+        &[],
+    )
+    .await;
+    let events = inbound_until(&prefix, |e| distinct_ids(e).len() >= MAILS).await;
+    let ids = distinct_ids(&events);
+    assert_eq!(
+        ids.len(),
+        MAILS,
+        "every mail once by event id; log:\n{}",
+        gateway.log()
+    );
+    let read_before = received(&events).len();
+
+    // A restart with the cursor at the end reads nothing again.
+    let dir = gateway.kill_keep_dir();
+    let gateway = Gateway::start_roles(
+        &brokers(),
+        &prefix,
+        &["email"],
+        &channel(&support),
+        Some(dir),
+        &[],
+    )
+    .await;
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = inbound_until(&prefix, |_| true).await;
+    assert_eq!(
+        received(&events).len(),
+        read_before,
+        "the cursor was at the end"
+    );
+
+    // The server changes the folder's UIDVALIDITY: everything is read again, under the
+    // same event ids.
+    let validity = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    mail_script(&[
+        "doveadm",
+        "test",
+        "mailbox",
+        "update",
+        "-u",
+        &support,
+        "--uid-validity",
+        &validity,
+        "INBOX",
+    ]);
+    let events = inbound_until(&prefix, |e| received(e).len() >= read_before + MAILS).await;
+    assert!(
+        received(&events).len() >= read_before + MAILS,
+        "the folder was read again; log:\n{}",
+        gateway.log()
+    );
+    assert_eq!(distinct_ids(&events), ids, "no new event id");
+}
