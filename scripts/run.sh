@@ -19,6 +19,9 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
     sleep 0.1
   done
 fi
+# The demo mail server (Dovecot and Postfix, installed on first run; mail under
+# data/mail). It keeps running after Ctrl-C; `scripts/mail.sh stop run` stops it.
+scripts/mail.sh run
 stop() {
   set +e
   if [ -n "${omnigate_pid:-}" ]; then
@@ -55,6 +58,9 @@ Omnigate is up on http://127.0.0.1:8080 (Kafka: 127.0.0.1:9092). Try:
   target/release/omnigate receive --listen 127.0.0.1:9000 &
   curl -s http://127.0.0.1:8080/v1/webhooks -H 'Authorization: Bearer omnigate-dev-key' \
     -d '{"url": "http://127.0.0.1:9000/", "events": ["message.*"]}'
+  # email: a customer writes to the demo mailbox (see the README for the reply)
+  printf 'From: customer@omnigate.test\r\nTo: support@omnigate.test\r\nSubject: Where is my order?\r\nMessage-ID: <demo-1@omnigate.test>\r\n\r\nHello, order 1234 has not arrived.\r\n' \
+    | curl -s smtp://127.0.0.1:2525 --mail-from customer@omnigate.test --mail-rcpt support@omnigate.test -T -
 
 Ctrl-C stops Omnigate and Kafka.
 MSG

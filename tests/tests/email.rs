@@ -76,7 +76,9 @@ async fn smtp(from: &str, to: &str, raw: &str) {
     let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
         .port(SMTP_PORT)
         .build();
-    let envelope = Envelope::new(Some(from.parse().unwrap()), vec![to.parse().unwrap()]).unwrap();
+    // An empty sender is a null return path, as bounces have.
+    let sender = (!from.is_empty()).then(|| from.parse().unwrap());
+    let envelope = Envelope::new(sender, vec![to.parse().unwrap()]).unwrap();
     transport.send_raw(&envelope, raw.as_bytes()).await.unwrap();
 }
 
@@ -320,6 +322,21 @@ async fn a_reply_through_the_api_threads_in_the_customers_mailbox_and_the_answer
         .unwrap_or_else(|| panic!("the answer was not ingested; log:\n{}", gateway.log()));
     assert_eq!(joined["conversationKey"], key.as_str());
 
+    // The customer's server bounces a mail we sent: the command gets a failed status.
+    let dsn = format!(
+        "From: MAILER-DAEMON@example.net\r\nTo: <{support}>\r\nSubject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn.{answer_id}>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n--b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\nFinal-Recipient: rfc822; {customer}\r\nAction: failed\r\nStatus: 5.2.2\r\nDiagnostic-Code: smtp; 552 5.2.2 mailbox full\r\n--b1\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: <{support}>\r\nMessage-ID: <{our_id}>\r\nSubject: Re: Broken charger\r\n--b1--\r\n"
+    );
+    smtp("", &support, &dsn).await;
+    let events = inbound_until(&prefix, |e| e.iter().any(|e| e["type"] == "message.status")).await;
+    let status = events
+        .iter()
+        .find(|e| e["type"] == "message.status")
+        .unwrap_or_else(|| panic!("no status for the bounce; log:\n{}", gateway.log()));
+    assert_eq!(status["status"]["status"], "DELIVERY_STATUS_FAILED");
+    assert_eq!(status["status"]["commandId"], sent["sent"]["commandId"]);
+    assert_eq!(status["status"]["errors"][0]["code"], "smtp.5.2.2");
+    assert_eq!(status["conversationKey"], key.as_str());
+
     // The same command again (a helpdesk retry) sends nothing new.
     let again = reqwest::Client::new()
         .post(format!("{}/v1/messages", gateway.url))
@@ -461,4 +478,48 @@ async fn a_killed_connector_resumes_from_its_cursor_and_a_uidvalidity_change_mak
         gateway.log()
     );
     assert_eq!(distinct_ids(&events), ids, "no new event id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dovecot_restart_mid_idle_loses_no_mail() {
+    let prefix = unique_prefix("email-restart");
+    let support = fresh_address("support");
+    let customer = fresh_address("customer");
+    let gateway = Gateway::start_roles(
+        &brokers(),
+        &prefix,
+        &["email"],
+        &channel(&support),
+        None,
+        &[],
+    )
+    .await;
+    let before = format!("b.{}@example.com", uuid::Uuid::new_v4().simple());
+    smtp(
+        &customer,
+        &support,
+        &mail(&customer, &support, "Before", &before, &[], "one"),
+    )
+    .await;
+    inbound_until(&prefix, |e| !received(e).is_empty()).await;
+    // The connector is in IDLE now; the server goes away under it and comes back.
+    mail_script(&["restart-imap", "test"]);
+    let after = format!("a.{}@example.com", uuid::Uuid::new_v4().simple());
+    smtp(
+        &customer,
+        &support,
+        &mail(&customer, &support, "After", &after, &[], "two"),
+    )
+    .await;
+    let events = inbound_until(&prefix, |e| received(e).len() >= 2).await;
+    let ids: Vec<&str> = received(&events)
+        .iter()
+        .map(|e| e["message"]["providerMessageId"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&after.as_str()),
+        "the mail after the restart arrived: {ids:?}; log:\n{}",
+        gateway.log()
+    );
+    assert_eq!(distinct_ids(&events).len(), 2);
 }

@@ -312,13 +312,17 @@ async fn ingest_mail(
         Err(err) => return Err(err.into()),
     }
     METRICS.received_bytes(channel_id, raw.len() as u64);
-    let (subject, references) = match &mail.event.payload {
+    let meta = match &mail.event.payload {
         Some(pb::event::Payload::Message(pb::Message {
             metadata: Some(pb::message::Metadata::Email(meta)),
             ..
-        })) => (meta.subject.clone(), meta.references.clone()),
-        _ => Default::default(),
+        })) => meta.clone(),
+        _ => pb::EmailMetadata::default(),
     };
+    if meta.bounce && !meta.bounced_message_id.is_empty() {
+        report_bounce(email, channel_id, &channel.tenant, &channel.address, &meta).await?;
+    }
+    let (subject, references) = (meta.subject, meta.references);
     let contact = mail
         .event
         .payload
@@ -344,6 +348,62 @@ async fn ingest_mail(
         )
         .await?;
     tracing::info!(event_id = %mail.event.id, "Mail published");
+    Ok(())
+}
+
+/// A bounce of a mail we sent: the send command it came from gets a failed
+/// `message.status` with the report's status and diagnostic.
+async fn report_bounce(
+    email: &Email,
+    channel_id: &str,
+    tenant: &str,
+    address: &str,
+    bounce: &pb::EmailMetadata,
+) -> Result<(), FolderError> {
+    let store = &email.inner.store;
+    let Some(command_id) = store
+        .sent_command(channel_id, &bounce.bounced_message_id)
+        .await?
+    else {
+        return Ok(());
+    };
+    let root = store
+        .thread_entry(channel_id, &bounce.bounced_message_id)
+        .await?
+        .map_or_else(|| bounce.bounced_message_id.clone(), |t| t.root);
+    let now = Utc::now();
+    let status = omnigate_model::EventBuilder::channel(pb::ChannelKind::Email, channel_id, tenant)
+        .event(
+            omnigate_model::EventType::MessageStatus,
+            &format!("{command_id}:bounced"),
+            normalize::conversation_key(channel_id, &root),
+            now,
+            pb::event::Payload::Status(pb::MessageStatus {
+                channel: Some(pb::Channel {
+                    kind: pb::ChannelKind::Email as i32,
+                    channel_id: channel_id.to_string(),
+                    address: address.to_string(),
+                }),
+                status: pb::DeliveryStatus::Failed as i32,
+                recipient: bounce.bounced_recipient.clone(),
+                at: Some(omnigate_model::timestamp(now)),
+                errors: vec![pb::ProviderError {
+                    code: format!("smtp.{}", bounce.bounce_status),
+                    title: bounce.bounce_diagnostic.clone(),
+                    details: String::new(),
+                }],
+                command_id,
+                provider_message_id: bounce.bounced_message_id.clone(),
+                ..Default::default()
+            }),
+        );
+    email
+        .inner
+        .ctx
+        .publisher
+        .event(Topic::Inbound, status)
+        .await?;
+    tracing::info!(recipient = %bounce.bounced_recipient, status = %bounce.bounce_status, "Bounce of a sent mail reported");
     Ok(())
 }
 

@@ -106,7 +106,7 @@ impl Email {
                 METRICS.send(channel_id, label, started.elapsed().as_secs_f64());
                 if outcome.is_ok() {
                     store
-                        .mark_sent(channel_id, &command_key, &message_id)
+                        .mark_sent(channel_id, &command_key, &message_id, &command.command_id)
                         .await?;
                     let mut references = reply
                         .thread
@@ -288,43 +288,44 @@ impl Email {
                 return Err(invalid("an email command needs text or media".into()));
             }
         };
-        let body = if options.html.is_empty() {
-            MultiPart::mixed().singlepart(SinglePart::plain(text))
-        } else {
-            MultiPart::mixed().multipart(MultiPart::alternative_plain_html(
-                text,
-                options.html.clone(),
-            ))
+        let alternatives = (!options.html.is_empty())
+            .then(|| MultiPart::alternative_plain_html(text.clone(), options.html.clone()));
+        let Some(media) = attachment else {
+            // A plain reply is one text/plain part: what mail clients quote best.
+            let built = match alternatives {
+                Some(alternatives) => builder.multipart(alternatives),
+                None => builder.singlepart(SinglePart::plain(text)),
+            };
+            return built.map_err(|e| invalid(format!("the mail cannot be built: {e}")));
         };
-        let body = match attachment {
-            None => body,
-            Some(media) => {
-                let Some(pb::outbound_media::Source::Blob(blob)) = &media.source else {
-                    return Err(invalid(
-                        "email attachments come from the blob store (`media.blob`)".into(),
-                    ));
-                };
-                let bytes = self
-                    .inner
-                    .ctx
-                    .blobs
-                    .get(&blob.key)
-                    .await
-                    .map_err(|e| invalid(format!("attachment {}: {e}", blob.key)))?;
-                let content_type = ContentType::parse(&blob.mime_type).unwrap_or(
-                    ContentType::parse("application/octet-stream")
-                        .map_err(|e| invalid(e.to_string()))?,
-                );
-                let filename = if media.filename.is_empty() {
-                    "attachment".to_string()
-                } else {
-                    media.filename.clone()
-                };
-                body.singlepart(Attachment::new(filename).body(bytes.to_vec(), content_type))
-            }
+        let Some(pb::outbound_media::Source::Blob(blob)) = &media.source else {
+            return Err(invalid(
+                "email attachments come from the blob store (`media.blob`)".into(),
+            ));
+        };
+        let bytes = self
+            .inner
+            .ctx
+            .blobs
+            .get(&blob.key)
+            .await
+            .map_err(|e| invalid(format!("attachment {}: {e}", blob.key)))?;
+        let content_type = ContentType::parse(&blob.mime_type)
+            .or_else(|_| ContentType::parse("application/octet-stream"))
+            .map_err(|e| invalid(e.to_string()))?;
+        let filename = if media.filename.is_empty() {
+            "attachment".to_string()
+        } else {
+            media.filename.clone()
+        };
+        let body = match alternatives {
+            Some(alternatives) => MultiPart::mixed().multipart(alternatives),
+            None => MultiPart::mixed().singlepart(SinglePart::plain(text)),
         };
         builder
-            .multipart(body)
+            .multipart(
+                body.singlepart(Attachment::new(filename).body(bytes.to_vec(), content_type)),
+            )
             .map_err(|e| invalid(format!("the mail cannot be built: {e}")))
     }
 

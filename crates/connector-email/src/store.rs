@@ -36,7 +36,7 @@ pub struct ThreadEntry {
     pub contact: String,
 }
 
-const SCHEMA: [&str; 3] = [
+const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS email_cursors (
         channel TEXT NOT NULL,
         folder TEXT NOT NULL,
@@ -55,7 +55,9 @@ const SCHEMA: [&str; 3] = [
         channel TEXT NOT NULL,
         command_key TEXT NOT NULL,
         message_id TEXT NOT NULL,
+        command_id TEXT NOT NULL,
         PRIMARY KEY (channel, command_key))",
+    "CREATE INDEX IF NOT EXISTS email_sent_message ON email_sent (channel, message_id)",
 ];
 
 /// The email connector's tables.
@@ -177,23 +179,40 @@ impl EmailStore {
         Ok(row.map(|row| row.get(0)))
     }
 
-    /// Records that a command was sent.
+    /// Records that command `command_id` was sent as `message_id`.
     pub async fn mark_sent(
         &self,
         channel: &str,
         command_key: &str,
         message_id: &str,
+        command_id: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO email_sent (channel, command_key, message_id) VALUES ($1, $2, $3)
+            "INSERT INTO email_sent (channel, command_key, message_id, command_id) VALUES ($1, $2, $3, $4)
              ON CONFLICT (channel, command_key) DO NOTHING",
         )
         .bind(channel)
         .bind(command_key)
         .bind(message_id)
+        .bind(command_id)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The command a mail we sent came from, by its Message-ID (for bounces).
+    pub async fn sent_command(
+        &self,
+        channel: &str,
+        message_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row =
+            sqlx::query("SELECT command_id FROM email_sent WHERE channel = $1 AND message_id = $2")
+                .bind(channel)
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|row| row.get(0)))
     }
 }
 
@@ -238,10 +257,14 @@ mod tests {
         assert_eq!(store.thread_entry("c", "m2@x").await.unwrap(), Some(entry));
         assert_eq!(store.thread_entry("other", "m2@x").await.unwrap(), None);
         assert_eq!(store.sent("c", "k").await.unwrap(), None);
-        store.mark_sent("c", "k", "og.1@x").await.unwrap();
+        store.mark_sent("c", "k", "og.1@x", "cmd-1").await.unwrap();
         assert_eq!(
             store.sent("c", "k").await.unwrap().as_deref(),
             Some("og.1@x")
+        );
+        assert_eq!(
+            store.sent_command("c", "og.1@x").await.unwrap().as_deref(),
+            Some("cmd-1")
         );
     }
 }
