@@ -523,3 +523,67 @@ async fn a_dovecot_restart_mid_idle_loses_no_mail() {
     );
     assert_eq!(distinct_ids(&events).len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_split_the_mailboxes_and_the_survivor_takes_over_a_killed_ones() {
+    let prefix = unique_prefix("email-replicas");
+    let database = omnigate_e2e::fresh_postgres_database();
+    let addresses: Vec<String> = (0..4).map(|i| fresh_address(&format!("box{i}"))).collect();
+    let mut config = String::from("[email]\nreconnect_min_ms = 200\n");
+    for (i, address) in addresses.iter().enumerate() {
+        config.push_str(&format!(
+            "[email.channels.box{i}]\naddress = \"{address}\"\nimap_url = \"imap://127.0.0.1:{IMAP_PORT}\"\nusername = \"{address}\"\npassword = \"{PASSWORD}\"\nsmtp_url = \"smtp://127.0.0.1:{SMTP_PORT}\"\nsmtp_auth = false\n"
+        ));
+    }
+    let env = [("OMNIGATE_ROUTER__DATABASE_URL", database)];
+    let mut first =
+        Gateway::start_roles(&brokers(), &prefix, &["email"], &config, None, &env).await;
+    let second = Gateway::start_roles(&brokers(), &prefix, &["email"], &config, None, &env).await;
+    // A few lease beats: the first replica gives half of the mailboxes to the second.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let customer = fresh_address("customer");
+    for (i, address) in addresses.iter().enumerate() {
+        let id = format!("r1.{i}.{}@example.com", uuid::Uuid::new_v4().simple());
+        smtp(
+            &customer,
+            address,
+            &mail(&customer, address, "Round one", &id, &[], "x"),
+        )
+        .await;
+    }
+    let events = inbound_until(&prefix, |e| received(e).len() >= 4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = if received(&events).len() == 4 {
+        inbound_until(&prefix, |_| true).await
+    } else {
+        events
+    };
+    assert_eq!(
+        received(&events).len(),
+        4,
+        "each mailbox followed by exactly one replica (a second follower would publish every mail twice)"
+    );
+    let follows = |log: &str| log.matches("Following mailbox").count();
+    assert!(
+        follows(&first.log()) > 0 && follows(&second.log()) > 0,
+        "both replicas follow mailboxes"
+    );
+
+    first.kill();
+    for (i, address) in addresses.iter().enumerate() {
+        let id = format!("r2.{i}.{}@example.com", uuid::Uuid::new_v4().simple());
+        smtp(
+            &customer,
+            address,
+            &mail(&customer, address, "Round two", &id, &[], "y"),
+        )
+        .await;
+    }
+    let events = inbound_until(&prefix, |e| distinct_ids(e).len() >= 8).await;
+    assert_eq!(
+        distinct_ids(&events).len(),
+        8,
+        "the survivor took over every mailbox; log:\n{}",
+        second.log()
+    );
+}

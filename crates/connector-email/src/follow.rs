@@ -5,6 +5,7 @@
 use crate::{
     Email, METRICS,
     imap::{self, ImapError, ImapSession, within},
+    lease::{BEAT, FolderId, LEASE_TTL, Leases},
     normalize::{self, Mailbox},
     store::{Cursor, StoreError, ThreadEntry},
 };
@@ -18,7 +19,11 @@ use omnigate_core::{
     telemetry::EventOutcome,
 };
 use omnigate_model::pb;
-use std::time::Duration;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+use tokio_util::sync::CancellationToken;
 
 /// Why reading a folder stopped.
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +42,86 @@ enum FolderError {
     TokenRenewal,
 }
 
-/// Follows `folder` of `channel_id` until shutdown.
-pub(crate) async fn follow(email: Email, channel_id: String, folder: String) {
+/// Follows the folders whose leases this replica holds, until shutdown: every beat
+/// renews the leases and starts or stops followers as they move between replicas.
+pub(crate) async fn coordinate(email: Email, leases: Leases) {
+    let all: Vec<FolderId> = email
+        .config()
+        .channels
+        .iter()
+        .flat_map(|(id, channel)| channel.folders.iter().map(|f| (id.clone(), f.clone())))
+        .collect();
+    let shutdown = email.inner.ctx.shutdown.clone();
+    let mut running: BTreeMap<FolderId, CancellationToken> = BTreeMap::new();
+    let mut last_renewed = Instant::now();
+    loop {
+        match leases.beat(&all).await {
+            Ok(held) => {
+                last_renewed = Instant::now();
+                running.retain(|folder, stop| {
+                    let keep = held.contains(folder);
+                    if !keep {
+                        tracing::info!(channel = %folder.0, folder = %folder.1, "Mailbox handed to another replica");
+                        stop.cancel();
+                        email.clear_state(&folder.0, &folder.1);
+                    }
+                    keep
+                });
+                for folder in held {
+                    running.entry(folder.clone()).or_insert_with(|| {
+                        let stop = shutdown.child_token();
+                        email.set_state(
+                            &folder.0,
+                            &folder.1,
+                            ChannelState::Error("connecting".into()),
+                        );
+                        email.inner.ctx.tasks.spawn(follow(
+                            email.clone(),
+                            folder.0,
+                            folder.1,
+                            stop.clone(),
+                        ));
+                        stop
+                    });
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "Mailbox leases not renewed");
+                // Stop before the leases can run out, so no other replica ever
+                // follows a folder at the same time as this one.
+                if last_renewed.elapsed() > LEASE_TTL.saturating_sub(BEAT * 2) {
+                    for (folder, stop) in std::mem::take(&mut running) {
+                        stop.cancel();
+                        email.set_state(
+                            &folder.0,
+                            &folder.1,
+                            ChannelState::Error(format!("lease not renewed: {err}")),
+                        );
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(BEAT) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    for stop in running.values() {
+        stop.cancel();
+    }
+    // The others take over at once instead of after the lease runs out.
+    if let Err(err) = leases.release_all().await {
+        tracing::warn!(error = %err, "Mailbox leases not released at shutdown");
+    }
+}
+
+/// Follows `folder` of `channel_id` until `stop` fires.
+async fn follow(email: Email, channel_id: String, folder: String, stop: CancellationToken) {
     let config = email.config();
     let min = Duration::from_millis(config.reconnect_min_ms);
     let max = Duration::from_millis(config.reconnect_max_ms).max(min);
     let mut pause = min;
-    let shutdown = email.inner.ctx.shutdown.clone();
+    let shutdown = stop;
     loop {
         let outcome = tokio::select! {
             outcome = read_folder(&email, &channel_id, &folder, &mut pause, min) => outcome,
@@ -94,7 +172,7 @@ async fn read_folder(
         read_new_mail(email, &mut session, channel_id, folder, uid_validity).await?;
         while session.unsolicited_responses.try_recv().is_ok() {}
         if let Some(expires) = tokens.and_then(|t| t.expires_at())
-            && expires < std::time::Instant::now() + renew + deadline
+            && expires < Instant::now() + renew + deadline
         {
             let _ = within(deadline, "LOGOUT", session.logout()).await;
             return Err(FolderError::TokenRenewal);

@@ -11,6 +11,7 @@
 pub mod config;
 mod follow;
 pub mod imap;
+pub mod lease;
 pub mod normalize;
 pub mod oauth;
 pub mod quoted;
@@ -76,6 +77,12 @@ impl Email {
         let mut states = self.inner.states.lock().unwrap_or_else(|e| e.into_inner());
         states.insert((channel_id.to_string(), folder.to_string()), state);
     }
+
+    /// Forgets a folder's state: this replica no longer follows it.
+    fn clear_state(&self, channel_id: &str, folder: &str) {
+        let mut states = self.inner.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.remove(&(channel_id.to_string(), folder.to_string()));
+    }
 }
 
 /// The email connector kind: its `[email]` table and role name.
@@ -132,11 +139,12 @@ impl Connector for EmailConnector {
             .channels
             .iter()
             .map(|(id, channel)| {
+                // A folder this replica does not follow (another one holds its lease)
+                // has no state here.
                 let error = channel.folders.iter().find_map(|folder| {
                     match states.get(&(id.clone(), folder.clone())) {
                         Some(ChannelState::Error(reason)) => Some(format!("{folder}: {reason}")),
-                        Some(ChannelState::Ok) => None,
-                        None => Some(format!("{folder}: connecting")),
+                        Some(ChannelState::Ok) | None => None,
                     }
                 });
                 (
@@ -177,12 +185,11 @@ impl Connector for EmailConnector {
                 states: Arc::clone(&self.states),
             }),
         };
-        for (id, channel) in &self.config.channels {
-            for folder in &channel.folders {
-                ctx.tasks
-                    .spawn(follow::follow(email.clone(), id.clone(), folder.clone()));
-            }
-        }
+        let leases =
+            lease::Leases::new(email.inner.store.clone(), uuid::Uuid::new_v4().to_string())
+                .await
+                .map_err(start_error)?;
+        ctx.tasks.spawn(follow::coordinate(email.clone(), leases));
         let sender = email.clone();
         ctx.subscriber.commands_for(
             &ctx,

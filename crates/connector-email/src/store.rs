@@ -80,6 +80,11 @@ impl EmailStore {
         })
     }
 
+    /// The pool, for the lease tables beside these.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// The folder's cursor, if it was ever read.
     pub async fn cursor(&self, channel: &str, folder: &str) -> Result<Option<Cursor>, StoreError> {
         let row = sqlx::query(
