@@ -587,3 +587,188 @@ async fn two_replicas_split_the_mailboxes_and_the_survivor_takes_over_a_killed_o
         second.log()
     );
 }
+
+/// The OAuth2 side of a mail provider: a token endpoint (refresh-token grant) and the
+/// introspection endpoint Dovecot asks about every XOAUTH2 login
+/// (`scripts/mail.sh test` points Dovecot at 127.0.0.1:12480/introspect).
+#[derive(Clone, Default)]
+struct TokenServer {
+    state: std::sync::Arc<std::sync::Mutex<TokenState>>,
+}
+
+#[derive(Default)]
+struct TokenState {
+    user: String,
+    grants: usize,
+    valid: BTreeSet<String>,
+    refuse_refresh: bool,
+}
+
+impl TokenServer {
+    async fn start(user: &str) -> Self {
+        use axum::{Json, routing::post};
+        use std::collections::HashMap;
+        let server = Self::default();
+        server.state.lock().unwrap().user = user.to_string();
+        let token = server.clone();
+        let introspect = server.clone();
+        let app = axum::Router::new()
+            .route(
+                "/token",
+                post(move |body: String| {
+                    let server = token.clone();
+                    let form: HashMap<String, String> = form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+                    async move {
+                        let mut state = server.state.lock().unwrap();
+                        if state.refuse_refresh
+                            || form.get("grant_type").map(String::as_str) != Some("refresh_token")
+                            || form.get("refresh_token").map(String::as_str) != Some("refresh-1")
+                        {
+                            return (
+                                axum::http::StatusCode::BAD_REQUEST,
+                                Json(json!({"error": "invalid_grant", "error_description": "AADSTS700082: the refresh token has expired"})),
+                            );
+                        }
+                        state.grants += 1;
+                        let access = format!("access-{}", state.grants);
+                        state.valid.insert(access.clone());
+                        // Due for renewal (two minutes before expiry) 3 s from now.
+                        (axum::http::StatusCode::OK, Json(json!({"access_token": access, "token_type": "Bearer", "expires_in": 123})))
+                    }
+                }),
+            )
+            .route(
+                "/introspect",
+                post(move |body: String| {
+                    let server = introspect.clone();
+                    let form: HashMap<String, String> = form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+                    async move {
+                        let state = server.state.lock().unwrap();
+                        let token = form.get("token").cloned().unwrap_or_default();
+                        if state.valid.contains(&token) {
+                            Json(json!({"active": true, "username": state.user}))
+                        } else {
+                            Json(json!({"active": false}))
+                        }
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:12480")
+            .await
+            .unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        server
+    }
+
+    fn grants(&self) -> usize {
+        self.state.lock().unwrap().grants
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_tokens_are_refreshed_before_expiry_and_after_a_refusal() {
+    let prefix = unique_prefix("email-oauth");
+    let support = fresh_address("support");
+    let customer = fresh_address("customer");
+    let tokens = TokenServer::start(&support).await;
+    let config = format!(
+        r#"
+[email]
+reconnect_min_ms = 200
+reconnect_max_ms = 1000
+[email.channels.support]
+address = "{support}"
+imap_url = "imap://127.0.0.1:{IMAP_PORT}"
+username = "{support}"
+smtp_url = "smtp://127.0.0.1:{SMTP_PORT}"
+smtp_auth = false
+[email.channels.support.oauth2]
+token_url = "http://127.0.0.1:12480/token"
+client_id = "omnigate-test"
+client_secret = "client-secret"
+refresh_token = "refresh-1"
+"#
+    );
+    let gateway = Gateway::start_roles(&brokers(), &prefix, &["email"], &config, None, &[]).await;
+    let send = |n: usize| {
+        let (support, customer) = (support.clone(), customer.clone());
+        async move {
+            let id = format!("o{n}.{}@example.com", uuid::Uuid::new_v4().simple());
+            smtp(
+                &customer,
+                &support,
+                &mail(&customer, &support, "OAuth", &id, &[], "z"),
+            )
+            .await;
+        }
+    };
+    send(1).await;
+    let events = inbound_until(&prefix, |e| !received(e).is_empty()).await;
+    assert_eq!(
+        received(&events).len(),
+        1,
+        "read over XOAUTH2; log:\n{}",
+        gateway.log()
+    );
+
+    // Each token is due 3 s after it was issued: the session logs in again with a new
+    // one before it could expire.
+    let first = tokens.grants();
+    let started = Instant::now();
+    while tokens.grants() < first + 2 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        tokens.grants() >= first + 2,
+        "tokens renewed: {} grants",
+        tokens.grants()
+    );
+    send(2).await;
+    let events = inbound_until(&prefix, |e| received(e).len() >= 2).await;
+    assert_eq!(received(&events).len(), 2);
+
+    // The provider revokes every issued token: the login is refused once, a new token
+    // is fetched and the mailbox goes on.
+    tokens.state.lock().unwrap().valid.clear();
+    mail_script(&["restart-imap", "test"]);
+    send(3).await;
+    let events = inbound_until(&prefix, |e| received(e).len() >= 3).await;
+    assert_eq!(received(&events).len(), 3, "log:\n{}", gateway.log());
+
+    // The refresh token itself dies: the channel is in error, saying what to do.
+    tokens.state.lock().unwrap().refuse_refresh = true;
+    tokens.state.lock().unwrap().valid.clear();
+    mail_script(&["restart-imap", "test"]);
+    let started = Instant::now();
+    let mut readyz = String::new();
+    while started.elapsed() < Duration::from_secs(30) {
+        readyz = reqwest::get(format!("{}/readyz", gateway.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if readyz.contains("refresh token") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        readyz.contains("channel support:") && readyz.contains("issue a new refresh token"),
+        "/readyz names the channel and the fix: {readyz}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", gateway.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("omnigate_channel_up{channel=\"support\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        !gateway.log().contains("refresh-1") && !gateway.log().contains("client-secret"),
+        "no secret in the log"
+    );
+}

@@ -171,14 +171,19 @@ async fn read_folder(
     loop {
         read_new_mail(email, &mut session, channel_id, folder, uid_validity).await?;
         while session.unsolicited_responses.try_recv().is_ok() {}
-        if let Some(expires) = tokens.and_then(|t| t.expires_at())
-            && expires < Instant::now() + renew + deadline
-        {
-            let _ = within(deadline, "LOGOUT", session.logout()).await;
-            return Err(FolderError::TokenRenewal);
-        }
+        // With OAuth2, the session ends when its token is due for renewal (Exchange
+        // drops a session whose token expired), and the next one logs in afresh.
+        let token_due = tokens.and_then(|t| t.expires_at());
+        let wait = match token_due {
+            Some(due) if due <= Instant::now() => {
+                let _ = within(deadline, "LOGOUT", session.logout()).await;
+                return Err(FolderError::TokenRenewal);
+            }
+            Some(due) => renew.min(due - Instant::now()),
+            None => renew,
+        };
         if idle {
-            session = wait_in_idle(session, renew, deadline).await?;
+            session = wait_in_idle(session, wait, deadline).await?;
         } else {
             tokio::time::sleep(Duration::from_secs(config.poll_interval_secs)).await;
             within(deadline, "NOOP", session.noop()).await?;

@@ -125,15 +125,30 @@ async fn read_body_within(
     }
 }
 
+/// 200 while Kafka answers (a channel in error does not stop the others, so it does
+/// not make the process unready); the body names each channel in error and why.
 async fn readyz(State(state): State<OpsState>) -> Response {
-    if state.health.kafka_reachable() {
-        (StatusCode::OK, "ready").into_response()
+    let mut body = if state.health.kafka_reachable() {
+        "ready".to_string()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "kafka unreachable").into_response()
+        "kafka unreachable".to_string()
+    };
+    for (channel, channel_state) in state.health.channels() {
+        if let crate::connector::ChannelState::Error(reason) = channel_state {
+            body.push_str(&format!("\nchannel {channel}: {reason}"));
+        }
     }
+    let status = if state.health.kafka_reachable() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
 }
 
 async fn render_metrics(State(state): State<OpsState>) -> Response {
+    // Brings omnigate_channel_up up to date.
+    state.health.channels();
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -57,6 +57,9 @@ pub mod metric {
     pub const KAFKA_PRODUCE_DURATION_SECONDS: &str = "omnigate_kafka_produce_duration_seconds";
     pub const KAFKA_PRODUCE_ERRORS_TOTAL: &str = "omnigate_kafka_produce_errors_total";
     pub const KAFKA_REACHABLE: &str = "omnigate_kafka_reachable";
+    /// 1 while a channel works, 0 while it is in error (a mailbox that cannot log in,
+    /// a PBX that went away); set when `/readyz` or `/metrics` is read.
+    pub const CHANNEL_UP: &str = "omnigate_channel_up";
     pub const KAFKA_TRANSACTIONS_TOTAL: &str = "omnigate_kafka_transactions_total";
     pub const ROUTER_CONVERSATION_WRITE_BATCH_SIZE: &str =
         "omnigate_router_conversation_write_batch_size";

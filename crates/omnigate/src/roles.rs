@@ -79,6 +79,10 @@ struct ConnectorRole(Arc<dyn Connector>);
 #[async_trait]
 impl Role for ConnectorRole {
     async fn start(&self, ctx: &RoleContext<'_>) -> anyhow::Result<axum::Router> {
+        let connector = Arc::clone(&self.0);
+        ctx.connector
+            .health
+            .add_channels(Arc::new(move || connector.health()));
         Ok(self.0.start(ctx.connector.clone()).await?)
     }
 }
