@@ -27,6 +27,7 @@ test-services: deps
 	@scripts/postgres.sh
 	@scripts/mail.sh test
 	@scripts/sip.sh install
+	@scripts/browser.sh
 	@scripts/python-tools.sh
 
 test: test-services
@@ -47,6 +48,8 @@ bench: deps
 	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench webhook_ingest
 	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench router_throughput
 	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench webhook_delivery
+	@scripts/mail.sh bench
+	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench email_ingest
 	@scripts/kafka.sh stop bench
 
 # Fuzzing with cargo-fuzz (libFuzzer). The machine's toolchain is stable, which has no
@@ -55,13 +58,14 @@ bench: deps
 # fuzz/artifacts/<target>/; fix the bug and keep the input as a regression test
 # (crates/connector-whatsapp/tests/fuzz_regressions/).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := whatsapp_normalize whatsapp_signature webhook_signature voice_parsers
+FUZZ_TARGETS := whatsapp_normalize whatsapp_signature webhook_signature voice_parsers email_normalize
 fuzz:
 	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 	@cd fuzz && for target in $(FUZZ_TARGETS); do \
 	  mkdir -p corpus/$$target; \
 	  seeds=""; [ $$target = whatsapp_normalize ] && seeds="../crates/connector-whatsapp/tests/fixtures ../crates/connector-whatsapp/tests/fuzz_regressions"; \
 	  [ $$target = voice_parsers ] && seeds="../crates/connector-voice/tests/fixtures"; \
+	  [ $$target = email_normalize ] && seeds="../crates/connector-email/tests/fixtures"; \
 	  echo "==> $$target for $(FUZZ_SECONDS) s"; \
 	  cargo fuzz run -s none $$target corpus/$$target $$seeds -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 	done

@@ -127,6 +127,11 @@ impl ChannelMetrics {
         Self { kind: "voice" }
     }
 
+    /// The metrics of live chat channels, for a `const`.
+    pub const fn livechat() -> Self {
+        Self { kind: "livechat" }
+    }
+
     /// The metrics of email channels, for a `const`.
     pub const fn email() -> Self {
         Self { kind: "email" }

@@ -9,5 +9,6 @@ pub fn kinds() -> Vec<Box<dyn ConnectorKind>> {
         Box::new(omnigate_connector_whatsapp::WhatsappKind),
         Box::new(omnigate_connector_voice::VoiceKind),
         Box::new(omnigate_connector_email::EmailKind),
+        Box::new(omnigate_connector_livechat::LivechatKind),
     ]
 }

@@ -1,0 +1,156 @@
+//! The sockets this replica holds, by conversation, and the pusher that brings them
+//! agent replies stored by any replica.
+
+use crate::store::{LivechatStore, StoredReply};
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A conversation: (channel, visitor).
+pub type Conversation = (String, String);
+
+/// Each conversation's sockets: (socket id, where its replies go).
+type Sockets = HashMap<Conversation, Vec<(u64, mpsc::Sender<StoredReply>)>>;
+
+/// The open sockets of this replica.
+#[derive(Debug, Default)]
+pub struct Hub {
+    sockets: Mutex<Sockets>,
+    next_id: AtomicU64,
+    per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// Keeps a socket registered while it lives.
+#[derive(Debug)]
+pub struct Registration<'a> {
+    hub: &'a Hub,
+    conversation: Conversation,
+    id: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut sockets = self.hub.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = sockets.get_mut(&self.conversation) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                sockets.remove(&self.conversation);
+            }
+        }
+    }
+}
+
+/// Counts a client address's sockets while it lives.
+#[derive(Debug)]
+pub struct IpSlot<'a> {
+    hub: &'a Hub,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpSlot<'_> {
+    fn drop(&mut self) {
+        let mut per_ip = self.hub.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// A slot for one more socket from `ip`, unless it already has `max`.
+    pub fn admit(&self, ip: std::net::IpAddr, max: usize) -> Option<IpSlot<'_>> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { hub: self, ip })
+    }
+
+    /// Registers a socket of `conversation`; replies for it arrive on `sender`.
+    pub fn register(
+        &self,
+        conversation: Conversation,
+        sender: mpsc::Sender<StoredReply>,
+    ) -> Registration<'_> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(conversation.clone())
+            .or_default()
+            .push((id, sender));
+        Registration {
+            hub: self,
+            conversation,
+            id,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Hands `reply` to every socket of its conversation on this replica.
+    pub fn push(&self, reply: &StoredReply) {
+        let senders: Vec<mpsc::Sender<StoredReply>> = self
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(reply.channel.clone(), reply.visitor.clone()))
+            .map(|list| list.iter().map(|(_, s)| s.clone()).collect())
+            .unwrap_or_default();
+        for sender in senders {
+            // A socket too slow to take it gets it from the store on its next hello.
+            let _ = sender.try_send(reply.clone());
+        }
+    }
+}
+
+/// Looks for replies stored by any replica every `every` and pushes them to the
+/// sockets held here. Asks the database nothing while no socket is open.
+pub async fn push_replies(
+    hub: std::sync::Arc<Hub>,
+    store: LivechatStore,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    // Replies committed out of order by a few hundred ms are still seen: the window
+    // looks back, and sockets drop the sequences they already sent.
+    const LOOK_BACK_MS: i64 = 5_000;
+    let mut since = chrono::Utc::now().timestamp_millis() - LOOK_BACK_MS;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if hub.is_empty() {
+            since = chrono::Utc::now().timestamp_millis() - LOOK_BACK_MS;
+            continue;
+        }
+        match store.replies_since(since).await {
+            Ok(replies) => {
+                for reply in &replies {
+                    hub.push(reply);
+                }
+                let newest = replies.iter().map(|r| r.created_ms).max().unwrap_or(since);
+                since = since.max(newest - LOOK_BACK_MS);
+            }
+            Err(err) => tracing::warn!(error = %err, "Live chat replies not read; retrying"),
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! What live chat keeps in the shared SQL database: the visitors' acknowledged messages
+//! (so a re-sent client id is answered from here, and a new device sees its history)
+//! and the agents' replies with their per-conversation sequence numbers (so a visitor
+//! who was offline gets them on the next `hello`, from any replica).
+
+use crate::protocol::{Agent, HistoryItem, ServerFrame};
+use sqlx::{AnyPool, Row as _};
+
+/// A failed database call.
+#[derive(Debug, thiserror::Error)]
+#[error("live chat store: {0}")]
+pub struct StoreError(#[from] sqlx::Error);
+
+const SCHEMA: [&str; 4] = [
+    "CREATE TABLE IF NOT EXISTS livechat_messages (
+        channel TEXT NOT NULL,
+        visitor TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        after_seq BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        PRIMARY KEY (channel, visitor, client_id))",
+    "CREATE TABLE IF NOT EXISTS livechat_replies (
+        channel TEXT NOT NULL,
+        visitor TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        event_id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        command_key TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        PRIMARY KEY (channel, visitor, seq),
+        UNIQUE (channel, command_key))",
+    "CREATE INDEX IF NOT EXISTS livechat_replies_created ON livechat_replies (created_ms)",
+    "CREATE INDEX IF NOT EXISTS livechat_messages_created ON livechat_messages (channel, visitor, created_ms)",
+];
+
+/// A stored agent reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReply {
+    /// The channel.
+    pub channel: String,
+    /// The visitor.
+    pub visitor: String,
+    /// Its sequence in the conversation.
+    pub seq: u64,
+    /// Its event id.
+    pub event_id: String,
+    /// The text.
+    pub text: String,
+    /// The agent's name.
+    pub agent: String,
+    /// When it was stored, in ms since the epoch.
+    pub created_ms: i64,
+}
+
+impl StoredReply {
+    /// The frame a visitor's client gets.
+    pub fn frame(&self) -> ServerFrame {
+        ServerFrame::Reply {
+            seq: self.seq,
+            event_id: self.event_id.clone(),
+            text: self.text.clone(),
+            attachments: Vec::new(),
+            agent: Agent {
+                name: self.agent.clone(),
+            },
+        }
+    }
+}
+
+fn reply(row: &sqlx::any::AnyRow) -> StoredReply {
+    StoredReply {
+        channel: row.get(0),
+        visitor: row.get(1),
+        seq: row.get::<i64, _>(2) as u64,
+        event_id: row.get(3),
+        text: row.get(4),
+        agent: row.get(5),
+        created_ms: row.get(6),
+    }
+}
+
+const REPLY_COLUMNS: &str = "channel, visitor, seq, event_id, text, agent, created_ms";
+
+/// An agent reply to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewReply<'a> {
+    /// The channel.
+    pub channel: &'a str,
+    /// The visitor.
+    pub visitor: &'a str,
+    /// Tenant and idempotency key (or command id) of the send command.
+    pub command_key: &'a str,
+    /// The reply's event id.
+    pub event_id: &'a str,
+    /// The text.
+    pub text: &'a str,
+    /// The agent's name.
+    pub agent: &'a str,
+    /// Now, in ms since the epoch.
+    pub now_ms: i64,
+}
+
+/// The live chat tables.
+#[derive(Debug, Clone)]
+pub struct LivechatStore {
+    pool: AnyPool,
+    _checkpointer: omnigate_core::db::Checkpointer,
+}
+
+impl LivechatStore {
+    /// Connects and creates the tables.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = omnigate_core::db::connect(url).await?;
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&pool).await?;
+        }
+        Ok(Self {
+            pool,
+            _checkpointer: omnigate_core::db::Checkpointer::start(url).await?,
+        })
+    }
+
+    /// The event id a visitor message was acknowledged with, if it was.
+    pub async fn message_event(
+        &self,
+        channel: &str,
+        visitor: &str,
+        client_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT event_id FROM livechat_messages WHERE channel = $1 AND visitor = $2 AND client_id = $3",
+        )
+        .bind(channel)
+        .bind(visitor)
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Records an acknowledged visitor message.
+    pub async fn save_message(
+        &self,
+        channel: &str,
+        visitor: &str,
+        item: &HistoryItem,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO livechat_messages (channel, visitor, client_id, event_id, text, after_seq, created_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (channel, visitor, client_id) DO NOTHING",
+        )
+        .bind(channel)
+        .bind(visitor)
+        .bind(&item.client_id)
+        .bind(&item.event_id)
+        .bind(&item.text)
+        .bind(item.after_seq as i64)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The visitor's last `limit` acknowledged messages, oldest first.
+    pub async fn history(
+        &self,
+        channel: &str,
+        visitor: &str,
+        limit: i64,
+    ) -> Result<Vec<HistoryItem>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT client_id, text, event_id, after_seq FROM livechat_messages
+             WHERE channel = $1 AND visitor = $2 ORDER BY created_ms DESC LIMIT $3",
+        )
+        .bind(channel)
+        .bind(visitor)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items: Vec<HistoryItem> = rows
+            .iter()
+            .map(|r| HistoryItem {
+                client_id: r.get(0),
+                text: r.get(1),
+                event_id: r.get(2),
+                after_seq: r.get::<i64, _>(3) as u64,
+            })
+            .collect();
+        items.reverse();
+        Ok(items)
+    }
+
+    /// The conversation's highest reply sequence (0 without replies).
+    pub async fn last_seq(&self, channel: &str, visitor: &str) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(seq), 0) FROM livechat_replies WHERE channel = $1 AND visitor = $2",
+        )
+        .bind(channel)
+        .bind(visitor)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get::<i64, _>(0) as u64)
+    }
+
+    /// Stores a reply under the next sequence number, once per command; returns it.
+    pub async fn add_reply(&self, new: &NewReply<'_>) -> Result<StoredReply, StoreError> {
+        let NewReply {
+            channel,
+            visitor,
+            command_key,
+            event_id,
+            text,
+            agent,
+            now_ms,
+        } = *new;
+        sqlx::query(
+            "INSERT INTO livechat_replies (channel, visitor, seq, event_id, text, agent, command_key, created_ms)
+             SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5, $6, $7 FROM livechat_replies
+             WHERE channel = $1 AND visitor = $2
+             ON CONFLICT (channel, command_key) DO NOTHING",
+        )
+        .bind(channel)
+        .bind(visitor)
+        .bind(event_id)
+        .bind(text)
+        .bind(agent)
+        .bind(command_key)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {REPLY_COLUMNS} FROM livechat_replies WHERE channel = $1 AND command_key = $2"
+        ))
+        .bind(channel)
+        .bind(command_key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(reply(&row))
+    }
+
+    /// The conversation's replies with a sequence in `(after, up_to]`, in order.
+    pub async fn replies(
+        &self,
+        channel: &str,
+        visitor: &str,
+        after: u64,
+        up_to: u64,
+    ) -> Result<Vec<StoredReply>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {REPLY_COLUMNS} FROM livechat_replies
+             WHERE channel = $1 AND visitor = $2 AND seq > $3 AND seq <= $4 ORDER BY seq"
+        ))
+        .bind(channel)
+        .bind(visitor)
+        .bind(after as i64)
+        .bind(up_to.min(i64::MAX as u64) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(reply).collect())
+    }
+
+    /// Replies stored since `since_ms` (any conversation), oldest first: what a
+    /// replica pushes to the sockets it holds.
+    pub async fn replies_since(&self, since_ms: i64) -> Result<Vec<StoredReply>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {REPLY_COLUMNS} FROM livechat_replies WHERE created_ms >= $1 ORDER BY created_ms, seq LIMIT 10000"
+        ))
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(reply).collect())
+    }
+}

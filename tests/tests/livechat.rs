@@ -1,0 +1,376 @@
+//! Live chat end to end: visitor websockets against the real binary, messages
+//! acknowledged only after the broker `make test` starts has them, agent replies
+//! through the API pushed live and replayed on reconnect, hostile clients refused,
+//! and the widget driven in Debian's Chromium through Playwright.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use futures::{SinkExt as _, StreamExt as _};
+use omnigate_e2e::{Gateway, brokers, json, read_at_least, unique_prefix};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+
+const SHOP: &str = r#"
+[livechat]
+reply_poll_ms = 100
+[livechat.channels.shop]
+tenant = "acme"
+allowed_origins = ["https://shop.example.test"]
+identity_secret = "demo-identity-secret"
+"#;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(gateway: &Gateway, origin: &str) -> Socket {
+    let url = format!(
+        "{}/livechat/shop/ws",
+        gateway.url.replace("http://", "ws://")
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", origin.parse().unwrap());
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "omnigate.livechat.v1".parse().unwrap(),
+    );
+    let (socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").unwrap(),
+        "omnigate.livechat.v1"
+    );
+    socket
+}
+
+async fn send(socket: &mut Socket, frame: Value) {
+    socket
+        .send(tungstenite::Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// The next frame that is not a heartbeat, as JSON; a close as `{"close": code}`.
+async fn next(socket: &mut Socket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(15), socket.next())
+            .await
+            .expect("a frame within 15 s");
+        match frame {
+            Some(Ok(tungstenite::Message::Text(text))) => {
+                let value: Value = serde_json::from_str(&text).unwrap();
+                if value["type"] != "ping" {
+                    return value;
+                }
+            }
+            Some(Ok(tungstenite::Message::Close(close))) => {
+                return json!({"close": close.map(|c| u16::from(c.code)).unwrap_or(0)});
+            }
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => return json!({"close": 0}),
+        }
+    }
+}
+
+/// Reads frames until an `error` and the close that follows; the close code.
+async fn closed_with(socket: &mut Socket) -> u16 {
+    loop {
+        let frame = next(socket).await;
+        if let Some(code) = frame["close"].as_u64() {
+            return code as u16;
+        }
+    }
+}
+
+async fn hello(socket: &mut Socket, extra: Value) -> Value {
+    let mut frame = json!({"type": "hello", "last_seq": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        frame[k] = v.clone();
+    }
+    send(socket, frame).await;
+    next(socket).await
+}
+
+fn inbound(prefix: &str, n: usize) -> Vec<Value> {
+    read_at_least(
+        &brokers(),
+        &format!("{prefix}inbound.v1"),
+        n,
+        Duration::from_secs(30),
+    )
+    .iter()
+    .map(json)
+    .collect()
+}
+
+async fn reply(gateway: &Gateway, visitor: &str, text: &str) {
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/messages", gateway.url))
+        .bearer_auth("omnigate-dev-key")
+        .json(&json!({"channel": {"channelId": "shop"}, "to": visitor, "text": text}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_acked_after_kafka_and_replies_reach_the_visitor_live_and_on_resume() {
+    let prefix = unique_prefix("livechat");
+    let gateway =
+        Gateway::start_roles(&brokers(), &prefix, &["livechat", "api"], SHOP, None, &[]).await;
+    let mut socket = connect(&gateway, "https://shop.example.test").await;
+    let welcome = hello(
+        &mut socket,
+        json!({"page": {"url": "https://shop.example.test/cart", "language": "de-DE"}}),
+    )
+    .await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["verified"], false);
+    let token = welcome["visitor_token"].as_str().unwrap().to_string();
+    let key = welcome["conversation_key"].as_str().unwrap().to_string();
+    let visitor = key.rsplit(':').next().unwrap().to_string();
+
+    send(&mut socket, json!({"type": "message", "client_id": "c-1", "text": "Where is my order?", "attachments": []})).await;
+    let ack = next(&mut socket).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let event_id = ack["event_id"].as_str().unwrap().to_string();
+    // Acknowledged means on Kafka.
+    let events = inbound(&prefix, 1);
+    let event = events
+        .iter()
+        .find(|e| e["id"] == event_id.as_str())
+        .expect("the acked event is on Kafka");
+    assert_eq!(event["conversationKey"], key.as_str());
+    assert_eq!(event["message"]["parts"][0]["text"], "Where is my order?");
+    assert_eq!(
+        event["message"]["livechat"]["pageUrl"],
+        "https://shop.example.test/cart"
+    );
+
+    // A live reply, then the socket drops.
+    reply(&gateway, &visitor, "It ships today.").await;
+    let live = next(&mut socket).await;
+    assert_eq!(live["type"], "reply", "{live}");
+    assert_eq!(live["seq"], 1);
+    assert_eq!(live["text"], "It ships today.");
+    drop(socket);
+
+    // Offline: a second reply. The visitor comes back, re-sends the message whose ack
+    // it missed, and gets the reply it did not see, and the same event id.
+    reply(&gateway, &visitor, "Tracking: 1Z999.").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut socket = connect(&gateway, "https://shop.example.test").await;
+    let welcome = hello(&mut socket, json!({"visitor_token": token, "last_seq": 1})).await;
+    assert_eq!(welcome["conversation_key"], key.as_str());
+    let replies = welcome["replies"].as_array().unwrap();
+    assert_eq!(replies.len(), 1, "{welcome}");
+    assert_eq!(replies[0]["text"], "Tracking: 1Z999.");
+    assert_eq!(welcome["history"][0]["client_id"], "c-1");
+    send(&mut socket, json!({"type": "message", "client_id": "c-1", "text": "Where is my order?", "attachments": []})).await;
+    let again = next(&mut socket).await;
+    assert_eq!(
+        again["event_id"],
+        event_id.as_str(),
+        "same client id, same event id"
+    );
+    send(&mut socket, json!({"type": "read", "seq": 2})).await;
+
+    // Statuses: sent, delivered and read for the replies.
+    let started = Instant::now();
+    let events = loop {
+        let events = inbound(&prefix, 1);
+        let reads = events
+            .iter()
+            .filter(|e| {
+                e["type"] == "message.status" && e["status"]["status"] == "DELIVERY_STATUS_READ"
+            })
+            .count();
+        if reads >= 2 || started.elapsed() > Duration::from_secs(20) {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let count = |kind: &str, status: &str| {
+        events
+            .iter()
+            .filter(|e| e["type"] == kind && (status.is_empty() || e["status"]["status"] == status))
+            .count()
+    };
+    assert_eq!(count("message.sent", ""), 2);
+    assert!(count("message.status", "DELIVERY_STATUS_DELIVERED") >= 2);
+    assert_eq!(count("message.status", "DELIVERY_STATUS_READ"), 2);
+    let received: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "message.received")
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        received.len(),
+        1,
+        "no duplicate reached Kafka under a new id"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tokens_and_identities_foreign_origins_and_oversized_frames_are_refused() {
+    let prefix = unique_prefix("livechat-hostile");
+    let gateway =
+        Gateway::start_roles(&brokers(), &prefix, &["livechat", "api"], SHOP, None, &[]).await;
+
+    let mut socket = connect(&gateway, "https://evil.example.test").await;
+    assert_eq!(closed_with(&mut socket).await, 4403, "foreign origin");
+
+    let mut socket = connect(&gateway, "https://shop.example.test").await;
+    send(&mut socket, json!({"type": "hello", "visitor_token": "vt_someoneelse.0123456789abcdef0123456789abcdef"})).await;
+    assert_eq!(closed_with(&mut socket).await, 4401, "forged visitor token");
+
+    let mut socket = connect(&gateway, "https://shop.example.test").await;
+    send(&mut socket, json!({"type": "hello", "identity": {"id": "cust-42", "email": "jo@example.com", "hash": "00ff"}})).await;
+    assert_eq!(closed_with(&mut socket).await, 4401, "wrong identity hash");
+
+    // The documented hash verifies; the same customer is the same visitor everywhere.
+    let identity = json!({"id": "cust-42", "email": "jo@example.com", "name": "Jo", "hash": "9e09798732969aeb09d1980478b79a70c3b3a830c42299b36480d805232a2545"});
+    let mut first = connect(&gateway, "https://shop.example.test").await;
+    let one = hello(&mut first, json!({"identity": identity})).await;
+    assert_eq!(one["verified"], true);
+    let mut second = connect(&gateway, "https://shop.example.test").await;
+    let two = hello(&mut second, json!({"identity": identity})).await;
+    assert_eq!(one["conversation_key"], two["conversation_key"]);
+
+    // An unverified claim is kept apart from the contact.
+    let mut claimed = connect(&gateway, "https://shop.example.test").await;
+    let welcome = hello(
+        &mut claimed,
+        json!({"identity": {"email": "ceo@example.com"}}),
+    )
+    .await;
+    assert_eq!(welcome["verified"], false);
+    send(
+        &mut claimed,
+        json!({"type": "message", "client_id": "x", "text": "I am the CEO", "attachments": []}),
+    )
+    .await;
+    let ack = next(&mut claimed).await;
+    let events = inbound(&prefix, 1);
+    let event = events.iter().find(|e| e["id"] == ack["event_id"]).unwrap();
+    assert!(event["message"]["contact"]["email"].is_null(), "{event}");
+    assert_eq!(
+        event["message"]["livechat"]["claimedEmail"],
+        "ceo@example.com"
+    );
+
+    // Too large a frame closes the socket; too many messages get nack with a retry hint.
+    let big = "x".repeat(70 * 1024);
+    send(
+        &mut claimed,
+        json!({"type": "message", "client_id": "big", "text": big, "attachments": []}),
+    )
+    .await;
+    assert_eq!(closed_with(&mut claimed).await, 4413);
+    let mut fast = connect(&gateway, "https://shop.example.test").await;
+    hello(&mut fast, json!({})).await;
+    let mut limited = None;
+    for i in 0..30 {
+        send(&mut fast, json!({"type": "message", "client_id": format!("m{i}"), "text": "spam", "attachments": []})).await;
+        let answer = next(&mut fast).await;
+        if answer["type"] == "nack" {
+            limited = Some(answer);
+            break;
+        }
+    }
+    let limited = limited.expect("the rate limit answered nack");
+    assert_eq!(limited["code"], "rate_limited");
+    assert!(limited["retry_after_ms"].as_u64().unwrap() > 0);
+
+    let log = gateway.log();
+    assert!(
+        !log.contains("I am the CEO") && !log.contains("spam"),
+        "no message content in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_widget_in_chromium_sends_shows_the_reply_and_keeps_the_history_over_a_reload() {
+    let prefix = unique_prefix("livechat-browser");
+    let gateway = Gateway::start_roles(
+        &brokers(),
+        &prefix,
+        &["livechat", "api"],
+        "[livechat]\nreply_poll_ms = 100\n[livechat.channels.shop]\ntenant = \"acme\"\nallowed_origins = [\"*\"]\nidentity_secret = \"demo-identity-secret\"\n",
+        None,
+        &[],
+    )
+    .await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let artifacts = root.join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("livechat-widget.png");
+    let node_path = std::env::var("OMNIGATE_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/omnigate")
+        })
+        .join("node/node_modules");
+    let mut child = tokio::process::Command::new("node")
+        .arg(root.join("tests/livechat/widget_test.mjs"))
+        .args(["--url", &format!("{}/livechat/shop/demo", gateway.url)])
+        .args(["--text", "hello from chromium"])
+        .args(["--expect-reply", "Hi from the helpdesk"])
+        .arg("--screenshot")
+        .arg(&screenshot)
+        .env("NODE_PATH", node_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let sent: Value = serde_json::from_str(
+        &tokio::time::timeout(Duration::from_secs(90), lines.next_line())
+            .await
+            .expect("the page sent the message")
+            .unwrap()
+            .unwrap_or_default(),
+    )
+    .unwrap_or(Value::Null);
+    assert_eq!(sent["step"], "sent", "{sent}");
+    let event_id = sent["event_id"].as_str().unwrap().to_string();
+    let events = inbound(&prefix, 1);
+    let event = events
+        .iter()
+        .find(|e| e["id"] == event_id.as_str())
+        .expect("the browser's message is on Kafka");
+    assert_eq!(event["message"]["parts"][0]["text"], "hello from chromium");
+    let visitor = event["conversationKey"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    reply(&gateway, &visitor, "Hi from the helpdesk").await;
+    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("the browser test ends")
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        rest.push(line);
+    }
+    assert!(
+        output.status.success(),
+        "widget test failed: {rest:?}\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        gateway.log()
+    );
+    assert!(
+        rest.iter().any(|l| l.contains("\"step\":\"reply\"")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter().any(|l| l.contains("\"step\":\"history\"")),
+        "{rest:?}"
+    );
+    assert!(screenshot.exists(), "the screenshot artifact is saved");
+}
