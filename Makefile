@@ -50,6 +50,7 @@ bench: deps
 	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench webhook_delivery
 	@scripts/mail.sh bench
 	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench email_ingest
+	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench livechat_sockets
 	@scripts/kafka.sh stop bench
 
 # Fuzzing with cargo-fuzz (libFuzzer). The machine's toolchain is stable, which has no
@@ -58,7 +59,7 @@ bench: deps
 # fuzz/artifacts/<target>/; fix the bug and keep the input as a regression test
 # (crates/connector-whatsapp/tests/fuzz_regressions/).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := whatsapp_normalize whatsapp_signature webhook_signature voice_parsers email_normalize
+FUZZ_TARGETS := whatsapp_normalize whatsapp_signature webhook_signature voice_parsers email_normalize livechat_frames
 fuzz:
 	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 	@cd fuzz && for target in $(FUZZ_TARGETS); do \

@@ -58,6 +58,8 @@ Omnigate is up on http://127.0.0.1:8080 (Kafka: 127.0.0.1:9092). Try:
   target/release/omnigate receive --listen 127.0.0.1:9000 &
   curl -s http://127.0.0.1:8080/v1/webhooks -H 'Authorization: Bearer omnigate-dev-key' \
     -d '{"url": "http://127.0.0.1:9000/", "events": ["message.*"]}'
+  # live chat: open the demo page, type, and answer with /v1/messages (see the README)
+  #   http://127.0.0.1:8080/livechat/demo-chat/demo
   # email: a customer writes to the demo mailbox (see the README for the reply)
   printf 'From: customer@omnigate.test\r\nTo: support@omnigate.test\r\nSubject: Where is my order?\r\nMessage-ID: <demo-1@omnigate.test>\r\n\r\nHello, order 1234 has not arrived.\r\n' \
     | curl -s smtp://127.0.0.1:2525 --mail-from customer@omnigate.test --mail-rcpt support@omnigate.test -T -

@@ -95,16 +95,26 @@ pub fn peak_mib(child: &Child) -> f64 {
     peak_mib_of(&format!("/proc/{}/status", child.id()))
 }
 
+/// Resident memory of a child process now, in MiB (VmRSS); NaN when unknown.
+pub fn rss_mib(child: &Child) -> f64 {
+    status_mib(&format!("/proc/{}/status", child.id()), "VmRSS:")
+}
+
 /// Peak resident memory of this process, in MiB.
 pub fn own_peak_mib() -> f64 {
     peak_mib_of("/proc/self/status")
 }
 
 fn peak_mib_of(path: &str) -> f64 {
+    status_mib(path, "VmHWM:")
+}
+
+/// A memory field (`VmHWM:`, `VmRSS:`) of a `/proc/<pid>/status` file, in MiB.
+fn status_mib(path: &str, field: &str) -> f64 {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)

@@ -53,9 +53,9 @@ async fn send(socket: &mut Socket, frame: Value) {
 /// The next frame that is not a heartbeat, as JSON; a close as `{"close": code}`.
 async fn next(socket: &mut Socket) -> Value {
     loop {
-        let frame = tokio::time::timeout(Duration::from_secs(15), socket.next())
+        let frame = tokio::time::timeout(Duration::from_secs(60), socket.next())
             .await
-            .expect("a frame within 15 s");
+            .expect("a frame within 60 s");
         match frame {
             Some(Ok(tungstenite::Message::Text(text))) => {
                 let value: Value = serde_json::from_str(&text).unwrap();
@@ -373,4 +373,132 @@ async fn the_widget_in_chromium_sends_shows_the_reply_and_keeps_the_history_over
         "{rest:?}"
     );
     assert!(screenshot.exists(), "the screenshot artifact is saved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_reaches_a_visitor_on_the_other_replica_and_survives_a_killed_replica() {
+    let prefix = unique_prefix("livechat-replicas");
+    let env = [(
+        "OMNIGATE_ROUTER__DATABASE_URL",
+        omnigate_e2e::fresh_postgres_database(),
+    )];
+    let mut holding =
+        Gateway::start_roles(&brokers(), &prefix, &["livechat", "api"], SHOP, None, &env).await;
+    let other =
+        Gateway::start_roles(&brokers(), &prefix, &["livechat", "api"], SHOP, None, &env).await;
+    let mut socket = connect(&holding, "https://shop.example.test").await;
+    let welcome = hello(&mut socket, json!({})).await;
+    let token = welcome["visitor_token"].as_str().unwrap().to_string();
+    let visitor = welcome["conversation_key"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // Posted through the other replica's API: whichever replica sends it, the one
+    // holding the socket pushes it.
+    reply(&other, &visitor, "First answer").await;
+    let live = next(&mut socket).await;
+    assert_eq!(live["text"], "First answer", "{live}");
+
+    // The replica holding the socket dies; the visitor reconnects to the survivor and
+    // gets every reply it has not seen.
+    holding.kill();
+    drop(socket);
+    reply(&other, &visitor, "Second answer").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The killed replica's send commands wait for the consumer group to move its
+    // partitions to the survivor; every reply still arrives, in the welcome or live.
+    let mut socket = connect(&other, "https://shop.example.test").await;
+    let welcome = hello(&mut socket, json!({"visitor_token": token, "last_seq": 1})).await;
+    let mut texts: Vec<String> = welcome["replies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["text"].as_str().unwrap().to_string())
+        .collect();
+    reply(&other, &visitor, "Third answer").await;
+    let started = Instant::now();
+    while texts.len() < 2 && started.elapsed() < Duration::from_secs(90) {
+        let frame = next(&mut socket).await;
+        if frame["type"] == "reply" {
+            texts.push(frame["text"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        texts,
+        ["Second answer", "Third answer"],
+        "log:\n{}",
+        other.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_broker_down_a_message_gets_nack_and_nothing_acknowledged_is_lost() {
+    use omnigate_core::publish::Topic;
+    let prefix = "omnigate.";
+    let mock = omnigate_e2e::mock_cluster(prefix);
+    let brokers = mock.bootstrap_servers();
+    let gateway = Gateway::start_roles(&brokers, prefix, &["livechat"], SHOP, None, &[]).await;
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let mut socket = connect(&gateway, "https://shop.example.test").await;
+    hello(&mut socket, json!({})).await;
+    send(
+        &mut socket,
+        json!({"type": "message", "client_id": "before", "text": "one", "attachments": []}),
+    )
+    .await;
+    let before = next(&mut socket).await;
+    assert_eq!(before["type"], "ack", "{before}");
+
+    mock.broker_down(1).unwrap();
+    send(
+        &mut socket,
+        json!({"type": "message", "client_id": "during", "text": "two", "attachments": []}),
+    )
+    .await;
+    let during = next(&mut socket).await;
+    assert_eq!(during["type"], "nack", "{during}");
+    assert_eq!(during["code"], "kafka_unavailable");
+    assert!(during["retry_after_ms"].as_u64().unwrap() > 0);
+    mock.broker_up(1).unwrap();
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(30))
+        .await;
+
+    // The client retries as told, with the same client id.
+    let mut acked = None;
+    for _ in 0..20 {
+        send(
+            &mut socket,
+            json!({"type": "message", "client_id": "during", "text": "two", "attachments": []}),
+        )
+        .await;
+        let answer = next(&mut socket).await;
+        if answer["type"] == "ack" {
+            acked = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let acked = acked.expect("acknowledged once the broker is back");
+    let config = omnigate_e2e::kafka_config(&brokers, prefix);
+    let records = omnigate_kafka::reader::read_topic(
+        &config,
+        &Topic::Inbound.name(prefix),
+        2,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let ids: Vec<String> = records
+        .iter()
+        .map(|r| json(r)["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.contains(&before["event_id"].as_str().unwrap().to_string()));
+    assert!(ids.contains(&acked["event_id"].as_str().unwrap().to_string()));
 }

@@ -4,7 +4,7 @@
 use crate::{
     Livechat, METRICS,
     normalize::{self, Visitor},
-    protocol::{self, ClientFrame, HistoryItem, IdentityCheck, SUBPROTOCOL, ServerFrame},
+    protocol::{self, ClientFrame, IdentityCheck, SUBPROTOCOL, ServerFrame},
     store::StoredReply,
 };
 use axum::{
@@ -417,15 +417,9 @@ impl Session {
         {
             Ok(_) => {
                 METRICS.events(channel, EventOutcome::Published, 1);
-                let after_seq = store.last_seq(channel, visitor).await.unwrap_or_default();
-                let item = HistoryItem {
-                    client_id: client_id.clone(),
-                    text,
-                    event_id: event_id.clone(),
-                    after_seq,
-                };
+                let now_ms = Utc::now().timestamp_millis();
                 if let Err(err) = store
-                    .save_message(channel, visitor, &item, Utc::now().timestamp_millis())
+                    .save_message(channel, visitor, &client_id, &event_id, &text, now_ms)
                     .await
                 {
                     // The event is on Kafka; a re-send publishes the same id again.

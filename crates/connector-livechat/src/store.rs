@@ -141,24 +141,28 @@ impl LivechatStore {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// Records an acknowledged visitor message.
+    /// Records an acknowledged visitor message, with the conversation's highest reply
+    /// sequence at this moment (so a client can place it among the replies).
     pub async fn save_message(
         &self,
         channel: &str,
         visitor: &str,
-        item: &HistoryItem,
+        client_id: &str,
+        event_id: &str,
+        text: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO livechat_messages (channel, visitor, client_id, event_id, text, after_seq, created_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (channel, visitor, client_id) DO NOTHING",
+             SELECT $1, $2, $3, $4, $5, COALESCE(MAX(seq), 0), $6 FROM livechat_replies
+             WHERE channel = $1 AND visitor = $2
+             ON CONFLICT (channel, visitor, client_id) DO NOTHING",
         )
         .bind(channel)
         .bind(visitor)
-        .bind(&item.client_id)
-        .bind(&item.event_id)
-        .bind(&item.text)
-        .bind(item.after_seq as i64)
+        .bind(client_id)
+        .bind(event_id)
+        .bind(text)
         .bind(now_ms)
         .execute(&self.pool)
         .await?;
@@ -192,18 +196,6 @@ impl LivechatStore {
             .collect();
         items.reverse();
         Ok(items)
-    }
-
-    /// The conversation's highest reply sequence (0 without replies).
-    pub async fn last_seq(&self, channel: &str, visitor: &str) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "SELECT COALESCE(MAX(seq), 0) FROM livechat_replies WHERE channel = $1 AND visitor = $2",
-        )
-        .bind(channel)
-        .bind(visitor)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.get::<i64, _>(0) as u64)
     }
 
     /// Stores a reply under the next sequence number, once per command; returns it.

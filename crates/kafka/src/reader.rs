@@ -26,6 +26,8 @@ pub struct ReadRecord {
     pub value: Vec<u8>,
     /// Headers as UTF-8 (lossy).
     pub headers: BTreeMap<String, String>,
+    /// The record's timestamp (when it was produced), in milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Why a topic could not be read to its end.
@@ -148,6 +150,7 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> ReadRecord {
         })
         .unwrap_or_default();
     ReadRecord {
+        timestamp_ms: message.timestamp().to_millis(),
         partition: message.partition(),
         offset: message.offset(),
         key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
