@@ -32,15 +32,19 @@
 #
 # A UIDVALIDITY change (what a server does after its index is rebuilt): either
 #   scripts/mail.sh doveadm test mailbox update -u USER --uid-validity N INBOX
-# (any N other than the current one, e.g. `date +%s`; the mails and their UIDs stay), or
-# recreate a folder with the same mails under new UIDs (not for INBOX):
-#   scripts/mail.sh doveadm test mailbox rename -u USER Box Box.old
+# (any N other than the current one, e.g. `date +%s`; the mails keep their UIDs), or
+# recreate a folder with the same mails (new UIDVALIDITY, UIDs renumbered from 1; not for
+# INBOX; no '.' in folder names, Maildir++ keeps folders as .Name):
+#   scripts/mail.sh doveadm test mailbox rename -u USER Box Box-old
 #   scripts/mail.sh doveadm test mailbox create -u USER Box
-#   scripts/mail.sh doveadm test move -u USER Box mailbox Box.old all
-#   scripts/mail.sh doveadm test mailbox delete -u USER Box.old
+#   scripts/mail.sh doveadm test move -u USER Box mailbox Box-old all
+#   scripts/mail.sh doveadm test mailbox delete -u USER Box-old
 # Read it back: scripts/mail.sh doveadm test mailbox status -u USER uidvalidity INBOX.
-# A session with the mailbox selected is disconnected by Dovecot when it notices the change.
+# A session that has the mailbox selected is not told at once, even in IDLE: at its next
+# command or the next delivery Dovecot sends `* BYE IMAP session state is inconsistent,
+# please relogin.` and closes it; SELECT after a new login shows the new UIDVALIDITY.
 #
+# Mail to user+tag@domain goes to user@domain. A failed login is answered after 0.5 s.
 # Logs: STATE/dovecot.log and STATE/postfix.log (STATE = ./data/mail for run).
 # Environment: MAIL_OAUTH2_INTROSPECTION_URL (default http://127.0.0.1:12480/introspect
 # for test, :22480 for bench, :2480 for run; read when Dovecot starts).
@@ -118,7 +122,7 @@ write_dovecot_conf() {
   # throwaway server (and root may not own mail in Dovecot).
   chown mail:mail "$state/mail"
 
-  local passdb userdb_all imap_tuning
+  local passdb imap_tuning
   if [ "$mode" = run ]; then
     printf '%s\n' \
       "support@omnigate.test:{PLAIN}demo-password" \
@@ -131,26 +135,19 @@ write_dovecot_conf() {
   mechanisms = plain login
   args = scheme=PLAIN username_format=%Lu $state/dovecot/users
 }"
-    # Postfix accepts only the two users' addresses, so LMTP takes whoever it is given
-    # (a passdb restricted to login mechanisms cannot answer LMTP's user lookups).
-    userdb_all=yes
   else
     passdb="passdb {
   driver = static
   mechanisms = plain login
   args = password=test-password
 }"
-    # Any user exists: LMTP delivers to whoever is named, making the mailbox on the way.
-    userdb_all=yes
   fi
 
   if [ "$mode" = bench ]; then
     imap_tuning="# 1,000+ IDLE sessions from one IP. One imap process per session (Dovecot's
 # default, client_limit 1); the master, log, anvil and auth services get a client per
 # process, so default_client_limit is above the total number of processes.
-default_process_limit = 200
 default_client_limit = 6000
-default_vsz_limit = 256M
 service imap {
   process_limit = 4000
   client_limit = 1
@@ -238,9 +235,12 @@ passdb {
   args = $state/dovecot/oauth2.conf.ext
 }
 $passdb
+# LMTP delivers to whoever it is given, making the mailbox on the way (Postfix decides
+# which recipients exist; a passdb restricted to login mechanisms cannot answer LMTP's
+# user lookups anyway).
 userdb {
   driver = static
-  args = uid=$mail_uid gid=$mail_gid home=$state/mail/%Ld/%Ln allow_all_users=$userdb_all
+  args = uid=$mail_uid gid=$mail_gid home=$state/mail/%Ld/%Ln allow_all_users=yes
 }
 
 service imap-login {
@@ -270,8 +270,7 @@ introspection_url = $introspection_url
 username_attribute = username
 active_attribute = active
 active_value = true
-# Without a tokeninfo_url the introspection answer is the only check.
-force_introspection = yes
+# No tokeninfo_url: the introspection answer is the only check.
 timeout_msecs = 5000
 EOF
 }
@@ -281,7 +280,8 @@ write_postfix_conf() {
   chown postfix "$state/postfix/lib"
   local recipient_check="" smtpd_maxproc=100
   if [ "$mode" = run ]; then
-    printf '%s OK\n' support@omnigate.test customer@omnigate.test >"$postfix_etc/recipients"
+    printf '%s\n' "support@omnigate.test OK" "customer@omnigate.test OK" \
+      "omnigate.test 550 5.1.1 No such user here" >"$postfix_etc/recipients"
     recipient_check="smtpd_recipient_restrictions = check_recipient_access texthash:$postfix_etc/recipients, reject"
   fi
   [ "$mode" = bench ] && smtpd_maxproc=500
@@ -393,18 +393,28 @@ start_dovecot() {
   wait_for Dovecot "$state/dovecot.log" dovecot_up
 }
 
+# Whether session SID is this mode's Dovecot: its master, or what is left of its children
+# (a stale pid file may name a process that is not ours).
+dovecot_session() {
+  local args
+  args=$(ps -o args= -s "$1" 2>/dev/null) || return 1
+  [ -n "$args" ] || return 1
+  ! grep -qvE "^(dovecot -c $dovecot_conf|/usr/sbin/dovecot -c $dovecot_conf|dovecot-omnigate-mail-$mode/|\\[)" <<<"$args"
+}
+
 stop_dovecot() {
   local pid
   pid=$(cat "$rundir/master.pid" 2>/dev/null) || return 0
+  rm -f "$rundir/master.pid"
+  dovecot_session "$pid" || return 0
   if kill "$pid" 2>/dev/null; then
     # It waits a second for its log process before it exits.
     for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.05; done
   fi
-  # What is left of its process group (the master is a session leader) holds the listening
-  # sockets: processes that still wait on a timeout, or everything if the master hung.
-  kill -9 -- "-$pid" 2>/dev/null || true
-  rm -f "$rundir/master.pid"
-  # The master is gone; wait until its listeners are too.
+  # What is left of its session (the master is its leader) holds the listening sockets:
+  # processes that still wait on a timeout, or everything if the master hung.
+  if dovecot_session "$pid"; then kill -9 -- "-$pid" 2>/dev/null || true; fi
+  # Then wait until its listeners are closed.
   for _ in $(seq 1 100); do
     listening "$imap_port" || listening "$lmtp_port" || break
     sleep 0.05
@@ -425,13 +435,14 @@ start_postfix() {
 stop_postfix() {
   local pid
   pid=$(sed -n '1s/ //gp' "$postfix_spool/pid/master.pid" 2>/dev/null) || return 0
-  [ -n "$pid" ] || return 0
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.05; done
-    # Its children go with it; past 5 s the whole process group goes by force.
-    if alive "$pid"; then kill -9 -- "-$pid" 2>/dev/null || true; fi
-  fi
   rm -f "$postfix_spool/pid/master.pid"
+  [ -n "$pid" ] || return 0
+  # Only this instance's master (a stale pid file may name a process that is not ours).
+  tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qxF "MAIL_CONFIG=$postfix_etc" || return 0
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 100); do alive "$pid" || return 0; sleep 0.05; done
+  # Past 5 s its whole session goes by force.
+  kill -9 -- "-$pid" 2>/dev/null || true
 }
 
 start_mode() {
