@@ -322,6 +322,49 @@ async fn a_reply_through_the_api_threads_in_the_customers_mailbox_and_the_answer
         .unwrap_or_else(|| panic!("the answer was not ingested; log:\n{}", gateway.log()));
     assert_eq!(joined["conversationKey"], key.as_str());
 
+    // A client that drops every threading header: the thread token of our subject
+    // still joins the customer's new mail to the thread, and nobody else's.
+    let token = reply
+        .lines()
+        .find_map(|l| l.strip_prefix("Subject: "))
+        .and_then(|s| s.split("[#og-").nth(1))
+        .and_then(|s| s.split(']').next())
+        .unwrap()
+        .to_string();
+    let fresh = format!("f.{}@example.com", uuid::Uuid::new_v4().simple());
+    let subject = format!("Charger again [#og-{token}]");
+    smtp(
+        &customer,
+        &support,
+        &mail(&customer, &support, &subject, &fresh, &[], "Still sparks."),
+    )
+    .await;
+    let stranger = fresh_address("stranger");
+    let copied = format!("s.{}@example.com", uuid::Uuid::new_v4().simple());
+    smtp(
+        &stranger,
+        &support,
+        &mail(&stranger, &support, &subject, &copied, &[], "Let me in."),
+    )
+    .await;
+    let events = inbound_until(&prefix, |e| received(e).len() >= 4).await;
+    let key_of = |id: &str| {
+        received(&events)
+            .into_iter()
+            .find(|e| e["message"]["providerMessageId"] == id)
+            .map(|e| e["conversationKey"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        key_of(&fresh).as_deref(),
+        Some(key.as_str()),
+        "the customer's token joins"
+    );
+    assert_eq!(
+        key_of(&copied),
+        Some(format!("email:support:{copied}")),
+        "a copied token joins nothing"
+    );
+
     // The customer's server bounces a mail we sent: the command gets a failed status.
     let dsn = format!(
         "From: MAILER-DAEMON@example.net\r\nTo: <{support}>\r\nSubject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn.{answer_id}>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n--b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\nFinal-Recipient: rfc822; {customer}\r\nAction: failed\r\nStatus: 5.2.2\r\nDiagnostic-Code: smtp; 552 5.2.2 mailbox full\r\n--b1\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: <{support}>\r\nMessage-ID: <{our_id}>\r\nSubject: Re: Broken charger\r\n--b1--\r\n"

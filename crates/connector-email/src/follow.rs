@@ -364,11 +364,25 @@ async fn ingest_mail(
         METRICS.events(channel_id, EventOutcome::Ignored, 1);
         return Ok(());
     }
-    if let Some(parent) = &mail.parent
-        && let Some(known) = inner.store.thread_entry(channel_id, parent).await?
-        && known.root != mail.root
-    {
-        mail.rekey(channel_id, &known.root);
+    let known_parent = match &mail.parent {
+        Some(parent) => inner.store.thread_entry(channel_id, parent).await?,
+        None => None,
+    };
+    match known_parent {
+        Some(known) if known.root != mail.root => mail.rekey(channel_id, &known.root),
+        Some(_) => {}
+        // No threading header we know: a thread token in a plus-address or the
+        // subject joins the thread, but only for that thread's customer, so copying
+        // a token into one's own mail joins nothing.
+        None => {
+            if let Some(meta) = email_metadata(&mail.event)
+                && let Some(token) = normalize::token_hint(meta, &channel.address)
+                && let Some((root, contact)) = inner.store.token_thread(channel_id, &token).await?
+                && contact.eq_ignore_ascii_case(&meta.from)
+            {
+                mail.rekey(channel_id, &root);
+            }
+        }
     }
     for blob in &mail.blobs {
         inner
@@ -395,13 +409,7 @@ async fn ingest_mail(
         Err(err) => return Err(err.into()),
     }
     METRICS.received_bytes(channel_id, raw.len() as u64);
-    let meta = match &mail.event.payload {
-        Some(pb::event::Payload::Message(pb::Message {
-            metadata: Some(pb::message::Metadata::Email(meta)),
-            ..
-        })) => meta.clone(),
-        _ => pb::EmailMetadata::default(),
-    };
+    let meta = email_metadata(&mail.event).cloned().unwrap_or_default();
     if meta.bounce && !meta.bounced_message_id.is_empty() {
         report_bounce(email, channel_id, &channel.tenant, &channel.address, &meta).await?;
     }
@@ -432,6 +440,17 @@ async fn ingest_mail(
         .await?;
     tracing::info!(event_id = %mail.event.id, "Mail published");
     Ok(())
+}
+
+/// The email facts of a `message.received` event.
+fn email_metadata(event: &pb::Event) -> Option<&pb::EmailMetadata> {
+    match &event.payload {
+        Some(pb::event::Payload::Message(pb::Message {
+            metadata: Some(pb::message::Metadata::Email(meta)),
+            ..
+        })) => Some(meta),
+        _ => None,
+    }
 }
 
 /// A bounce of a mail we sent: the send command it came from gets a failed

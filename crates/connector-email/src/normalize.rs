@@ -208,6 +208,36 @@ impl Normalized {
     }
 }
 
+/// The short token of a thread, carried in the subject (`[#og-<token>]`) and the
+/// Reply-To plus-address (`support+<token>@`) of the mail we send, for clients that
+/// drop every threading header.
+pub fn thread_token(channel_id: &str, root: &str) -> String {
+    let digest = Sha256::digest(format!("{channel_id}:{root}").as_bytes());
+    hex::encode(&digest[..6])
+}
+
+/// A thread token a mail carries: in a plus-address of ours among its recipients, or
+/// in its subject.
+pub fn token_hint(meta: &pb::EmailMetadata, our_address: &str) -> Option<String> {
+    let (local, domain) = our_address
+        .to_lowercase()
+        .split_once('@')
+        .map(|(l, d)| (l.to_string(), d.to_string()))?;
+    let from_address = meta.to.iter().chain(&meta.cc).find_map(|address| {
+        let (their_local, their_domain) = address.split_once('@')?;
+        let token = their_local.strip_prefix(&format!("{local}+"))?;
+        (their_domain == domain).then(|| token.to_string())
+    });
+    let from_subject = || {
+        let start = meta.subject.find("[#og-")? + "[#og-".len();
+        let end = meta.subject[start..].find(']')? + start;
+        Some(meta.subject[start..end].to_string())
+    };
+    from_address
+        .or_else(from_subject)
+        .filter(|t| t.len() == 12 && t.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 /// `email:{channel}:{root Message-ID}`.
 pub fn conversation_key(channel_id: &str, root: &str) -> String {
     format!("email:{channel_id}:{root}")
@@ -522,6 +552,39 @@ mod tests {
         assert!(!clean.contains("javascript"), "{clean}");
         assert!(clean.contains("cid:logo@x"), "{clean}");
         assert!(clean.contains("https://ok.example/"), "{clean}");
+    }
+
+    #[test]
+    fn thread_tokens_are_read_from_our_plus_address_or_the_subject_only() {
+        let token = thread_token("support", "root@x");
+        assert_eq!(token.len(), 12);
+        let meta = |to: &str, subject: &str| pb::EmailMetadata {
+            to: vec![to.into()],
+            subject: subject.into(),
+            ..Default::default()
+        };
+        let ours = format!("support+{token}@omnigate.test");
+        assert_eq!(
+            token_hint(&meta(&ours, "hi"), "support@omnigate.test"),
+            Some(token.clone())
+        );
+        let tagged = format!("Re: order [#og-{token}]");
+        assert_eq!(
+            token_hint(&meta("x@y.test", &tagged), "support@omnigate.test"),
+            Some(token.clone())
+        );
+        let elsewhere = format!("support+{token}@other.test");
+        assert_eq!(
+            token_hint(&meta(&elsewhere, "hi"), "support@omnigate.test"),
+            None
+        );
+        assert_eq!(
+            token_hint(
+                &meta("support@omnigate.test", "[#og-zz]"),
+                "support@omnigate.test"
+            ),
+            None
+        );
     }
 
     #[test]

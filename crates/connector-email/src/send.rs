@@ -6,7 +6,7 @@ use crate::{
     Email, METRICS,
     config::ChannelConfig,
     imap,
-    normalize::{clean_id, conversation_key},
+    normalize::{clean_id, conversation_key, thread_token},
     store::{StoreError, ThreadEntry},
 };
 use chrono::Utc;
@@ -100,7 +100,7 @@ impl Email {
             None => {
                 let started = Instant::now();
                 let outcome = self
-                    .deliver(channel_id, channel, command, &reply, &message_id)
+                    .deliver(channel_id, channel, command, &reply, (&message_id, &root))
                     .await;
                 let label = if outcome.is_ok() { "sent" } else { "failed" };
                 METRICS.send(channel_id, label, started.elapsed().as_secs_f64());
@@ -114,6 +114,14 @@ impl Email {
                         .map(|t| t.references.clone())
                         .unwrap_or_default();
                     references.push(message_id.clone());
+                    store
+                        .remember_token(
+                            channel_id,
+                            &thread_token(channel_id, &root),
+                            &root,
+                            &command.to.to_lowercase(),
+                        )
+                        .await?;
                     store
                         .remember(
                             channel_id,
@@ -191,9 +199,11 @@ impl Email {
         channel: &ChannelConfig,
         command: &pb::SendCommand,
         reply: &ReplyContext,
-        message_id: &str,
+        (message_id, root): (&str, &str),
     ) -> Result<(), Refusal> {
-        let mail = self.build(channel, command, reply, message_id).await?;
+        let mail = self
+            .build(channel_id, channel, command, reply, (message_id, root))
+            .await?;
         let mut schedule = Schedule::millis(&self.inner.config.send_retry_delays_ms);
         loop {
             let err = match self.submit(channel_id, channel, &mail).await {
@@ -215,11 +225,13 @@ impl Email {
 
     async fn build(
         &self,
+        channel_id: &str,
         channel: &ChannelConfig,
         command: &pb::SendCommand,
         reply: &ReplyContext,
-        message_id: &str,
+        ids: (&str, &str),
     ) -> Result<Message, Refusal> {
+        let (message_id, root) = ids;
         use pb::send_command::Content;
         let invalid = |what: String| Refusal::new("omnigate.invalid_command", what);
         let options = command.email.clone().unwrap_or_default();
@@ -252,8 +264,21 @@ impl Email {
                 _ => String::new(),
             }
         };
+        // The thread token rides in the subject and a Reply-To plus-address, for
+        // clients that will drop every threading header of the answer.
+        let token = thread_token(channel_id, root);
+        let subject = if subject.contains("[#og-") {
+            subject
+        } else {
+            format!("{subject} [#og-{token}]").trim_start().to_string()
+        };
+        let reply_to = match channel.address.split_once('@') {
+            Some((local, domain)) => parse(&format!("{local}+{token}@{domain}"))?,
+            None => parse(&channel.address)?,
+        };
         let mut builder = Message::builder()
             .from(from)
+            .reply_to(reply_to)
             .to(parse(&to_address)?)
             .subject(subject)
             .message_id(Some(format!("<{message_id}>")));

@@ -36,7 +36,13 @@ pub struct ThreadEntry {
     pub contact: String,
 }
 
-const SCHEMA: [&str; 4] = [
+const SCHEMA: [&str; 5] = [
+    "CREATE TABLE IF NOT EXISTS email_thread_tokens (
+        channel TEXT NOT NULL,
+        token TEXT NOT NULL,
+        root TEXT NOT NULL,
+        contact TEXT NOT NULL,
+        PRIMARY KEY (channel, token))",
     "CREATE TABLE IF NOT EXISTS email_cursors (
         channel TEXT NOT NULL,
         folder TEXT NOT NULL,
@@ -203,6 +209,43 @@ impl EmailStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Remembers the token of a thread we wrote into, with its customer.
+    pub async fn remember_token(
+        &self,
+        channel: &str,
+        token: &str,
+        root: &str,
+        contact: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO email_thread_tokens (channel, token, root, contact) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (channel, token) DO NOTHING",
+        )
+        .bind(channel)
+        .bind(token)
+        .bind(root)
+        .bind(contact)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The thread root and customer of a thread token.
+    pub async fn token_thread(
+        &self,
+        channel: &str,
+        token: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT root, contact FROM email_thread_tokens WHERE channel = $1 AND token = $2",
+        )
+        .bind(channel)
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| (row.get(0), row.get(1))))
     }
 
     /// The command a mail we sent came from, by its Message-ID (for bounces).

@@ -5,7 +5,7 @@ use crate::store::{LivechatStore, StoredReply};
 use std::{
     collections::HashMap,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub type Conversation = (String, String);
 
 /// Each conversation's sockets: (socket id, where its replies go).
-type Sockets = HashMap<Conversation, Vec<(u64, mpsc::Sender<StoredReply>)>>;
+type Sockets = HashMap<Conversation, Vec<(u64, mpsc::Sender<Arc<StoredReply>>)>>;
 
 /// The open sockets of this replica.
 #[derive(Debug, Default)]
@@ -82,7 +82,7 @@ impl Hub {
     pub fn register(
         &self,
         conversation: Conversation,
-        sender: mpsc::Sender<StoredReply>,
+        sender: mpsc::Sender<Arc<StoredReply>>,
     ) -> Registration<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.sockets
@@ -107,16 +107,20 @@ impl Hub {
 
     /// Hands `reply` to every socket of its conversation on this replica.
     pub fn push(&self, reply: &StoredReply) {
-        let senders: Vec<mpsc::Sender<StoredReply>> = self
+        let senders: Vec<mpsc::Sender<Arc<StoredReply>>> = self
             .sockets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&(reply.channel.clone(), reply.visitor.clone()))
             .map(|list| list.iter().map(|(_, s)| s.clone()).collect())
             .unwrap_or_default();
+        if senders.is_empty() {
+            return;
+        }
+        let reply = Arc::new(reply.clone());
         for sender in senders {
             // A socket too slow to take it gets it from the store on its next hello.
-            let _ = sender.try_send(reply.clone());
+            let _ = sender.try_send(Arc::clone(&reply));
         }
     }
 }
@@ -124,7 +128,7 @@ impl Hub {
 /// Looks for replies stored by any replica every `every` and pushes them to the
 /// sockets held here. Asks the database nothing while no socket is open.
 pub async fn push_replies(
-    hub: std::sync::Arc<Hub>,
+    hub: Arc<Hub>,
     store: LivechatStore,
     every: Duration,
     shutdown: CancellationToken,

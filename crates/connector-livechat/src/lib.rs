@@ -58,6 +58,7 @@ struct Inner {
     ctx: ConnectorContext,
     store: store::LivechatStore,
     hub: Arc<hub::Hub>,
+    history: store::HistoryWriter,
 }
 
 /// The live chat connector kind: its `[livechat]` table and role name.
@@ -127,12 +128,15 @@ impl Connector for LivechatConnector {
             Duration::from_millis(self.config.reply_poll_ms),
             ctx.shutdown.clone(),
         ));
+        let (history, writing) = store::HistoryWriter::start(store.clone(), ctx.shutdown.clone());
+        ctx.tasks.spawn(writing);
         let chat = Livechat {
             inner: Arc::new(Inner {
                 config: self.config.clone(),
                 ctx: ctx.clone(),
                 store,
                 hub,
+                history,
             }),
         };
         let sender = chat.clone();

@@ -5,7 +5,7 @@ use crate::{
     Livechat, METRICS,
     normalize::{self, Visitor},
     protocol::{self, ClientFrame, IdentityCheck, SUBPROTOCOL, ServerFrame},
-    store::StoredReply,
+    store::{HistoryRow, StoredReply},
 };
 use axum::{
     extract::{
@@ -277,7 +277,8 @@ impl Session {
         for reply in &replies {
             self.status(&visitor, &reply.event_id, pb::DeliveryStatus::Delivered);
         }
-        let (pushes, mut pushed) = mpsc::channel(64);
+        // Replies travel as Arc: the channel's buffer costs a pointer per slot.
+        let (pushes, mut pushed) = mpsc::channel(16);
         let _registration = self
             .chat
             .inner
@@ -391,17 +392,12 @@ impl Session {
         }
     }
 
-    /// Publishes a visitor message and answers `ack` once Kafka has it (the same
-    /// client id again gets the stored event id), or `nack`.
+    /// Publishes a visitor message and answers `ack` once Kafka has it, or `nack`.
+    /// The event id derives from the visitor and the client id, so a message sent
+    /// again after a lost ack lands under the same id; the history row is written
+    /// after the ack, in batches, off the visitor's path.
     async fn accept(&self, who: &Visitor<'_>, client_id: String, text: String) -> ServerFrame {
-        let store = &self.chat.inner.store;
         let (channel, visitor) = (who.channel_id, who.visitor);
-        if let Ok(Some(event_id)) = store.message_event(channel, visitor, &client_id).await {
-            return ServerFrame::Ack {
-                client_id,
-                event_id,
-            };
-        }
         let event = normalize::message_event(who, &client_id, &text, Utc::now());
         let event_id = event.id.clone();
         let span =
@@ -417,14 +413,14 @@ impl Session {
         {
             Ok(_) => {
                 METRICS.events(channel, EventOutcome::Published, 1);
-                let now_ms = Utc::now().timestamp_millis();
-                if let Err(err) = store
-                    .save_message(channel, visitor, &client_id, &event_id, &text, now_ms)
-                    .await
-                {
-                    // The event is on Kafka; a re-send publishes the same id again.
-                    tracing::warn!(error = %err, "Acknowledged message not recorded for history");
-                }
+                self.chat.inner.history.record(HistoryRow {
+                    channel: channel.to_string(),
+                    visitor: visitor.to_string(),
+                    client_id: client_id.clone(),
+                    event_id: event_id.clone(),
+                    text,
+                    created_ms: Utc::now().timestamp_millis(),
+                });
                 ServerFrame::Ack {
                     client_id,
                     event_id,

@@ -4,7 +4,10 @@
 //! who was offline gets them on the next `hello`, from any replica).
 
 use crate::protocol::{Agent, HistoryItem, ServerFrame};
+use omnigate_core::db::{OnConflict, SqlValue, insert_rows};
 use sqlx::{AnyPool, Row as _};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// A failed database call.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +21,6 @@ const SCHEMA: [&str; 4] = [
         client_id TEXT NOT NULL,
         event_id TEXT NOT NULL,
         text TEXT NOT NULL,
-        after_seq BIGINT NOT NULL,
         created_ms BIGINT NOT NULL,
         PRIMARY KEY (channel, visitor, client_id))",
     "CREATE TABLE IF NOT EXISTS livechat_replies (
@@ -123,48 +125,28 @@ impl LivechatStore {
         })
     }
 
-    /// The event id a visitor message was acknowledged with, if it was.
-    pub async fn message_event(
-        &self,
-        channel: &str,
-        visitor: &str,
-        client_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query(
-            "SELECT event_id FROM livechat_messages WHERE channel = $1 AND visitor = $2 AND client_id = $3",
+    /// Records acknowledged visitor messages (a repeated client id is kept once).
+    pub async fn save_messages(&self, rows: &[HistoryRow]) -> Result<(), StoreError> {
+        let values: Vec<Vec<SqlValue<'_>>> = rows
+            .iter()
+            .map(|row| {
+                vec![
+                    row.channel.as_str().into(),
+                    row.visitor.as_str().into(),
+                    row.client_id.as_str().into(),
+                    row.event_id.as_str().into(),
+                    row.text.as_str().into(),
+                    SqlValue::Int(row.created_ms),
+                ]
+            })
+            .collect();
+        let mut conn = self.pool.acquire().await?;
+        insert_rows(
+            &mut conn,
+            "livechat_messages (channel, visitor, client_id, event_id, text, created_ms)",
+            OnConflict::Ignore("(channel, visitor, client_id)"),
+            &values,
         )
-        .bind(channel)
-        .bind(visitor)
-        .bind(client_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| r.get(0)))
-    }
-
-    /// Records an acknowledged visitor message, with the conversation's highest reply
-    /// sequence at this moment (so a client can place it among the replies).
-    pub async fn save_message(
-        &self,
-        channel: &str,
-        visitor: &str,
-        client_id: &str,
-        event_id: &str,
-        text: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO livechat_messages (channel, visitor, client_id, event_id, text, after_seq, created_ms)
-             SELECT $1, $2, $3, $4, $5, COALESCE(MAX(seq), 0), $6 FROM livechat_replies
-             WHERE channel = $1 AND visitor = $2
-             ON CONFLICT (channel, visitor, client_id) DO NOTHING",
-        )
-        .bind(channel)
-        .bind(visitor)
-        .bind(client_id)
-        .bind(event_id)
-        .bind(text)
-        .bind(now_ms)
-        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -177,8 +159,11 @@ impl LivechatStore {
         limit: i64,
     ) -> Result<Vec<HistoryItem>, StoreError> {
         let rows = sqlx::query(
-            "SELECT client_id, text, event_id, after_seq FROM livechat_messages
-             WHERE channel = $1 AND visitor = $2 ORDER BY created_ms DESC LIMIT $3",
+            "SELECT m.client_id, m.text, m.event_id,
+               (SELECT COALESCE(MAX(r.seq), 0) FROM livechat_replies r
+                WHERE r.channel = m.channel AND r.visitor = m.visitor AND r.created_ms <= m.created_ms)
+             FROM livechat_messages m
+             WHERE m.channel = $1 AND m.visitor = $2 ORDER BY m.created_ms DESC LIMIT $3",
         )
         .bind(channel)
         .bind(visitor)
@@ -265,5 +250,74 @@ impl LivechatStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(reply).collect())
+    }
+}
+
+/// An acknowledged visitor message, for the history.
+#[derive(Debug, Clone)]
+pub struct HistoryRow {
+    /// The channel.
+    pub channel: String,
+    /// The visitor.
+    pub visitor: String,
+    /// The client's id.
+    pub client_id: String,
+    /// Its event id.
+    pub event_id: String,
+    /// The text.
+    pub text: String,
+    /// When it was acknowledged, in ms since the epoch.
+    pub created_ms: i64,
+}
+
+/// Writes history rows in batches, beside the sockets: an ack never waits for SQL.
+#[derive(Debug, Clone)]
+pub struct HistoryWriter {
+    rows: mpsc::UnboundedSender<HistoryRow>,
+}
+
+impl HistoryWriter {
+    /// Starts the writer on `store`; it drains what is queued when `shutdown` fires.
+    pub fn start(
+        store: LivechatStore,
+        shutdown: CancellationToken,
+    ) -> (Self, impl Future<Output = ()>) {
+        let (rows, mut queue) = mpsc::unbounded_channel::<HistoryRow>();
+        let writing = async move {
+            let mut batch = Vec::new();
+            loop {
+                let open = tokio::select! {
+                    n = queue.recv_many(&mut batch, 500) => n > 0,
+                    () = shutdown.cancelled() => {
+                        while let Ok(row) = queue.try_recv() {
+                            batch.push(row);
+                        }
+                        false
+                    }
+                };
+                while !batch.is_empty() {
+                    match store.save_messages(&batch).await {
+                        Ok(()) => batch.clear(),
+                        Err(err) if open => {
+                            tracing::warn!(error = %err, rows = batch.len(), "Live chat history not written; retrying");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, rows = batch.len(), "Live chat history lost at shutdown");
+                            batch.clear();
+                        }
+                    }
+                }
+                if !open {
+                    return;
+                }
+            }
+        };
+        (Self { rows }, writing)
+    }
+
+    /// Queues a row.
+    pub fn record(&self, row: HistoryRow) {
+        let _ = self.rows.send(row);
     }
 }
