@@ -148,6 +148,72 @@ async fn messages_are_acked_after_kafka_and_replies_reach_the_visitor_live_and_o
         "https://shop.example.test/cart"
     );
 
+    // An upload, then a message carrying it.
+    let client = reqwest::Client::new();
+    let uploads = format!("{}/livechat/shop/uploads", gateway.url);
+    let file = || {
+        reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(b"%PDF-1.4 receipt".to_vec())
+                .file_name("receipt.pdf")
+                .mime_str("application/pdf")
+                .unwrap(),
+        )
+    };
+    let refused = client
+        .post(&uploads)
+        .multipart(file())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "uploads need the visitor token");
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, &uploads)
+        .header("Origin", "https://shop.example.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://shop.example.test"
+    );
+    let uploaded: Value = client
+        .post(&uploads)
+        .bearer_auth(&token)
+        .multipart(file())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let upload_id = uploaded["upload_id"].as_str().unwrap();
+    send(
+        &mut socket,
+        json!({"type": "message", "client_id": "c-2", "text": "", "attachments": [upload_id]}),
+    )
+    .await;
+    let ack = next(&mut socket).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let events = inbound(&prefix, 2);
+    let event = events
+        .iter()
+        .find(|e| e["id"] == ack["event_id"])
+        .expect("the message with the upload");
+    let attachment = &event["message"]["parts"][0]["attachment"];
+    assert_eq!(attachment["mimeType"], "application/pdf");
+    assert_eq!(attachment["filename"], "receipt.pdf");
+    let stored = std::fs::read(
+        gateway
+            .dir
+            .path()
+            .join("blobs")
+            .join(attachment["blob"]["key"].as_str().unwrap()),
+    )
+    .unwrap();
+    assert_eq!(stored, b"%PDF-1.4 receipt");
+
     // A live reply, then the socket drops.
     reply(&gateway, &visitor, "It ships today.").await;
     let live = next(&mut socket).await;
@@ -207,7 +273,7 @@ async fn messages_are_acked_after_kafka_and_replies_reach_the_visitor_live_and_o
         .collect();
     assert_eq!(
         received.len(),
-        1,
+        2,
         "no duplicate reached Kafka under a new id"
     );
 }

@@ -30,6 +30,12 @@ pub struct LivechatConfig {
     /// How often each replica looks for new agent replies to push to the sockets it
     /// holds, in milliseconds. Default 250.
     pub reply_poll_ms: u64,
+    /// Largest upload, in bytes (413 past it); at most `server.body_limit_bytes`.
+    /// Default 3 MiB.
+    pub upload_max_bytes: u64,
+    /// MIME types visitors may upload; `image/*` allows every image type. Default
+    /// images, PDF and plain text.
+    pub upload_mime_types: Vec<String>,
     /// Widgets by channel id: the `{channel}` of `/livechat/{channel}/…`.
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelConfig>,

@@ -14,6 +14,7 @@ pub mod normalize;
 pub mod protocol;
 mod socket;
 pub mod store;
+mod uploads;
 
 pub use config::{ChannelConfig, LivechatConfig};
 
@@ -153,6 +154,10 @@ impl Connector for LivechatConnector {
             .route("/livechat/{channel}/ws", get(socket::upgrade))
             .route("/livechat/{channel}/widget.js", get(widget))
             .route("/livechat/{channel}/demo", get(demo))
+            .route(
+                "/livechat/{channel}/uploads",
+                axum::routing::post(uploads::upload).options(uploads::preflight),
+            )
             .with_state(chat))
     }
 }

@@ -29,6 +29,7 @@ pub fn message_event(
     visitor: &Visitor<'_>,
     client_id: &str,
     text: &str,
+    attachments: Vec<pb::Attachment>,
     received_at: DateTime<Utc>,
 ) -> pb::Event {
     let identity = visitor.identity.cloned().unwrap_or_default();
@@ -66,9 +67,16 @@ pub fn message_event(
         provider_message_id: client_id.to_string(),
         received_at: Some(timestamp(received_at)),
         sent_at: Some(timestamp(received_at)),
-        parts: vec![pb::ContentPart {
-            part: Some(pb::content_part::Part::Text(text.to_string())),
-        }],
+        parts: (!text.is_empty())
+            .then(|| pb::content_part::Part::Text(text.to_string()))
+            .into_iter()
+            .chain(
+                attachments
+                    .into_iter()
+                    .map(pb::content_part::Part::Attachment),
+            )
+            .map(|part| pb::ContentPart { part: Some(part) })
+            .collect(),
         metadata: Some(pb::message::Metadata::Livechat(pb::LivechatMetadata {
             page_url: page.url.unwrap_or_default(),
             user_agent: visitor.user_agent.to_string(),
@@ -153,7 +161,7 @@ mod tests {
             ..Default::default()
         };
         let at = DateTime::from_timestamp(1_796_000_000, 0).unwrap();
-        let claimed = message_event(&visitor(&identity, false), "c1", "hi", at);
+        let claimed = message_event(&visitor(&identity, false), "c1", "hi", vec![], at);
         let pb::event::Payload::Message(message) = claimed.payload.clone().unwrap() else {
             panic!()
         };
@@ -164,10 +172,10 @@ mod tests {
         assert_eq!(meta.claimed_email, "jo@example.com");
         let later = DateTime::from_timestamp(1_796_000_100, 0).unwrap();
         assert_eq!(
-            message_event(&visitor(&identity, false), "c1", "hi", later).id,
+            message_event(&visitor(&identity, false), "c1", "hi", vec![], later).id,
             claimed.id
         );
-        let verified = message_event(&visitor(&identity, true), "c1", "hi", at);
+        let verified = message_event(&visitor(&identity, true), "c1", "hi", vec![], at);
         let pb::event::Payload::Message(message) = verified.payload.unwrap() else {
             panic!()
         };

@@ -28,6 +28,9 @@ use std::{
 };
 use tokio::sync::mpsc;
 
+/// Most attachments one message may carry.
+const MAX_ATTACHMENTS: usize = 10;
+
 /// Close codes of the protocol.
 mod close {
     pub const UNAUTHORIZED: u16 = 4401;
@@ -328,12 +331,12 @@ impl Session {
                                     code: "rate_limited".into(),
                                     retry_after_ms: Some(wait.as_millis() as u64 + 1),
                                 },
-                                Ok(()) if client_id.is_empty() || client_id.len() > 128 || !attachments.is_empty() || text.trim().is_empty() => ServerFrame::Nack {
+                                Ok(()) if client_id.is_empty() || client_id.len() > 128 || attachments.len() > MAX_ATTACHMENTS || (text.trim().is_empty() && attachments.is_empty()) => ServerFrame::Nack {
                                     client_id,
                                     code: "invalid_message".into(),
                                     retry_after_ms: None,
                                 },
-                                Ok(()) => self.accept(&who, client_id, text).await,
+                                Ok(()) => self.accept(&who, client_id, text, &attachments).await,
                             };
                             if !send(&mut socket, &answer).await {
                                 break End::Gone;
@@ -396,9 +399,45 @@ impl Session {
     /// The event id derives from the visitor and the client id, so a message sent
     /// again after a lost ack lands under the same id; the history row is written
     /// after the ack, in batches, off the visitor's path.
-    async fn accept(&self, who: &Visitor<'_>, client_id: String, text: String) -> ServerFrame {
+    async fn accept(
+        &self,
+        who: &Visitor<'_>,
+        client_id: String,
+        text: String,
+        upload_ids: &[String],
+    ) -> ServerFrame {
         let (channel, visitor) = (who.channel_id, who.visitor);
-        let event = normalize::message_event(who, &client_id, &text, Utc::now());
+        let attachments = if upload_ids.is_empty() {
+            Vec::new()
+        } else {
+            match self
+                .chat
+                .inner
+                .store
+                .uploads(channel, visitor, upload_ids)
+                .await
+            {
+                Ok(found) if found.iter().all(Option::is_some) => {
+                    found.into_iter().flatten().collect()
+                }
+                Ok(_) => {
+                    return ServerFrame::Nack {
+                        client_id,
+                        code: "invalid_message".into(),
+                        retry_after_ms: None,
+                    };
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "Uploads not looked up; nack");
+                    return ServerFrame::Nack {
+                        client_id,
+                        code: "unavailable".into(),
+                        retry_after_ms: Some(1000),
+                    };
+                }
+            }
+        };
+        let event = normalize::message_event(who, &client_id, &text, attachments, Utc::now());
         let event_id = event.id.clone();
         let span =
             tracing::info_span!("livechat_message", channel = %channel, event_id = %event_id);

@@ -5,6 +5,7 @@
 
 use crate::protocol::{Agent, HistoryItem, ServerFrame};
 use omnigate_core::db::{OnConflict, SqlValue, insert_rows};
+use omnigate_model::pb;
 use sqlx::{AnyPool, Row as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +15,13 @@ use tokio_util::sync::CancellationToken;
 #[error("live chat store: {0}")]
 pub struct StoreError(#[from] sqlx::Error);
 
-const SCHEMA: [&str; 4] = [
+const SCHEMA: [&str; 5] = [
+    "CREATE TABLE IF NOT EXISTS livechat_uploads (
+        channel TEXT NOT NULL,
+        visitor TEXT NOT NULL,
+        upload_id TEXT NOT NULL,
+        attachment TEXT NOT NULL,
+        PRIMARY KEY (channel, visitor, upload_id))",
     "CREATE TABLE IF NOT EXISTS livechat_messages (
         channel TEXT NOT NULL,
         visitor TEXT NOT NULL,
@@ -149,6 +156,51 @@ impl LivechatStore {
         )
         .await?;
         Ok(())
+    }
+
+    /// Records a visitor's upload.
+    pub async fn save_upload(
+        &self,
+        channel: &str,
+        visitor: &str,
+        upload_id: &str,
+        attachment: &pb::Attachment,
+    ) -> Result<(), StoreError> {
+        let json =
+            serde_json::to_string(attachment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query(
+            "INSERT INTO livechat_uploads (channel, visitor, upload_id, attachment) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(channel)
+        .bind(visitor)
+        .bind(upload_id)
+        .bind(json)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The attachment of each of a visitor's uploads, in order; None when an id is not
+    /// theirs.
+    pub async fn uploads(
+        &self,
+        channel: &str,
+        visitor: &str,
+        upload_ids: &[String],
+    ) -> Result<Vec<Option<pb::Attachment>>, StoreError> {
+        let mut found = Vec::with_capacity(upload_ids.len());
+        for upload_id in upload_ids {
+            let row = sqlx::query(
+                "SELECT attachment FROM livechat_uploads WHERE channel = $1 AND visitor = $2 AND upload_id = $3",
+            )
+            .bind(channel)
+            .bind(visitor)
+            .bind(upload_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            found.push(row.and_then(|r| serde_json::from_str(&r.get::<String, _>(0)).ok()));
+        }
+        Ok(found)
     }
 
     /// The visitor's last `limit` acknowledged messages, oldest first.
