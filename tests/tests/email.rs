@@ -724,7 +724,6 @@ address = "{support}"
 imap_url = "imap://127.0.0.1:{IMAP_PORT}"
 username = "{support}"
 smtp_url = "smtp://127.0.0.1:{SMTP_PORT}"
-smtp_auth = false
 [email.channels.support.oauth2]
 token_url = "http://127.0.0.1:12480/token"
 client_id = "omnigate-test"
@@ -732,7 +731,8 @@ client_secret = "client-secret"
 refresh_token = "refresh-1"
 "#
     );
-    let gateway = Gateway::start_roles(&brokers(), &prefix, &["email"], &config, None, &[]).await;
+    let gateway =
+        Gateway::start_roles(&brokers(), &prefix, &["email", "api"], &config, None, &[]).await;
     let send = |n: usize| {
         let (support, customer) = (support.clone(), customer.clone());
         async move {
@@ -769,6 +769,30 @@ refresh_token = "refresh-1"
     send(2).await;
     let events = inbound_until(&prefix, |e| received(e).len() >= 2).await;
     assert_eq!(received(&events).len(), 2);
+
+    // A reply goes out over SMTP with XOAUTH2 too (the test server takes SMTP AUTH
+    // through Dovecot, which asks the same introspection endpoint).
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/messages", gateway.url))
+        .bearer_auth("omnigate-dev-key")
+        .json(&json!({"channel": {"channelId": "support"}, "to": customer, "text": "Sent with OAuth2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let events = inbound_until(&prefix, |e| e.iter().any(|e| e["type"] == "message.sent")).await;
+    assert!(
+        events.iter().any(|e| e["type"] == "message.sent"),
+        "sent over XOAUTH2; log:\n{}",
+        gateway.log()
+    );
+    let smtp_log =
+        std::fs::read_to_string("/tmp/omnigate-mail-test/postfix.log").unwrap_or_default();
+    assert!(
+        smtp_log.contains(&format!("sasl_method=XOAUTH2, sasl_username={support}")),
+        "Postfix saw an XOAUTH2 login for {support}"
+    );
+    assert_eq!(inbox(&customer, 1).await.len(), 1);
 
     // The provider revokes every issued token: the login is refused once, a new token
     // is fetched and the mailbox goes on.
