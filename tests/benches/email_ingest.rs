@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use omnigate_e2e::{
-    bench::{env_or, fresh_broker, peak_mib, rss_mib, start_omnigate, stop},
+    bench::{Running, env_or, fresh_broker, peak_mib, rss_mib, start_omnigate},
     brokers, free_port, kafka_config, unique_prefix,
 };
 use std::{
@@ -141,11 +141,11 @@ fn main() {
             config(dir.path(), port, &unique_prefix("bench-email0"), 0, &run),
         )
         .unwrap();
-        let gateway = start_omnigate(&path);
+        let gateway = Running(start_omnigate(&path));
         wait_followed(port, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let baseline = rss_mib(&gateway);
-        stop(gateway);
+        let baseline = rss_mib(&gateway.0);
+        drop(gateway);
         println!(
             "{:<44} {baseline:>8.1} MiB RSS",
             "baseline: gateway, no mailbox"
@@ -155,10 +155,10 @@ fn main() {
         let prefix = unique_prefix("bench-email");
         let path = dir.path().join("bench.toml");
         std::fs::write(&path, config(dir.path(), port, &prefix, mailboxes, &run)).unwrap();
-        let gateway = start_omnigate(&path);
+        let gateway = Running(start_omnigate(&path));
         let followed = wait_followed(port, Duration::from_secs(300)).await;
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let idle = rss_mib(&gateway);
+        let idle = rss_mib(&gateway.0);
         println!(
             "{:<44} {:>8.1} s",
             format!("omnigate: {mailboxes} mailboxes followed in"),
@@ -211,8 +211,8 @@ fn main() {
             latencies.len(),
             percentile(&latencies, 0.5),
             percentile(&latencies, 0.99),
-            peak_mib(&gateway)
+            peak_mib(&gateway.0)
         );
-        stop(gateway);
+        drop(gateway);
     });
 }

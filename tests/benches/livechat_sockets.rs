@@ -15,7 +15,7 @@
 
 use futures::{SinkExt as _, StreamExt as _, stream::SplitSink};
 use omnigate_e2e::{
-    bench::{env_or, fresh_broker, rss_mib, start_omnigate, stop},
+    bench::{Running, env_or, fresh_broker, rss_mib, start_omnigate},
     brokers, free_port, unique_prefix,
 };
 use std::{
@@ -172,7 +172,7 @@ fn main() {
         );
         let path = dir.path().join("bench.toml");
         std::fs::write(&path, config).unwrap();
-        let gateway = start_omnigate(&path);
+        let gateway = Running(start_omnigate(&path));
         let base = format!("http://127.0.0.1:{port}");
         for _ in 0..300 {
             if reqwest::get(format!("{base}/readyz"))
@@ -184,7 +184,7 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let before = rss_mib(&gateway);
+        let before = rss_mib(&gateway.0);
         let url = format!("ws://127.0.0.1:{port}/livechat/shop/ws");
         let started = Instant::now();
         let mut all = Vec::with_capacity(sockets);
@@ -193,7 +193,7 @@ fn main() {
         }
         let opened_in = started.elapsed();
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let after = rss_mib(&gateway);
+        let after = rss_mib(&gateway.0);
         println!(
             "{:<46} {:>10.1} s to open; {after:.1} MiB RSS ({before:.1} with none): {:.1} KiB per idle socket (goal under 16)",
             format!("omnigate: {sockets} visitor sockets"),
@@ -251,6 +251,6 @@ fn main() {
             percentile(&measured, 0.5),
             percentile(&measured, 0.99)
         );
-        stop(gateway);
+        drop(gateway);
     });
 }

@@ -185,6 +185,17 @@ pub fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
+/// A child process killed when this is dropped, so a bench that panics midway leaves
+/// no gateway running behind it.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A numeric setting from the environment, or `default`.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
