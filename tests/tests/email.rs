@@ -84,6 +84,11 @@ async fn smtp(from: &str, to: &str, raw: &str) {
 
 /// Every mail in `user`'s INBOX, raw, once there are at least `n` (or after 30 s).
 async fn inbox(user: &str, n: usize) -> Vec<Vec<u8>> {
+    folder(user, "INBOX", n).await
+}
+
+/// Every mail in `user`'s `folder`, raw, once there are at least `n` (or after 30 s).
+async fn folder(user: &str, name: &str, n: usize) -> Vec<Vec<u8>> {
     let started = Instant::now();
     loop {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", IMAP_PORT))
@@ -96,7 +101,7 @@ async fn inbox(user: &str, n: usize) -> Vec<Vec<u8>> {
             .await
             .map_err(|(e, _)| e)
             .unwrap();
-        let selected = session.select("INBOX").await.unwrap();
+        let selected = session.select(name).await.unwrap();
         let mut mails = Vec::new();
         if selected.exists > 0 {
             let fetches: Vec<_> = session
@@ -723,7 +728,7 @@ reconnect_max_ms = 1000
 address = "{support}"
 imap_url = "imap://127.0.0.1:{IMAP_PORT}"
 username = "{support}"
-smtp_url = "smtp://127.0.0.1:{SMTP_PORT}"
+smtp_url = "smtp://127.0.0.1:12587"
 [email.channels.support.oauth2]
 token_url = "http://127.0.0.1:12480/token"
 client_id = "omnigate-test"
@@ -770,8 +775,8 @@ refresh_token = "refresh-1"
     let events = inbound_until(&prefix, |e| received(e).len() >= 2).await;
     assert_eq!(received(&events).len(), 2);
 
-    // A reply goes out over SMTP with XOAUTH2 too (the test server takes SMTP AUTH
-    // through Dovecot, which asks the same introspection endpoint).
+    // A reply goes out over SMTP with XOAUTH2 too (the test server's submission port
+    // takes SMTP AUTH through Dovecot, which asks the same introspection endpoint).
     let answer = reqwest::Client::new()
         .post(format!("{}/v1/messages", gateway.url))
         .bearer_auth("omnigate-dev-key")
@@ -838,4 +843,73 @@ refresh_token = "refresh-1"
         !gateway.log().contains("refresh-1") && !gateway.log().contains("client-secret"),
         "no secret in the log"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_since_skips_older_mail_and_replies_are_copied_to_the_sent_folder() {
+    let prefix = unique_prefix("email-backfill");
+    let support = fresh_address("support");
+    let customer = fresh_address("customer");
+    let old = format!("old.{}@example.com", uuid::Uuid::new_v4().simple());
+    smtp(
+        &customer,
+        &support,
+        &mail(&customer, &support, "Old", &old, &[], "before"),
+    )
+    .await;
+    inbox(&support, 1).await;
+    // Only mail from tomorrow on: what is in the folder now is skipped.
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%d");
+    let config = format!(
+        "{}backfill_since = \"{tomorrow}\"\nsent_folder = \"Sent\"\n",
+        channel(&support)
+    );
+    let gateway =
+        Gateway::start_roles(&brokers(), &prefix, &["email", "api"], &config, None, &[]).await;
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let started = Instant::now();
+    while reqwest::get(format!("{}/readyz", gateway.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .contains("channel ")
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let new = format!("new.{}@example.com", uuid::Uuid::new_v4().simple());
+    smtp(
+        &customer,
+        &support,
+        &mail(&customer, &support, "New", &new, &[], "after"),
+    )
+    .await;
+    let events = inbound_until(&prefix, |e| !received(e).is_empty()).await;
+    let ids: Vec<&str> = received(&events)
+        .iter()
+        .map(|e| e["message"]["providerMessageId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [new.as_str()],
+        "older mail skipped; log:\n{}",
+        gateway.log()
+    );
+
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/messages", gateway.url))
+        .bearer_auth("omnigate-dev-key")
+        .json(&json!({"channel": {"channelId": "support"}, "to": customer, "replyToProviderId": new, "text": "Noted."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let sent = folder(&support, "Sent", 1).await;
+    assert_eq!(sent.len(), 1, "a copy in Sent; log:\n{}", gateway.log());
+    assert!(String::from_utf8_lossy(&sent[0]).contains(&format!("In-Reply-To: <{new}>")));
 }
