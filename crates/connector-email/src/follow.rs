@@ -384,14 +384,15 @@ async fn ingest_mail(
             }
         }
     }
-    for blob in &mail.blobs {
+    // The bytes move into the store; the event keeps only the references.
+    for blob in std::mem::take(&mut mail.blobs) {
         inner
             .ctx
             .blobs
             .put(
                 &blob.blob.key,
                 &blob.blob.mime_type,
-                Bytes::from(blob.bytes.clone()),
+                Bytes::from(blob.bytes),
             )
             .await?;
     }

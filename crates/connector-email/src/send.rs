@@ -22,7 +22,11 @@ use omnigate_core::{
     publish::{PublishError, Topic},
     retry::Schedule,
 };
-use omnigate_model::{EventBuilder, EventType, pb, timestamp};
+use omnigate_model::{
+    EventBuilder, EventType,
+    builder::{send_failed_payload, send_once_key, sent_payload},
+    pb,
+};
 use secrecy::ExposeSecret as _;
 use std::time::Instant;
 
@@ -68,15 +72,7 @@ impl Email {
             return Ok(());
         };
         let store = &self.inner.store;
-        let command_key = format!(
-            "{}:{}",
-            command.tenant,
-            if command.idempotency_key.is_empty() {
-                &command.command_id
-            } else {
-                &command.idempotency_key
-            }
-        );
+        let command_key = send_once_key(command);
         let span =
             tracing::info_span!("send", channel = %channel_id, command_id = %command.command_id);
         let _entered = span.enter();
@@ -152,13 +148,7 @@ impl Email {
                 &command.command_id,
                 key,
                 now,
-                pb::event::Payload::Sent(pb::MessageSent {
-                    channel: Some(channel_ref),
-                    command_id: command.command_id.clone(),
-                    provider_message_id: message_id,
-                    recipient: command.to.clone(),
-                    at: Some(timestamp(now)),
-                }),
+                sent_payload(command, channel_ref, message_id, now),
             ),
             Err(refusal) => {
                 tracing::warn!(code = %refusal.code, reason = %refusal.title, "Mail not sent");
@@ -167,20 +157,7 @@ impl Email {
                     &format!("{}:failed", command.command_id),
                     key,
                     now,
-                    pb::event::Payload::Status(pb::MessageStatus {
-                        channel: Some(channel_ref),
-                        status: pb::DeliveryStatus::Failed as i32,
-                        recipient: command.to.clone(),
-                        at: Some(timestamp(now)),
-                        errors: vec![pb::ProviderError {
-                            code: refusal.code,
-                            title: refusal.title,
-                            details: String::new(),
-                        }],
-                        command_id: command.command_id.clone(),
-                        callback_data: command.callback_data.clone(),
-                        ..Default::default()
-                    }),
+                    send_failed_payload(command, channel_ref, refusal.code, refusal.title, now),
                 )
             }
         };

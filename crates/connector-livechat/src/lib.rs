@@ -36,7 +36,11 @@ use omnigate_core::{
     publish::Topic,
     telemetry::ChannelMetrics,
 };
-use omnigate_model::{EventBuilder, EventType, pb, timestamp};
+use omnigate_model::{
+    EventBuilder, EventType,
+    builder::{send_failed_payload, send_once_key, sent_payload},
+    pb,
+};
 use std::{sync::Arc, time::Duration};
 
 /// The metrics of live chat channels.
@@ -198,8 +202,14 @@ impl Livechat {
         let Some(channel) = self.inner.config.channels.get(channel_id) else {
             return Ok(());
         };
+        let started = std::time::Instant::now();
         let visitor = command.to.as_str();
         let builder = EventBuilder::channel(pb::ChannelKind::Livechat, channel_id, &command.tenant);
+        let channel_ref = pb::Channel {
+            kind: pb::ChannelKind::Livechat as i32,
+            channel_id: channel_id.to_string(),
+            address: channel_id.to_string(),
+        };
         let key = protocol::conversation_key(channel_id, visitor);
         let now = Utc::now();
         let text = match &command.content {
@@ -210,47 +220,24 @@ impl Livechat {
                     &format!("{}:failed", command.command_id),
                     key,
                     now,
-                    pb::event::Payload::Status(pb::MessageStatus {
-                        status: pb::DeliveryStatus::Failed as i32,
-                        recipient: visitor.to_string(),
-                        command_id: command.command_id.clone(),
-                        errors: vec![pb::ProviderError {
-                            code: "omnigate.invalid_command".into(),
-                            title: "live chat replies are text".into(),
-                            details: String::new(),
-                        }],
-                        at: Some(timestamp(now)),
-                        ..Default::default()
-                    }),
+                    send_failed_payload(
+                        command,
+                        channel_ref,
+                        "omnigate.invalid_command".into(),
+                        "live chat replies are text".into(),
+                        now,
+                    ),
                 );
                 return self.publish(failed).await;
             }
         };
-        let command_key = format!(
-            "{}:{}",
-            command.tenant,
-            if command.idempotency_key.is_empty() {
-                &command.command_id
-            } else {
-                &command.idempotency_key
-            }
-        );
+        let command_key = send_once_key(command);
         let sent = builder.event(
             EventType::MessageSent,
             &command.command_id,
             key,
             now,
-            pb::event::Payload::Sent(pb::MessageSent {
-                channel: Some(pb::Channel {
-                    kind: pb::ChannelKind::Livechat as i32,
-                    channel_id: channel_id.to_string(),
-                    address: channel_id.to_string(),
-                }),
-                command_id: command.command_id.clone(),
-                provider_message_id: String::new(),
-                recipient: visitor.to_string(),
-                at: Some(timestamp(now)),
-            }),
+            sent_payload(command, channel_ref, String::new(), now),
         );
         let stored = self
             .inner
@@ -271,7 +258,7 @@ impl Livechat {
         if let Some(pb::event::Payload::Sent(s)) = sent.payload.as_mut() {
             s.provider_message_id = stored.event_id.clone();
         }
-        METRICS.send(channel_id, "sent", 0.0);
+        METRICS.send(channel_id, "sent", started.elapsed().as_secs_f64());
         self.publish(sent).await
     }
 

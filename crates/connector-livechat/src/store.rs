@@ -122,13 +122,10 @@ pub struct LivechatStore {
 impl LivechatStore {
     /// Connects and creates the tables.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = omnigate_core::db::connect(url).await?;
-        for statement in SCHEMA {
-            sqlx::query(statement).execute(&pool).await?;
-        }
+        let (pool, checkpointer) = omnigate_core::db::open(url, &SCHEMA).await?;
         Ok(Self {
             pool,
-            _checkpointer: omnigate_core::db::Checkpointer::start(url).await?,
+            _checkpointer: checkpointer,
         })
     }
 

@@ -8,7 +8,11 @@ use crate::{
 };
 use chrono::{DateTime, Utc};
 use omnigate_core::retry::Schedule;
-use omnigate_model::{EventType, conversation_key, datetime, pb, timestamp};
+use omnigate_model::{
+    EventType,
+    builder::{send_failed_payload, sent_payload},
+    conversation_key, datetime, pb,
+};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use std::{
@@ -141,13 +145,7 @@ impl Whatsapp {
                 (
                     EventType::MessageSent,
                     command.command_id.clone(),
-                    pb::event::Payload::Sent(pb::MessageSent {
-                        channel: Some(channel),
-                        command_id: command.command_id.clone(),
-                        provider_message_id: wamid,
-                        recipient: command.to.clone(),
-                        at: Some(timestamp(now)),
-                    }),
+                    sent_payload(command, channel, wamid, now),
                 )
             }
             Err(refusal) => {
@@ -156,20 +154,7 @@ impl Whatsapp {
                 (
                     EventType::MessageStatus,
                     format!("{}:failed", command.command_id),
-                    pb::event::Payload::Status(pb::MessageStatus {
-                        channel: Some(channel),
-                        status: pb::DeliveryStatus::Failed as i32,
-                        recipient: command.to.clone(),
-                        at: Some(timestamp(now)),
-                        errors: vec![pb::ProviderError {
-                            code: refusal.code,
-                            title: refusal.title,
-                            details: String::new(),
-                        }],
-                        command_id: command.command_id.clone(),
-                        callback_data: command.callback_data.clone(),
-                        ..Default::default()
-                    }),
+                    send_failed_payload(command, channel, refusal.code, refusal.title, now),
                 )
             }
         };

@@ -51,6 +51,16 @@ pub async fn connect(url: &str) -> Result<AnyPool, sqlx::Error> {
         .await
 }
 
+/// Connects to `url` (see [`connect`]), runs the store's `schema` statements (each
+/// `CREATE … IF NOT EXISTS`), and starts its [`Checkpointer`]: how every store opens.
+pub async fn open(url: &str, schema: &[&str]) -> Result<(AnyPool, Checkpointer), sqlx::Error> {
+    let pool = connect(url).await?;
+    for statement in schema {
+        sqlx::query(statement).execute(&pool).await?;
+    }
+    Ok((pool, Checkpointer::start(url).await?))
+}
+
 /// How often a [`Checkpointer`] copies SQLite's write-ahead log into the database
 /// while the log grows.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);

@@ -74,6 +74,59 @@ impl EventBuilder {
     }
 }
 
+/// What makes a send command the same command again: its tenant and idempotency key
+/// (its command id without one). A connector sends each key once.
+pub fn send_once_key(command: &pb::SendCommand) -> String {
+    let key = if command.idempotency_key.is_empty() {
+        &command.command_id
+    } else {
+        &command.idempotency_key
+    };
+    format!("{}:{key}", command.tenant)
+}
+
+/// The `message.sent` payload of a send command a provider accepted as
+/// `provider_message_id`: the same shape for every channel.
+pub fn sent_payload(
+    command: &pb::SendCommand,
+    channel: pb::Channel,
+    provider_message_id: String,
+    at: DateTime<Utc>,
+) -> pb::event::Payload {
+    pb::event::Payload::Sent(pb::MessageSent {
+        channel: Some(channel),
+        command_id: command.command_id.clone(),
+        provider_message_id,
+        recipient: command.to.clone(),
+        at: Some(timestamp(at)),
+    })
+}
+
+/// The failed `message.status` payload of a send command, with the provider's (or
+/// Omnigate's) code and reason: the same shape for every channel.
+pub fn send_failed_payload(
+    command: &pb::SendCommand,
+    channel: pb::Channel,
+    code: String,
+    title: String,
+    at: DateTime<Utc>,
+) -> pb::event::Payload {
+    pb::event::Payload::Status(pb::MessageStatus {
+        channel: Some(channel),
+        status: pb::DeliveryStatus::Failed as i32,
+        recipient: command.to.clone(),
+        at: Some(timestamp(at)),
+        errors: vec![pb::ProviderError {
+            code,
+            title,
+            details: String::new(),
+        }],
+        command_id: command.command_id.clone(),
+        callback_data: command.callback_data.clone(),
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

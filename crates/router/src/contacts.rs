@@ -183,17 +183,14 @@ fn contact_id_for(identifier: &str) -> String {
 impl ContactStore {
     /// Connects (`sqlite://path?mode=rwc` or `postgres://…`) and creates the tables.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = omnigate_core::db::connect(url).await?;
-        for statement in SCHEMA {
-            sqlx::query(statement).execute(&pool).await?;
-        }
+        let (pool, checkpointer) = omnigate_core::db::open(url, &SCHEMA).await?;
         let (saves, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_conversations(pool.clone(), queue));
         Ok(Self {
             pool,
             cache: Mutex::default(),
             saves,
-            _checkpointer: omnigate_core::db::Checkpointer::start(url).await?,
+            _checkpointer: checkpointer,
         })
     }
 
