@@ -91,9 +91,12 @@ async fn inbox(user: &str, n: usize) -> Vec<Vec<u8>> {
 async fn folder(user: &str, name: &str, n: usize) -> Vec<Vec<u8>> {
     let started = Instant::now();
     loop {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", IMAP_PORT))
-            .await
-            .unwrap();
+        // Another test may be restarting Dovecot: try again within the wait.
+        let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", IMAP_PORT)).await else {
+            assert!(started.elapsed() < Duration::from_secs(30), "IMAP unreachable");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
         let mut client = async_imap::Client::new(stream);
         client.read_response().await.unwrap();
         let mut session = client
