@@ -17,6 +17,10 @@ const IMAP_PORT: u16 = 11143;
 const SMTP_PORT: u16 = 12525;
 const PASSWORD: &str = "test-password";
 
+/// Tests that restart the shared Dovecot hold this for writing, every other test for
+/// reading, so no test's mailbox read meets a server going down.
+static DOVECOT: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// A mailbox address no other test (or earlier run) uses.
 fn fresh_address(name: &str) -> String {
     format!(
@@ -91,40 +95,38 @@ async fn inbox(user: &str, n: usize) -> Vec<Vec<u8>> {
 async fn folder(user: &str, name: &str, n: usize) -> Vec<Vec<u8>> {
     let started = Instant::now();
     loop {
-        // Another test may be restarting Dovecot: try again within the wait.
-        let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", IMAP_PORT)).await else {
-            assert!(started.elapsed() < Duration::from_secs(30), "IMAP unreachable");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        let mut client = async_imap::Client::new(stream);
-        client.read_response().await.unwrap();
-        let mut session = client
-            .login(user, PASSWORD)
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-        let selected = session.select(name).await.unwrap();
-        let mut mails = Vec::new();
-        if selected.exists > 0 {
-            let fetches: Vec<_> = session
-                .fetch("1:*", "BODY.PEEK[]")
-                .await
-                .unwrap()
-                .try_collect()
-                .await
-                .unwrap();
-            mails = fetches
-                .iter()
-                .filter_map(|f| f.body().map(<[u8]>::to_vec))
-                .collect();
+        // Another test may be restarting Dovecot: any failed read is tried again within the wait.
+        let read = read_folder(user, name).await;
+        let timed_out = started.elapsed() > Duration::from_secs(30);
+        match read {
+            Ok(mails) if mails.len() >= n || timed_out => return mails,
+            Err(e) if timed_out => panic!("reading {user}'s {name}: {e:#}"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-        let _ = session.logout().await;
-        if mails.len() >= n || started.elapsed() > Duration::from_secs(30) {
-            return mails;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// One IMAP read of every mail in `user`'s `folder`.
+async fn read_folder(user: &str, name: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", IMAP_PORT)).await?;
+    let mut client = async_imap::Client::new(stream);
+    client.read_response().await?;
+    let mut session = client.login(user, PASSWORD).await.map_err(|(e, _)| e)?;
+    let selected = session.select(name).await?;
+    let mut mails = Vec::new();
+    if selected.exists > 0 {
+        let fetches: Vec<_> = session
+            .fetch("1:*", "BODY.PEEK[]")
+            .await?
+            .try_collect()
+            .await?;
+        mails = fetches
+            .iter()
+            .filter_map(|f| f.body().map(<[u8]>::to_vec))
+            .collect();
+    }
+    let _ = session.logout().await;
+    Ok(mails)
 }
 
 /// The inbound topic's events of `types`, once `done` holds for them (or after 60 s).
@@ -161,6 +163,7 @@ fn distinct_ids(events: &[Value]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mails_reach_kafka_with_their_parts_and_a_reply_chain_shares_one_conversation() {
+    let _dovecot = DOVECOT.read().await;
     let prefix = unique_prefix("email-thread");
     let support = fresh_address("support");
     let customer = fresh_address("customer");
@@ -240,6 +243,7 @@ async fn mails_reach_kafka_with_their_parts_and_a_reply_chain_shares_one_convers
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_through_the_api_threads_in_the_customers_mailbox_and_the_answer_joins() {
+    let _dovecot = DOVECOT.read().await;
     let prefix = unique_prefix("email-reply");
     let support = fresh_address("support");
     let customer = fresh_address("customer");
@@ -419,6 +423,7 @@ fn mail_script(args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_connector_resumes_from_its_cursor_and_a_uidvalidity_change_makes_no_new_ids() {
+    let _dovecot = DOVECOT.read().await;
     const MAILS: usize = 500;
     let prefix = unique_prefix("email-crash");
     let support = fresh_address("support");
@@ -533,6 +538,8 @@ async fn a_killed_connector_resumes_from_its_cursor_and_a_uidvalidity_change_mak
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dovecot_restart_mid_idle_loses_no_mail() {
+    // Restarts the shared Dovecot: no other email test runs meanwhile.
+    let _dovecot = DOVECOT.write().await;
     let prefix = unique_prefix("email-restart");
     let support = fresh_address("support");
     let customer = fresh_address("customer");
@@ -577,6 +584,7 @@ async fn a_dovecot_restart_mid_idle_loses_no_mail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_split_the_mailboxes_and_the_survivor_takes_over_a_killed_ones() {
+    let _dovecot = DOVECOT.read().await;
     let prefix = unique_prefix("email-replicas");
     let database = omnigate_e2e::fresh_postgres_database();
     let addresses: Vec<String> = (0..4).map(|i| fresh_address(&format!("box{i}"))).collect();
@@ -718,6 +726,8 @@ impl TokenServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauth2_tokens_are_refreshed_before_expiry_and_after_a_refusal() {
+    // Restarts the shared Dovecot: no other email test runs meanwhile.
+    let _dovecot = DOVECOT.write().await;
     let prefix = unique_prefix("email-oauth");
     let support = fresh_address("support");
     let customer = fresh_address("customer");
@@ -850,6 +860,7 @@ refresh_token = "refresh-1"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_since_skips_older_mail_and_replies_are_copied_to_the_sent_folder() {
+    let _dovecot = DOVECOT.read().await;
     let prefix = unique_prefix("email-backfill");
     let support = fresh_address("support");
     let customer = fresh_address("customer");
