@@ -103,11 +103,31 @@ metadata.max.idle.interval.ms=5000
 EOF
 }
 
+# What `make run`'s broker adds (a later key wins), so an idle laptop stays idle: one thread per pool
+# (each idle thread wakes on its own timer), no controller no-op records (a single node
+# has no follower that needs them), and slower timers for work a single idle node
+# rarely has (its own broker-to-controller heartbeat; the scan for timed-out
+# transactions, which are aborted within a minute instead of 10 s).
+idle_properties() {
+  cat <<'EOF'
+num.network.threads=1
+num.io.threads=1
+background.threads=1
+metadata.max.idle.interval.ms=0
+broker.heartbeat.interval.ms=4000
+broker.session.timeout.ms=18000
+transaction.abort.timed.out.transaction.cleanup.interval.ms=60000
+EOF
+}
+
 # The broker's command line, in the array `broker_cmd`.
 broker_command() {
   local props=$1
   # The serial collector: one small heap, and no concurrent GC threads waking an idle broker.
+  # No perf-data sampler (it wakes every 50 ms to update counters nobody reads) and
+  # no safepoint every second when nothing needs one.
   broker_cmd=(java -Xms128m "-Xmx$KAFKA_HEAP" -XX:+UseSerialGC ${jit_flags[@]+"${jit_flags[@]}"}
+    -XX:-UsePerfData -XX:+UnlockDiagnosticVMOptions -XX:GuaranteedSafepointInterval=0
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=$cache/log4j2.properties"
     -cp "$libs/*" kafka.Kafka "$props")
@@ -199,6 +219,7 @@ case "$mode" in
     mkdir -p data
     props=data/kafka.properties
     write_properties "$port" "$data" "$props"
+    idle_properties >>"$props"
     format_once "$data" "$props"
     broker_command "$props"
     exec "${broker_cmd[@]}"

@@ -9,7 +9,8 @@
 //       --text "hello from chromium" --expect-reply "REPLY TEXT" --screenshot out.png
 //
 // Flags: --url (required), --text (default "hello from chromium"), --expect-reply (text the
-// agent reply must contain; without it any reply will do), --screenshot PATH (the open widget
+// agent reply must contain; without it any reply will do), --expect-typing NAME (before the
+// reply, the "NAME is typing" line must show), --screenshot PATH (the open widget
 // after the reload; on failure PATH.failed.png), --timeout-ms (each wait, default 30000),
 // --chromium PATH (default $CHROMIUM or /usr/bin/chromium), --history-from-server (before the
 // reload, delete the widget's stored transcript but keep its visitor token, so the page sends
@@ -17,6 +18,7 @@
 //
 // stdout: one JSON object per line, in this order (a test reads them as they come):
 //   {"step":"sent","client_id","event_id","conversation_key","visitor_token"}  the ack arrived
+//   {"step":"typing","text"}   the agent's typing line is shown (only with --expect-typing)
 //   {"step":"reply","text","seq","read_seq"}   the agent reply is shown (and was reported read)
 //   {"step":"history","ok":true,"source":"local"|"server"}   shown again after the reload
 // Exit 0 when all passed; 1 with the reason, the page's console and websocket frames on stderr.
@@ -32,6 +34,7 @@ try {
       url: { type: 'string' },
       text: { type: 'string', default: 'hello from chromium' },
       'expect-reply': { type: 'string' },
+      'expect-typing': { type: 'string' },
       screenshot: { type: 'string' },
       'timeout-ms': { type: 'string', default: '30000' },
       chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
@@ -163,6 +166,15 @@ async function main() {
   const msg = st.messages.find((m) => m.client_id === client_id);
   emit({ step: 'sent', client_id, event_id: msg?.event_id ?? null, conversation_key: st.conversation_key,
     visitor_token: st.visitor_token });
+
+  if (opts['expect-typing'] != null) {
+    step = 'typing';
+    const text = await waitFor(`"${opts['expect-typing']} is typing" shown`, (name) => {
+      const n = document.querySelector('#omnigate-chat-typing');
+      return n && !n.hidden && n.textContent.includes(name) ? n.textContent : null;
+    }, opts['expect-typing']);
+    emit({ step: 'typing', text });
+  }
 
   step = 'reply';
   const want = opts['expect-reply'] ?? null;

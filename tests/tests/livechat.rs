@@ -383,6 +383,7 @@ async fn the_widget_in_chromium_sends_shows_the_reply_and_keeps_the_history_over
         .args(["--url", &format!("{}/livechat/shop/demo", gateway.url)])
         .args(["--text", "hello from chromium"])
         .args(["--expect-reply", "Hi from the helpdesk"])
+        .args(["--expect-typing", "Ana"])
         .arg("--screenshot")
         .arg(&screenshot)
         .env("NODE_PATH", node_path)
@@ -415,6 +416,28 @@ async fn the_widget_in_chromium_sends_shows_the_reply_and_keeps_the_history_over
         .next()
         .unwrap()
         .to_string();
+    // The agent types first: the page shows it before the reply arrives.
+    let typing = reqwest::Client::new()
+        .post(format!("{}/v1/messages", gateway.url))
+        .bearer_auth("omnigate-dev-key")
+        .json(&json!({"channel": {"channelId": "shop"}, "to": visitor, "typing": {"on": true, "agent": "Ana"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(typing.status(), 202);
+    let shown: Value = serde_json::from_str(
+        &tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the page showed the agent typing")
+            .unwrap()
+            .unwrap_or_default(),
+    )
+    .unwrap_or(Value::Null);
+    assert_eq!(shown["step"], "typing", "{shown}");
+    assert!(
+        shown["text"].as_str().unwrap().contains("Ana is typing"),
+        "{shown}"
+    );
     reply(&gateway, &visitor, "Hi from the helpdesk").await;
     let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
         .await
@@ -567,4 +590,133 @@ async fn with_the_broker_down_a_message_gets_nack_and_nothing_acknowledged_is_lo
         .collect();
     assert!(ids.contains(&before["event_id"].as_str().unwrap().to_string()));
     assert!(ids.contains(&acked["event_id"].as_str().unwrap().to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_typing_reaches_the_visitor_and_is_no_message() {
+    let prefix = unique_prefix("livechat-typing");
+    let config = format!("{SHOP}{}", omnigate_e2e::DEMO_CHANNEL);
+    let gateway = Gateway::start_roles(
+        &brokers(),
+        &prefix,
+        &["livechat", "api"],
+        &config,
+        None,
+        &[],
+    )
+    .await;
+    let mut socket = connect(&gateway, "https://shop.example.test").await;
+    let welcome = hello(&mut socket, json!({})).await;
+    let key = welcome["conversation_key"].as_str().unwrap().to_string();
+    let visitor = key.rsplit(':').next().unwrap().to_string();
+    let post = |body: Value| {
+        let url = format!("{}/v1/messages", gateway.url);
+        async move {
+            let answer = reqwest::Client::new()
+                .post(url)
+                .bearer_auth("omnigate-dev-key")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.json::<Value>().await.unwrap())
+        }
+    };
+
+    let (status, answer) = post(json!({"channel": {"channelId": "shop"}, "to": visitor, "typing": {"on": true, "agent": "Ana"}})).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        next(&mut socket).await,
+        json!({"type": "typing", "on": true, "agent": {"name": "Ana"}})
+    );
+    let (status, _) =
+        post(json!({"channel": {"channelId": "shop"}, "to": visitor, "typing": {"on": false}}))
+            .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        next(&mut socket).await,
+        json!({"type": "typing", "on": false, "agent": {"name": "Support"}})
+    );
+
+    // A reply after them is the conversation's first message: typing took no sequence
+    // and made no event.
+    reply(&gateway, &visitor, "Found it").await;
+    let answer = next(&mut socket).await;
+    assert_eq!(answer["type"], "reply", "{answer}");
+    assert_eq!(answer["seq"], 1);
+    let events = inbound(&prefix, 1);
+    let sent: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "message.sent")
+        .collect();
+    assert_eq!(sent.len(), 1, "{events:?}");
+    assert_eq!(sent[0]["id"], answer["event_id"], "{events:?}");
+
+    // Other channel kinds refuse typing at the API.
+    let (status, refused) = post(
+        json!({"channel": {"channelId": "demo"}, "to": "16505551234", "typing": {"on": true}}),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(refused.to_string().contains("live chat"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_socket_open_a_silent_one_is_closed_and_each_address_gets_a_few() {
+    let prefix = unique_prefix("livechat-limits");
+    let config = SHOP.replace(
+        "[livechat]\n",
+        "[livechat]\nheartbeat_secs = 1\nidle_timeout_secs = 3\nsockets_per_ip = 2\n",
+    );
+    let gateway =
+        Gateway::start_roles(&brokers(), &prefix, &["livechat"], &config, None, &[]).await;
+    let mut talking = connect(&gateway, "https://shop.example.test").await;
+    hello(&mut talking, json!({})).await;
+    let mut silent = connect(&gateway, "https://shop.example.test").await;
+    hello(&mut silent, json!({})).await;
+
+    // A third socket from the same address is refused.
+    let mut third = connect(&gateway, "https://shop.example.test").await;
+    assert_eq!(closed_with(&mut third).await, 4429, "sockets per address");
+
+    // One socket answers every ping for twice the idle timeout; the other says nothing.
+    let started = Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        let Ok(frame) = tokio::time::timeout(Duration::from_millis(500), talking.next()).await
+        else {
+            continue;
+        };
+        let text = frame.unwrap().unwrap().into_text().unwrap();
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["type"], "ping", "{value}");
+        pings += 1;
+        send(&mut talking, json!({"type": "pong"})).await;
+    }
+    assert!(pings >= 3, "the server pings every second: {pings}");
+    assert_eq!(
+        closed_with(&mut silent).await,
+        4408,
+        "a silent socket is closed"
+    );
+
+    // The answering socket is alive, and the closed one's place is free again.
+    send(
+        &mut talking,
+        json!({"type": "message", "client_id": "alive", "text": "still here", "attachments": []}),
+    )
+    .await;
+    assert_eq!(next(&mut talking).await["type"], "ack");
+    let mut welcomed = false;
+    for _ in 0..20 {
+        let mut again = connect(&gateway, "https://shop.example.test").await;
+        if hello(&mut again, json!({})).await["type"] == "welcome" {
+            welcomed = true;
+            break;
+        }
+        // The closed socket's session may not have ended yet.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(welcomed, "a closed socket frees its place");
 }

@@ -286,7 +286,7 @@ impl Email {
                     "templates are for WhatsApp; send text to an email channel".into(),
                 ));
             }
-            Some(Content::MarkRead(_)) | None => {
+            Some(Content::MarkRead(_) | Content::Typing(_)) | None => {
                 return Err(invalid("an email command needs text or media".into()));
             }
         };

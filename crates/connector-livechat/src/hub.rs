@@ -1,7 +1,7 @@
 //! The sockets this replica holds, by conversation, and the pusher that brings them
-//! agent replies stored by any replica.
+//! agent replies and typing stored by any replica.
 
-use crate::store::{LivechatStore, StoredReply};
+use crate::store::{AgentTyping, LivechatStore, StoredReply};
 use std::{
     collections::HashMap,
     sync::{
@@ -16,8 +16,18 @@ use tokio_util::sync::CancellationToken;
 /// A conversation: (channel, visitor).
 pub type Conversation = (String, String);
 
-/// Each conversation's sockets: (socket id, where its replies go).
-type Sockets = HashMap<Conversation, Vec<(u64, mpsc::Sender<Arc<StoredReply>>)>>;
+/// What the hub hands a socket. Both travel as `Arc`: a socket's buffer costs a
+/// pointer per slot.
+#[derive(Debug, Clone)]
+pub enum Pushed {
+    /// An agent reply.
+    Reply(Arc<StoredReply>),
+    /// The agent typing, or stopped.
+    Typing(Arc<AgentTyping>),
+}
+
+/// Each conversation's sockets: (socket id, where its pushes go).
+type Sockets = HashMap<Conversation, Vec<(u64, mpsc::Sender<Pushed>)>>;
 
 /// The open sockets of this replica.
 #[derive(Debug, Default)]
@@ -78,11 +88,11 @@ impl Hub {
         Some(IpSlot { hub: self, ip })
     }
 
-    /// Registers a socket of `conversation`; replies for it arrive on `sender`.
+    /// Registers a socket of `conversation`; replies and typing for it arrive on `sender`.
     pub fn register(
         &self,
         conversation: Conversation,
-        sender: mpsc::Sender<Arc<StoredReply>>,
+        sender: mpsc::Sender<Pushed>,
     ) -> Registration<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.sockets
@@ -107,26 +117,40 @@ impl Hub {
 
     /// Hands `reply` to every socket of its conversation on this replica.
     pub fn push(&self, reply: &StoredReply) {
-        let senders: Vec<mpsc::Sender<Arc<StoredReply>>> = self
+        self.hand(&reply.channel, &reply.visitor, || {
+            Pushed::Reply(Arc::new(reply.clone()))
+        });
+    }
+
+    /// Hands the agent's typing state to every socket of its conversation here.
+    pub fn push_typing(&self, typing: &AgentTyping) {
+        self.hand(&typing.channel, &typing.visitor, || {
+            Pushed::Typing(Arc::new(typing.clone()))
+        });
+    }
+
+    fn hand(&self, channel: &str, visitor: &str, pushed: impl FnOnce() -> Pushed) {
+        let senders: Vec<mpsc::Sender<Pushed>> = self
             .sockets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(reply.channel.clone(), reply.visitor.clone()))
+            .get(&(channel.to_string(), visitor.to_string()))
             .map(|list| list.iter().map(|(_, s)| s.clone()).collect())
             .unwrap_or_default();
         if senders.is_empty() {
             return;
         }
-        let reply = Arc::new(reply.clone());
+        let pushed = pushed();
         for sender in senders {
-            // A socket too slow to take it gets it from the store on its next hello.
-            let _ = sender.try_send(Arc::clone(&reply));
+            // A socket too slow to take a reply gets it from the store on its next
+            // hello; a typing state it misses is stale by then anyway.
+            let _ = sender.try_send(pushed.clone());
         }
     }
 }
 
-/// Looks for replies stored by any replica every `every` and pushes them to the
-/// sockets held here. Asks the database nothing while no socket is open.
+/// Looks for replies and typing stored by any replica every `every` and pushes them
+/// to the sockets held here. Asks the database nothing while no socket is open.
 pub async fn push_replies(
     hub: Arc<Hub>,
     store: LivechatStore,
@@ -146,12 +170,20 @@ pub async fn push_replies(
             since = chrono::Utc::now().timestamp_millis() - LOOK_BACK_MS;
             continue;
         }
-        match store.replies_since(since).await {
-            Ok(replies) => {
+        match tokio::try_join!(store.replies_since(since), store.typing_since(since)) {
+            Ok((replies, typing)) => {
                 for reply in &replies {
                     hub.push(reply);
                 }
-                let newest = replies.iter().map(|r| r.created_ms).max().unwrap_or(since);
+                for state in &typing {
+                    hub.push_typing(state);
+                }
+                let newest = replies
+                    .iter()
+                    .map(|r| r.created_ms)
+                    .chain(typing.iter().map(|t| t.updated_ms))
+                    .max()
+                    .unwrap_or(since);
                 since = since.max(newest - LOOK_BACK_MS);
             }
             Err(err) => tracing::warn!(error = %err, "Live chat replies not read; retrying"),

@@ -195,6 +195,7 @@ async fn demo(State(chat): State<Livechat>, Path(channel): Path<String>) -> Resp
 impl Livechat {
     /// An agent reply for a live chat channel: stored under the conversation's next
     /// sequence (once per command), pushed to the visitor's sockets, `message.sent`.
+    /// A typing state is stored over the last one and pushed, with no event.
     async fn send(&self, command: &pb::SendCommand) -> Result<(), HandlerError> {
         let Some(channel_id) = command.channel.as_ref().map(|c| c.channel_id.as_str()) else {
             return Ok(());
@@ -212,6 +213,27 @@ impl Livechat {
         };
         let key = protocol::conversation_key(channel_id, visitor);
         let now = Utc::now();
+        if let Some(pb::send_command::Content::Typing(typing)) = &command.content {
+            let agent = if typing.agent.is_empty() {
+                &channel.agent_name
+            } else {
+                &typing.agent
+            };
+            let state = store::AgentTyping {
+                channel: channel_id.to_string(),
+                visitor: visitor.to_string(),
+                on: typing.on,
+                agent: agent.clone(),
+                updated_ms: now.timestamp_millis(),
+            };
+            self.inner
+                .store
+                .set_typing(&state)
+                .await
+                .map_err(|e| HandlerError::Retriable(e.to_string()))?;
+            self.inner.hub.push_typing(&state);
+            return Ok(());
+        }
         let text = match &command.content {
             Some(pb::send_command::Content::Text(text)) if !text.is_empty() => text.clone(),
             _ => {

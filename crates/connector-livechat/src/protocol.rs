@@ -140,6 +140,9 @@ pub enum ServerFrame {
     Typing {
         /// On or off.
         on: bool,
+        /// Who is typing.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        agent: Option<Agent>,
     },
     /// A heartbeat; answer `pong`.
     Ping,

@@ -3,6 +3,7 @@
 
 use crate::{
     Livechat, METRICS,
+    hub::Pushed,
     normalize::{self, Visitor},
     protocol::{self, ClientFrame, IdentityCheck, SUBPROTOCOL, ServerFrame},
     store::{HistoryRow, StoredReply},
@@ -280,7 +281,6 @@ impl Session {
         for reply in &replies {
             self.status(&visitor, &reply.event_id, pb::DeliveryStatus::Delivered);
         }
-        // Replies travel as Arc: the channel's buffer costs a pointer per slot.
         let (pushes, mut pushed) = mpsc::channel(16);
         let _registration = self
             .chat
@@ -306,6 +306,8 @@ impl Session {
         heartbeat.tick().await;
         let mut last_heard = Instant::now();
         let mut last_read = 0u64;
+        // Typing states set before this socket said hello are not news to it.
+        let mut last_typing = Utc::now().timestamp_millis() - 1;
         let shutdown = self.chat.inner.ctx.shutdown.clone();
         let end = loop {
             let silence = idle.saturating_sub(last_heard.elapsed());
@@ -368,15 +370,26 @@ impl Session {
                         }
                     }
                 }
-                Some(reply) = pushed.recv() => {
-                    if reply.seq > last_sent {
-                        if !send(&mut socket, &reply.frame()).await {
-                            break End::Gone;
+                Some(push) = pushed.recv() => match push {
+                    Pushed::Reply(reply) => {
+                        if reply.seq > last_sent {
+                            if !send(&mut socket, &reply.frame()).await {
+                                break End::Gone;
+                            }
+                            last_sent = reply.seq;
+                            self.status(&visitor, &reply.event_id, pb::DeliveryStatus::Delivered);
                         }
-                        last_sent = reply.seq;
-                        self.status(&visitor, &reply.event_id, pb::DeliveryStatus::Delivered);
                     }
-                }
+                    // The pusher looks back a few seconds: each state is sent once.
+                    Pushed::Typing(typing) => {
+                        if typing.updated_ms > last_typing {
+                            if !send(&mut socket, &typing.frame()).await {
+                                break End::Gone;
+                            }
+                            last_typing = typing.updated_ms;
+                        }
+                    }
+                },
                 _ = heartbeat.tick() => {
                     if !send(&mut socket, &ServerFrame::Ping).await {
                         break End::Gone;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 #[error("live chat store: {0}")]
 pub struct StoreError(#[from] sqlx::Error);
 
-const SCHEMA: [&str; 5] = [
+const SCHEMA: [&str; 7] = [
     "CREATE TABLE IF NOT EXISTS livechat_uploads (
         channel TEXT NOT NULL,
         visitor TEXT NOT NULL,
@@ -43,7 +43,48 @@ const SCHEMA: [&str; 5] = [
         UNIQUE (channel, command_key))",
     "CREATE INDEX IF NOT EXISTS livechat_replies_created ON livechat_replies (created_ms)",
     "CREATE INDEX IF NOT EXISTS livechat_messages_created ON livechat_messages (channel, visitor, created_ms)",
+    // One row per conversation, overwritten: the agent's latest typing state, there
+    // only so every replica's pusher sees it (typing is never history).
+    "CREATE TABLE IF NOT EXISTS livechat_typing (
+        channel TEXT NOT NULL,
+        visitor TEXT NOT NULL,
+        typing BIGINT NOT NULL,
+        agent TEXT NOT NULL,
+        updated_ms BIGINT NOT NULL,
+        PRIMARY KEY (channel, visitor))",
+    "CREATE INDEX IF NOT EXISTS livechat_typing_updated ON livechat_typing (updated_ms)",
 ];
+
+/// How long a typing row is kept: longer than any pusher's look-back.
+const TYPING_KEEP_MS: i64 = 60_000;
+
+/// An agent's typing state for a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTyping {
+    /// The channel.
+    pub channel: String,
+    /// The visitor.
+    pub visitor: String,
+    /// Typing or stopped.
+    pub on: bool,
+    /// The agent's name.
+    pub agent: String,
+    /// When it was set, in ms since the epoch: a socket skips what is not newer than
+    /// what it sent.
+    pub updated_ms: i64,
+}
+
+impl AgentTyping {
+    /// The frame a visitor's client gets.
+    pub fn frame(&self) -> ServerFrame {
+        ServerFrame::Typing {
+            on: self.on,
+            agent: Some(Agent {
+                name: self.agent.clone(),
+            }),
+        }
+    }
+}
 
 /// A stored agent reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +168,47 @@ impl LivechatStore {
             pool,
             _checkpointer: checkpointer,
         })
+    }
+
+    /// Sets the agent's typing state of a conversation, and forgets states older than a
+    /// minute.
+    pub async fn set_typing(&self, typing: &AgentTyping) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO livechat_typing (channel, visitor, typing, agent, updated_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (channel, visitor) DO UPDATE SET typing = excluded.typing, agent = excluded.agent, updated_ms = excluded.updated_ms",
+        )
+        .bind(&typing.channel)
+        .bind(&typing.visitor)
+        .bind(i64::from(typing.on))
+        .bind(&typing.agent)
+        .bind(typing.updated_ms)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM livechat_typing WHERE updated_ms < $1")
+            .bind(typing.updated_ms - TYPING_KEEP_MS)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Typing states set at or after `since_ms`, by any replica.
+    pub async fn typing_since(&self, since_ms: i64) -> Result<Vec<AgentTyping>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT channel, visitor, typing, agent, updated_ms FROM livechat_typing WHERE updated_ms >= $1 LIMIT 10000",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| AgentTyping {
+                channel: row.get(0),
+                visitor: row.get(1),
+                on: row.get::<i64, _>(2) != 0,
+                agent: row.get(3),
+                updated_ms: row.get(4),
+            })
+            .collect())
     }
 
     /// Records acknowledged visitor messages (a repeated client id is kept once).

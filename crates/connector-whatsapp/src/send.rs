@@ -222,6 +222,12 @@ impl Whatsapp {
     ) -> Result<Value, Refusal> {
         use pb::send_command::Content;
         let mut body = match content {
+            Content::Typing(_) => {
+                return Err(Refusal {
+                    code: "omnigate.invalid_command".into(),
+                    title: "typing indicators are for live chat channels".into(),
+                });
+            }
             Content::MarkRead(wamid) => {
                 return Ok(
                     json!({"messaging_product": "whatsapp", "status": "read", "message_id": wamid}),

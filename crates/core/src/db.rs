@@ -82,17 +82,34 @@ pub struct Checkpointer {
     _running: Option<std::sync::Arc<tokio::sync::oneshot::Sender<()>>>,
 }
 
+/// The running checkpointers, by database URL: stores that share a database file
+/// share its checkpointer, instead of each polling the same log.
+static RUNNING: std::sync::Mutex<Vec<(String, std::sync::Weak<tokio::sync::oneshot::Sender<()>>)>> =
+    std::sync::Mutex::new(Vec::new());
+
 impl Checkpointer {
-    /// Starts checkpointing the database at `url` (as given to [`connect`]).
+    /// Starts checkpointing the database at `url` (as given to [`connect`]), or joins
+    /// the checkpointer already running for it.
     pub async fn start(url: &str) -> Result<Self, sqlx::Error> {
         if !is_sqlite(url) || url.contains(":memory:") || url.contains("mode=memory") {
             return Ok(Self::default());
         }
         let pool = connect(url).await?;
+        let mut running_list = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        running_list.retain(|(_, weak)| weak.strong_count() > 0);
+        if let Some((_, weak)) = running_list.iter().find(|(u, _)| u == url)
+            && let Some(running) = weak.upgrade()
+        {
+            return Ok(Self {
+                _running: Some(running),
+            });
+        }
         let (running, stopped) = tokio::sync::oneshot::channel();
+        let running = std::sync::Arc::new(running);
+        running_list.push((url.to_string(), std::sync::Arc::downgrade(&running)));
         tokio::spawn(checkpoint_loop(pool, stopped));
         Ok(Self {
-            _running: Some(std::sync::Arc::new(running)),
+            _running: Some(running),
         })
     }
 }
@@ -313,5 +330,26 @@ mod checkpoint_tests {
         }
         assert_eq!(waits, [200, 400, 800, 1600, 2000, 2000]);
         assert_eq!(next_checkpoint_wait(wait, true), Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn stores_of_one_database_share_one_checkpointer_until_the_last_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = |name: &str| format!("sqlite://{}?mode=rwc", dir.path().join(name).display());
+        let running = |c: &Checkpointer| c._running.clone().unwrap();
+        let first = Checkpointer::start(&url("a.db")).await.unwrap();
+        let second = Checkpointer::start(&url("a.db")).await.unwrap();
+        let other = Checkpointer::start(&url("b.db")).await.unwrap();
+        assert!(std::sync::Arc::ptr_eq(&running(&first), &running(&second)));
+        assert!(!std::sync::Arc::ptr_eq(&running(&first), &running(&other)));
+        let shared = std::sync::Arc::downgrade(&running(&first));
+        drop((first, second));
+        assert_eq!(
+            shared.strong_count(),
+            0,
+            "the loop stops with its last store"
+        );
+        let again = Checkpointer::start(&url("a.db")).await.unwrap();
+        assert!(again._running.is_some(), "a later store starts a new one");
     }
 }

@@ -42,14 +42,18 @@ pub fn subscribe(
         // Offsets are stored by hand, after the handler succeeded.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
+        // A heartbeat every 5 s (librdkafka's default is 3 s) keeps an idle group's
+        // requests down; a member that died is still evicted after 15 s.
+        .set("session.timeout.ms", "15000")
+        .set("heartbeat.interval.ms", "5000")
         // How often an idle consumer asks; a broker that answers only when this runs
         // out would add it to every delivery (see `fetch_wait_max_ms`).
         .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
         .set("fetch.min.bytes", config.fetch_min_bytes.to_string())
-        // A topic subscribed to before the broker reported it is looked for again
-        // within seconds, not at librdkafka's five-minute metadata refresh.
-        .set("topic.metadata.refresh.interval.ms", "10000")
+        // A topic subscribed to before it existed is looked for again within a minute,
+        // not at librdkafka's five-minute metadata refresh; more often would be a
+        // request per consumer every few seconds on an idle broker.
+        .set("topic.metadata.refresh.interval.ms", "60000")
         // Bounds how long a rebalance waits for a member that died without leaving.
         .set("max.poll.interval.ms", "30000")
         .create()?;

@@ -115,7 +115,7 @@ impl utoipa::Modify for BearerAuth {
 /// `POST /v1/messages`: validates a send command, puts it on `omnigate.outbound.v1`
 /// and answers 202 with its id. The result arrives later as an event.
 #[utoipa::path(post, path = "/v1/messages", tag = "messages",
-    request_body(content = serde_json::Value, description = "A SendCommand in canonical JSON: `channel.channelId`, `to`, and one of `text`, `media`, `template`, `markRead`; optional `idempotencyKey`."),
+    request_body(content = serde_json::Value, description = "A SendCommand in canonical JSON: `channel.channelId`, `to`, and one of `text`, `media`, `template`, `markRead`, `typing` (live chat: `{\"on\": true, \"agent\": \"Ana\"}`); optional `idempotencyKey`."),
     responses((status = 202, description = "Accepted: `{\"commandId\": …}`; the result arrives as `message.sent` or a failed `message.status`", body = serde_json::Value),
         (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn send_message(
@@ -131,7 +131,7 @@ async fn send_message(
 /// `POST /v1/conversations/{id}/messages`: a reply into a conversation by the id on
 /// `omnigate.routed.v1`; Omnigate picks the channel and the recipient's address.
 #[utoipa::path(post, path = "/v1/conversations/{id}/messages", tag = "messages", params(("id" = String, Path, description = "Conversation id, as in `routing.conversationId`")),
-    request_body(content = serde_json::Value, description = "The content of a SendCommand in canonical JSON: one of `text`, `media`, `template`, `markRead`; optional `replyToProviderId` and `idempotencyKey`. `channel` and `to` come from the conversation."),
+    request_body(content = serde_json::Value, description = "The content of a SendCommand in canonical JSON: one of `text`, `media`, `template`, `markRead`, `typing`; optional `replyToProviderId` and `idempotencyKey`. `channel` and `to` come from the conversation."),
     responses((status = 202, description = "Accepted: `{\"commandId\": …}`", body = serde_json::Value),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn reply_in_conversation(
@@ -188,10 +188,18 @@ async fn accept(
     if command.to.trim().is_empty() {
         return Err(ApiError::unprocessable("`to` is required"));
     }
-    if command.content.is_none() {
-        return Err(ApiError::unprocessable(
-            "one of `text`, `media`, `template` or `markRead` is required",
-        ));
+    match &command.content {
+        None => {
+            return Err(ApiError::unprocessable(
+                "one of `text`, `media`, `template`, `markRead` or `typing` is required",
+            ));
+        }
+        Some(pb::send_command::Content::Typing(_)) if kind != pb::ChannelKind::Livechat => {
+            return Err(ApiError::unprocessable(
+                "`typing` is for live chat channels",
+            ));
+        }
+        Some(_) => {}
     }
     command.tenant = tenant;
     if command.command_id.is_empty() {

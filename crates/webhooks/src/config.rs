@@ -39,10 +39,11 @@ pub struct WebhooksConfig {
     pub max_in_flight: usize,
     /// Attempts in flight to one endpoint, so a slow one cannot take every slot. Default 32.
     pub max_in_flight_per_endpoint: usize,
-    /// How often due retries, replays and test events are looked for. Default `500ms`.
+    /// How often due retries, replays and test events are looked for. Default `1s`.
     #[serde(deserialize_with = "duration")]
     pub poll_interval: Duration,
-    /// How often the dispatcher re-reads endpoints, so API changes reach it. Default `1s`.
+    /// How often the dispatcher re-reads endpoints, so changes made through another
+    /// process reach it. Default `5s`.
     #[serde(deserialize_with = "duration")]
     pub endpoint_refresh: Duration,
     /// Bytes of each response body kept in the delivery log. Default 4096.
