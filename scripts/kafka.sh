@@ -103,8 +103,8 @@ metadata.max.idle.interval.ms=5000
 EOF
 }
 
-# What `make run`'s broker adds (a later key wins), so an idle laptop stays idle: one thread per pool
-# (each idle thread wakes on its own timer), no controller no-op records (a single node
+# What `make run`'s broker adds (a later key wins), so an idle laptop stays idle: one
+# thread per pool (each idle thread wakes on its own timer), no controller no-op records (a single node
 # has no follower that needs them), and slower timers for work a single idle node
 # rarely has (its own broker-to-controller heartbeat; the scan for timed-out
 # transactions, which are aborted within a minute instead of 10 s).

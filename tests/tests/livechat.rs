@@ -103,15 +103,39 @@ fn inbound(prefix: &str, n: usize) -> Vec<Value> {
     .collect()
 }
 
-async fn reply(gateway: &Gateway, visitor: &str, text: &str) {
+/// Posts a send command to `POST /v1/messages`: the status and the JSON answer.
+async fn command(gateway: &Gateway, body: Value) -> (u16, Value) {
     let answer = reqwest::Client::new()
         .post(format!("{}/v1/messages", gateway.url))
         .bearer_auth("omnigate-dev-key")
-        .json(&json!({"channel": {"channelId": "shop"}, "to": visitor, "text": text}))
+        .json(&body)
         .send()
         .await
         .unwrap();
-    assert_eq!(answer.status(), 202);
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap())
+}
+
+async fn reply(gateway: &Gateway, visitor: &str, text: &str) {
+    let (status, answer) = command(
+        gateway,
+        json!({"channel": {"channelId": "shop"}, "to": visitor, "text": text}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+}
+
+/// The browser test's next progress line, as JSON (`null` when it is not JSON).
+async fn next_step(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    what: &str,
+) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(90), lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 90 s"))
+        .unwrap()
+        .unwrap_or_default();
+    serde_json::from_str(&line).unwrap_or(Value::Null)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,14 +417,7 @@ async fn the_widget_in_chromium_sends_shows_the_reply_and_keeps_the_history_over
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let sent: Value = serde_json::from_str(
-        &tokio::time::timeout(Duration::from_secs(90), lines.next_line())
-            .await
-            .expect("the page sent the message")
-            .unwrap()
-            .unwrap_or_default(),
-    )
-    .unwrap_or(Value::Null);
+    let sent = next_step(&mut lines, "the page sent the message").await;
     assert_eq!(sent["step"], "sent", "{sent}");
     let event_id = sent["event_id"].as_str().unwrap().to_string();
     let events = inbound(&prefix, 1);
@@ -417,22 +434,9 @@ async fn the_widget_in_chromium_sends_shows_the_reply_and_keeps_the_history_over
         .unwrap()
         .to_string();
     // The agent types first: the page shows it before the reply arrives.
-    let typing = reqwest::Client::new()
-        .post(format!("{}/v1/messages", gateway.url))
-        .bearer_auth("omnigate-dev-key")
-        .json(&json!({"channel": {"channelId": "shop"}, "to": visitor, "typing": {"on": true, "agent": "Ana"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(typing.status(), 202);
-    let shown: Value = serde_json::from_str(
-        &tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the page showed the agent typing")
-            .unwrap()
-            .unwrap_or_default(),
-    )
-    .unwrap_or(Value::Null);
+    let (status, answer) = command(&gateway, json!({"channel": {"channelId": "shop"}, "to": visitor, "typing": {"on": true, "agent": "Ana"}})).await;
+    assert_eq!(status, 202, "{answer}");
+    let shown = next_step(&mut lines, "the page showed the agent typing").await;
     assert_eq!(shown["step"], "typing", "{shown}");
     assert!(
         shown["text"].as_str().unwrap().contains("Ana is typing"),
@@ -609,30 +613,18 @@ async fn agent_typing_reaches_the_visitor_and_is_no_message() {
     let welcome = hello(&mut socket, json!({})).await;
     let key = welcome["conversation_key"].as_str().unwrap().to_string();
     let visitor = key.rsplit(':').next().unwrap().to_string();
-    let post = |body: Value| {
-        let url = format!("{}/v1/messages", gateway.url);
-        async move {
-            let answer = reqwest::Client::new()
-                .post(url)
-                .bearer_auth("omnigate-dev-key")
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = answer.status().as_u16();
-            (status, answer.json::<Value>().await.unwrap())
-        }
-    };
 
-    let (status, answer) = post(json!({"channel": {"channelId": "shop"}, "to": visitor, "typing": {"on": true, "agent": "Ana"}})).await;
+    let (status, answer) = command(&gateway, json!({"channel": {"channelId": "shop"}, "to": visitor, "typing": {"on": true, "agent": "Ana"}})).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(
         next(&mut socket).await,
         json!({"type": "typing", "on": true, "agent": {"name": "Ana"}})
     );
-    let (status, _) =
-        post(json!({"channel": {"channelId": "shop"}, "to": visitor, "typing": {"on": false}}))
-            .await;
+    let (status, _) = command(
+        &gateway,
+        json!({"channel": {"channelId": "shop"}, "to": visitor, "typing": {"on": false}}),
+    )
+    .await;
     assert_eq!(status, 202);
     assert_eq!(
         next(&mut socket).await,
@@ -654,7 +646,8 @@ async fn agent_typing_reaches_the_visitor_and_is_no_message() {
     assert_eq!(sent[0]["id"], answer["event_id"], "{events:?}");
 
     // Other channel kinds refuse typing at the API.
-    let (status, refused) = post(
+    let (status, refused) = command(
+        &gateway,
         json!({"channel": {"channelId": "demo"}, "to": "16505551234", "typing": {"on": true}}),
     )
     .await;

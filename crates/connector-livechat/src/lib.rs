@@ -193,9 +193,39 @@ async fn demo(State(chat): State<Livechat>, Path(channel): Path<String>) -> Resp
 }
 
 impl Livechat {
+    /// The agent's typing state: stored over the conversation's last one (so every
+    /// replica's pusher sees it) and pushed to the visitor's sockets here; no event.
+    async fn set_typing(
+        &self,
+        channel_id: &str,
+        channel: &ChannelConfig,
+        visitor: &str,
+        typing: &pb::Typing,
+    ) -> Result<(), HandlerError> {
+        let agent = if typing.agent.is_empty() {
+            &channel.agent_name
+        } else {
+            &typing.agent
+        };
+        let state = store::AgentTyping {
+            channel: channel_id.to_string(),
+            visitor: visitor.to_string(),
+            on: typing.on,
+            agent: agent.clone(),
+            updated_ms: Utc::now().timestamp_millis(),
+        };
+        self.inner
+            .store
+            .set_typing(&state)
+            .await
+            .map_err(|e| HandlerError::Retriable(e.to_string()))?;
+        self.inner.hub.push_typing(&state);
+        Ok(())
+    }
+
     /// An agent reply for a live chat channel: stored under the conversation's next
     /// sequence (once per command), pushed to the visitor's sockets, `message.sent`.
-    /// A typing state is stored over the last one and pushed, with no event.
+    /// A typing state goes to [`Self::set_typing`].
     async fn send(&self, command: &pb::SendCommand) -> Result<(), HandlerError> {
         let Some(channel_id) = command.channel.as_ref().map(|c| c.channel_id.as_str()) else {
             return Ok(());
@@ -203,6 +233,11 @@ impl Livechat {
         let Some(channel) = self.inner.config.channels.get(channel_id) else {
             return Ok(());
         };
+        if let Some(pb::send_command::Content::Typing(typing)) = &command.content {
+            return self
+                .set_typing(channel_id, channel, &command.to, typing)
+                .await;
+        }
         let started = std::time::Instant::now();
         let visitor = command.to.as_str();
         let builder = EventBuilder::channel(pb::ChannelKind::Livechat, channel_id, &command.tenant);
@@ -213,27 +248,6 @@ impl Livechat {
         };
         let key = protocol::conversation_key(channel_id, visitor);
         let now = Utc::now();
-        if let Some(pb::send_command::Content::Typing(typing)) = &command.content {
-            let agent = if typing.agent.is_empty() {
-                &channel.agent_name
-            } else {
-                &typing.agent
-            };
-            let state = store::AgentTyping {
-                channel: channel_id.to_string(),
-                visitor: visitor.to_string(),
-                on: typing.on,
-                agent: agent.clone(),
-                updated_ms: now.timestamp_millis(),
-            };
-            self.inner
-                .store
-                .set_typing(&state)
-                .await
-                .map_err(|e| HandlerError::Retriable(e.to_string()))?;
-            self.inner.hub.push_typing(&state);
-            return Ok(());
-        }
         let text = match &command.content {
             Some(pb::send_command::Content::Text(text)) if !text.is_empty() => text.clone(),
             _ => {

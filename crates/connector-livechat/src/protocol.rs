@@ -141,8 +141,7 @@ pub enum ServerFrame {
         /// On or off.
         on: bool,
         /// Who is typing.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        agent: Option<Agent>,
+        agent: Agent,
     },
     /// A heartbeat; answer `pong`.
     Ping,

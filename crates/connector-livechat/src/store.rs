@@ -79,9 +79,9 @@ impl AgentTyping {
     pub fn frame(&self) -> ServerFrame {
         ServerFrame::Typing {
             on: self.on,
-            agent: Some(Agent {
+            agent: Agent {
                 name: self.agent.clone(),
-            }),
+            },
         }
     }
 }

@@ -83,9 +83,11 @@ pub struct Checkpointer {
 }
 
 /// The running checkpointers, by database URL: stores that share a database file
-/// share its checkpointer, instead of each polling the same log.
-static RUNNING: std::sync::Mutex<Vec<(String, std::sync::Weak<tokio::sync::oneshot::Sender<()>>)>> =
-    std::sync::Mutex::new(Vec::new());
+/// share its checkpointer, instead of each polling the same log. Held across the
+/// connect, so a second store of a file joins the first one's without connecting.
+static RUNNING: tokio::sync::Mutex<
+    Vec<(String, std::sync::Weak<tokio::sync::oneshot::Sender<()>>)>,
+> = tokio::sync::Mutex::const_new(Vec::new());
 
 impl Checkpointer {
     /// Starts checkpointing the database at `url` (as given to [`connect`]), or joins
@@ -94,16 +96,18 @@ impl Checkpointer {
         if !is_sqlite(url) || url.contains(":memory:") || url.contains("mode=memory") {
             return Ok(Self::default());
         }
-        let pool = connect(url).await?;
-        let mut running_list = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running_list = RUNNING.lock().await;
         running_list.retain(|(_, weak)| weak.strong_count() > 0);
-        if let Some((_, weak)) = running_list.iter().find(|(u, _)| u == url)
-            && let Some(running) = weak.upgrade()
+        if let Some(running) = running_list
+            .iter()
+            .find(|(u, _)| u == url)
+            .and_then(|(_, weak)| weak.upgrade())
         {
             return Ok(Self {
                 _running: Some(running),
             });
         }
+        let pool = connect(url).await?;
         let (running, stopped) = tokio::sync::oneshot::channel();
         let running = std::sync::Arc::new(running);
         running_list.push((url.to_string(), std::sync::Arc::downgrade(&running)));
