@@ -10,7 +10,7 @@
 //!
 //! Prints requests/s, p50/p99 latency and peak memory, and the gateway's ratio to the
 //! lower baseline. Needs the broker `make bench` starts (Apache Kafka, KRaft); each
-//! measured phase restarts it empty.
+//! measured phase restarts it empty and runs its own load unmeasured first.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use omnigate_connector_voice::verify::twilio_signature;
@@ -36,9 +36,19 @@ fn concurrency() -> usize {
     env_or("BENCH_CONCURRENCY", 256)
 }
 const BODIES: usize = 50_000;
+/// Voice calls generated per second of a run, above any rate this bench reaches.
+const VOICE_CALLS_PER_SECOND: usize = 30_000;
 
 fn seconds() -> u64 {
     env_or("BENCH_SECONDS", 10)
+}
+
+/// Unmeasured load before each measured run. A fresh broker is a cold JVM: its JIT
+/// compilers take seconds of CPU on the same two cores while the first load arrives,
+/// which would be billed to whichever phase runs first on it. Every phase, baselines
+/// included, gets the same warm-up.
+fn warmup() -> Duration {
+    Duration::from_secs(env_or("BENCH_WARMUP_SECONDS", 5))
 }
 
 /// Realistic bodies: a text message with a contact and a 1 KB text, unique wamids.
@@ -69,6 +79,9 @@ struct Requests {
     content_type: &'static str,
     signature_header: &'static str,
     bodies: Arc<Vec<(String, String)>>,
+    /// Each body may be sent once only: the receiver drops a repeat without publishing
+    /// (the voice connector's call book), so a repeat would measure nothing.
+    once: bool,
 }
 
 impl Requests {
@@ -79,14 +92,16 @@ impl Requests {
             content_type: "application/json",
             signature_header: "x-hub-signature-256",
             bodies,
+            once: false,
         }
     }
 }
 
 /// Twilio status callbacks (`ringing`, one call each) for the channel at `url`,
-/// signed with `X-Twilio-Signature` under `auth_token`.
-fn twilio_requests(url: String, auth_token: &[u8]) -> Requests {
-    let bodies = (0..BODIES)
+/// signed with `X-Twilio-Signature` under `auth_token`: `count` calls, their ids
+/// starting at `first`.
+fn twilio_requests(url: String, auth_token: &[u8], first: usize, count: usize) -> Requests {
+    let bodies = (first..first + count)
         .map(|i| {
             let call = format!("CA{i:032x}");
             let from = format!("+1650555{:04}", i % 5000);
@@ -116,6 +131,7 @@ fn twilio_requests(url: String, auth_token: &[u8]) -> Requests {
         content_type: "application/x-www-form-urlencoded",
         signature_header: "x-twilio-signature",
         bodies: Arc::new(bodies),
+        once: true,
     }
 }
 
@@ -143,7 +159,13 @@ async fn load(requests: Requests, duration: Duration, rate: Option<f64>) -> Run 
                             + interval.mul_f64(worker as f64 / concurrency() as f64);
                         tokio::time::sleep_until(due.into()).await;
                     }
-                    let (body, signature) = &bodies[(worker + n * concurrency()) % bodies.len()];
+                    let index = worker + n * concurrency();
+                    assert!(
+                        !requests.once || index < bodies.len(),
+                        "the run outpaced its {} one-shot bodies; raise VOICE_CALLS_PER_SECOND",
+                        bodies.len()
+                    );
+                    let (body, signature) = &bodies[index % bodies.len()];
                     n += 1;
                     let sent = Instant::now();
                     let response = client
@@ -167,8 +189,10 @@ async fn load(requests: Requests, duration: Duration, rate: Option<f64>) -> Run 
     Run::collect(tasks, started).await
 }
 
-/// Produces the normalized event of every body, the same number in flight, for `duration`.
-async fn produce_baseline(bodies: &[(String, String)], duration: Duration) -> Run {
+/// Produces the normalized event of every body, the same number in flight, for
+/// `duration` after the warm-up. Returns the run with this process's CPU seconds and
+/// the broker's over the measured part.
+async fn produce_baseline(bodies: &[(String, String)], duration: Duration) -> (Run, f64, f64) {
     let prefix = unique_prefix("bench-produce");
     let config = kafka_config(&brokers(), &prefix);
     admin::ensure_topics(&config).await.unwrap();
@@ -184,6 +208,22 @@ async fn produce_baseline(bodies: &[(String, String)], duration: Duration) -> Ru
             .collect(),
     );
     let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());
+    produce_for(&publisher, &events, warmup()).await;
+    let (cpu_before, broker_before) = (own_cpu_seconds(), broker_cpu_seconds());
+    let run = produce_for(&publisher, &events, duration).await;
+    (
+        run,
+        own_cpu_seconds() - cpu_before,
+        broker_cpu_seconds() - broker_before,
+    )
+}
+
+/// Publishes `events` round-robin, `concurrency()` in flight, for `duration`.
+async fn produce_for(
+    publisher: &Publisher,
+    events: &Arc<Vec<omnigate_model::pb::Event>>,
+    duration: Duration,
+) -> Run {
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency())
         .map(|worker| {
@@ -250,18 +290,18 @@ fn main() {
             .unwrap();
         let url = format!("http://127.0.0.1:{port}/");
         wait_http(&url).await;
-        let bare = load(Requests::whatsapp(url, bodies.clone()), duration, None).await;
+        let requests = Requests::whatsapp(url, bodies.clone());
+        load(requests.clone(), warmup(), None).await;
+        let cpu_before = cpu_seconds(&hyper);
+        let bare = load(requests, duration, None).await;
         let bare_mem = peak_mib(&hyper);
-        let bare_cpu = cpu_seconds(&hyper);
+        let bare_cpu = cpu_seconds(&hyper) - cpu_before;
         stop(hyper);
         bare.print("baseline: bare hyper, 200", bare_mem);
 
         // Baseline 2: rdkafka producing the same event bytes, no HTTP.
         fresh_broker();
-        let (cpu_before, broker_before) = (own_cpu_seconds(), broker_cpu_seconds());
-        let produce = produce_baseline(&bodies, duration).await;
-        let produce_cpu = own_cpu_seconds() - cpu_before;
-        let produce_broker_cpu = broker_cpu_seconds() - broker_before;
+        let (produce, produce_cpu, produce_broker_cpu) = produce_baseline(&bodies, duration).await;
         produce.print("baseline: rdkafka produce, acked", f64::NAN);
 
         // The gateway, on an empty broker too, into the same topic layout as the baseline
@@ -281,13 +321,10 @@ fn main() {
         std::fs::write(&path, config).unwrap();
         let gateway = start_gateway(&path, port).await;
         let url = format!("http://127.0.0.1:{port}/webhooks/whatsapp/bench");
+        let requests = Requests::whatsapp(url, bodies.clone());
+        load(requests.clone(), warmup(), None).await;
         let (cpu_before, broker_before) = (cpu_seconds(&gateway), broker_cpu_seconds());
-        let full = load(
-            Requests::whatsapp(url.clone(), bodies.clone()),
-            duration,
-            None,
-        )
-        .await;
+        let full = load(requests.clone(), duration, None).await;
         let gateway_cpu = cpu_seconds(&gateway) - cpu_before;
         let gateway_broker_cpu = broker_cpu_seconds() - broker_before;
         full.print("omnigate: signed POST -> Kafka ack", peak_mib(&gateway));
@@ -297,12 +334,8 @@ fn main() {
         fresh_broker();
         let gateway = start_gateway(&path, port).await;
         let half_rate = full.rate() / 2.0;
-        let half = load(
-            Requests::whatsapp(url, bodies.clone()),
-            duration,
-            Some(half_rate),
-        )
-        .await;
+        load(requests.clone(), warmup(), Some(half_rate)).await;
+        let half = load(requests, duration, Some(half_rate)).await;
         half.print(
             &format!("omnigate at half rate ({half_rate:.0}/s)"),
             peak_mib(&gateway),
@@ -332,10 +365,18 @@ fn main() {
         let voice_path = dir.path().join("voice.toml");
         std::fs::write(&voice_path, config).unwrap();
         let gateway = start_gateway(&voice_path, port).await;
+        // Distinct calls for the warm-up and the measured run: a call already rung is
+        // not published again.
+        let url = format!("http://127.0.0.1:{port}/webhooks/twilio/voice/bench");
+        let calls = |seconds: u64| VOICE_CALLS_PER_SECOND * seconds as usize;
+        let warm = twilio_requests(url.clone(), b"bench-token", 0, calls(warmup().as_secs()));
         let requests = twilio_requests(
-            format!("http://127.0.0.1:{port}/webhooks/twilio/voice/bench"),
+            url,
             b"bench-token",
+            calls(warmup().as_secs()),
+            calls(duration.as_secs()),
         );
+        load(warm, warmup(), None).await;
         let (cpu_before, broker_before) = (cpu_seconds(&gateway), broker_cpu_seconds());
         let voice = load(requests, duration, None).await;
         let voice_cpu = cpu_seconds(&gateway) - cpu_before;
@@ -351,7 +392,7 @@ fn main() {
         // The producer baseline again, after the gateway: its rate spreads by half between
         // runs on a small machine, so the ratio takes the mean of before and after.
         fresh_broker();
-        let produce_after = produce_baseline(&bodies, duration).await;
+        let (produce_after, _, _) = produce_baseline(&bodies, duration).await;
         produce_after.print("baseline: rdkafka produce, acked (after)", f64::NAN);
         let produce_rate = (produce.rate() + produce_after.rate()) / 2.0;
         println!("rdkafka produce, mean of before and after: {produce_rate:.0} /s");
