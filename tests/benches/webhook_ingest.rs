@@ -189,6 +189,25 @@ async fn load(requests: Requests, duration: Duration, rate: Option<f64>) -> Run 
     Run::collect(tasks, started).await
 }
 
+/// A measured run: `warm` for the warm-up, then `requests` for `duration`. Returns the
+/// run with the CPU seconds `server` and the broker used over the measured part.
+async fn measure(
+    warm: Requests,
+    requests: Requests,
+    duration: Duration,
+    rate: Option<f64>,
+    server: &std::process::Child,
+) -> (Run, f64, f64) {
+    load(warm, warmup(), rate).await;
+    let (cpu_before, broker_before) = (cpu_seconds(server), broker_cpu_seconds());
+    let run = load(requests, duration, rate).await;
+    (
+        run,
+        cpu_seconds(server) - cpu_before,
+        broker_cpu_seconds() - broker_before,
+    )
+}
+
 /// Produces the normalized event of every body, the same number in flight, for
 /// `duration` after the warm-up. Returns the run with this process's CPU seconds and
 /// the broker's over the measured part.
@@ -291,11 +310,8 @@ fn main() {
         let url = format!("http://127.0.0.1:{port}/");
         wait_http(&url).await;
         let requests = Requests::whatsapp(url, bodies.clone());
-        load(requests.clone(), warmup(), None).await;
-        let cpu_before = cpu_seconds(&hyper);
-        let bare = load(requests, duration, None).await;
+        let (bare, bare_cpu, _) = measure(requests.clone(), requests, duration, None, &hyper).await;
         let bare_mem = peak_mib(&hyper);
-        let bare_cpu = cpu_seconds(&hyper) - cpu_before;
         stop(hyper);
         bare.print("baseline: bare hyper, 200", bare_mem);
 
@@ -322,11 +338,8 @@ fn main() {
         let gateway = start_gateway(&path, port).await;
         let url = format!("http://127.0.0.1:{port}/webhooks/whatsapp/bench");
         let requests = Requests::whatsapp(url, bodies.clone());
-        load(requests.clone(), warmup(), None).await;
-        let (cpu_before, broker_before) = (cpu_seconds(&gateway), broker_cpu_seconds());
-        let full = load(requests.clone(), duration, None).await;
-        let gateway_cpu = cpu_seconds(&gateway) - cpu_before;
-        let gateway_broker_cpu = broker_cpu_seconds() - broker_before;
+        let (full, gateway_cpu, gateway_broker_cpu) =
+            measure(requests.clone(), requests.clone(), duration, None, &gateway).await;
         full.print("omnigate: signed POST -> Kafka ack", peak_mib(&gateway));
         stop(gateway);
 
@@ -334,8 +347,14 @@ fn main() {
         fresh_broker();
         let gateway = start_gateway(&path, port).await;
         let half_rate = full.rate() / 2.0;
-        load(requests.clone(), warmup(), Some(half_rate)).await;
-        let half = load(requests, duration, Some(half_rate)).await;
+        let (half, _, _) = measure(
+            requests.clone(),
+            requests,
+            duration,
+            Some(half_rate),
+            &gateway,
+        )
+        .await;
         half.print(
             &format!("omnigate at half rate ({half_rate:.0}/s)"),
             peak_mib(&gateway),
@@ -376,11 +395,8 @@ fn main() {
             calls(warmup().as_secs()),
             calls(duration.as_secs()),
         );
-        load(warm, warmup(), None).await;
-        let (cpu_before, broker_before) = (cpu_seconds(&gateway), broker_cpu_seconds());
-        let voice = load(requests, duration, None).await;
-        let voice_cpu = cpu_seconds(&gateway) - cpu_before;
-        let voice_broker_cpu = broker_cpu_seconds() - broker_before;
+        let (voice, voice_cpu, voice_broker_cpu) =
+            measure(warm, requests, duration, None, &gateway).await;
         voice.print("omnigate: Twilio callback -> Kafka ack", peak_mib(&gateway));
         stop(gateway);
         println!(
