@@ -305,3 +305,82 @@ async fn pipelined_lanes_decide_partitions_at_once_each_in_order() {
         .collect();
     assert!(again.iter().all(|(_, _, key, _)| new_keys.contains(key)));
 }
+
+/// `run` commits what it handled soon after, while it keeps running (not only when it
+/// stops, nor at librdkafka's once-a-minute timer): a crash re-reads only the last
+/// moment's records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handled_records_are_committed_while_the_consumer_runs() {
+    use omnigate_kafka::consumer;
+    use rdkafka::{
+        Offset, TopicPartitionList,
+        consumer::{BaseConsumer, Consumer},
+    };
+    use tokio_util::sync::CancellationToken;
+
+    const RECORDS: usize = 30;
+    let prefix = unique_prefix("commits");
+    let config = kafka_config(&brokers(), &prefix);
+    admin::ensure_topics(&config).await.unwrap();
+    let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());
+    let topic = Topic::Inbound.name(&prefix);
+    let reader: BaseConsumer = config
+        .client_config()
+        .set("group.id", format!("{prefix}commits"))
+        .create()
+        .unwrap();
+    let consumer = consumer::subscribe(&config, "commits", &[Topic::Inbound]).unwrap();
+    let shutdown = CancellationToken::new();
+    let (handled_tx, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(consumer::run(consumer, shutdown.clone(), move |record| {
+        let handled_tx = handled_tx.clone();
+        async move {
+            let _ = handled_tx.send((record.partition, record.offset));
+            Ok(())
+        }
+    }));
+
+    // Two rounds, each checked while the consumer keeps running.
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for round in 0..2 {
+        for seq in 0..RECORDS {
+            publisher
+                .event(Topic::Inbound, event(seq % 3, round * RECORDS + seq))
+                .await
+                .unwrap();
+        }
+        for _ in 0..RECORDS {
+            let (partition, offset) = tokio::time::timeout(Duration::from_secs(60), handled.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            next.insert(partition, offset + 1);
+        }
+        let handled_at = std::time::Instant::now();
+        let mut partitions = TopicPartitionList::new();
+        for partition in next.keys() {
+            partitions.add_partition(&topic, *partition);
+        }
+        loop {
+            let committed = reader
+                .committed_offsets(partitions.clone(), Duration::from_secs(5))
+                .unwrap();
+            let all = next.iter().all(|(partition, offset)| {
+                committed
+                    .find_partition(&topic, *partition)
+                    .map(|entry| entry.offset())
+                    == Some(Offset::Offset(*offset))
+            });
+            if all {
+                break;
+            }
+            assert!(
+                handled_at.elapsed() < Duration::from_secs(3),
+                "round {round}: handled offsets {next:?} committed within 3 s, got {committed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -35,6 +35,8 @@ pub struct Hub {
     sockets: Mutex<Sockets>,
     next_id: AtomicU64,
     per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Wakes the reply pusher when a socket registers, so it sleeps while none is open.
+    registered: tokio::sync::Notify,
 }
 
 /// Keeps a socket registered while it lives.
@@ -101,6 +103,7 @@ impl Hub {
             .entry(conversation.clone())
             .or_default()
             .push((id, sender));
+        self.registered.notify_one();
         Registration {
             hub: self,
             conversation,
@@ -150,7 +153,8 @@ impl Hub {
 }
 
 /// Looks for replies and typing stored by any replica every `every` and pushes them
-/// to the sockets held here. Asks the database nothing while no socket is open.
+/// to the sockets held here. While no socket is open it asks the database nothing and
+/// does not wake at all: an idle gateway should cost nothing.
 pub async fn push_replies(
     hub: Arc<Hub>,
     store: LivechatStore,
@@ -162,13 +166,17 @@ pub async fn push_replies(
     const LOOK_BACK_MS: i64 = 5_000;
     let mut since = chrono::Utc::now().timestamp_millis() - LOOK_BACK_MS;
     loop {
+        if hub.is_empty() {
+            tokio::select! {
+                () = hub.registered.notified() => {}
+                () = shutdown.cancelled() => return,
+            }
+            since = chrono::Utc::now().timestamp_millis() - LOOK_BACK_MS;
+            continue;
+        }
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             () = shutdown.cancelled() => return,
-        }
-        if hub.is_empty() {
-            since = chrono::Utc::now().timestamp_millis() - LOOK_BACK_MS;
-            continue;
         }
         match tokio::try_join!(store.replies_since(since), store.typing_since(since)) {
             Ok((replies, typing)) => {

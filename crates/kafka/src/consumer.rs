@@ -37,8 +37,12 @@ pub fn subscribe(
     }
     let consumer: StreamConsumer = client
         .set("group.id", format!("{}{group}", config.topic_prefix))
+        // Stored offsets are committed by [`SoonCommit`] within `COMMIT_AFTER`, and only
+        // when something new was stored. Auto-commit stays on for the commit librdkafka
+        // makes when a rebalance takes partitions away; its timer, once a minute, is only
+        // a backstop.
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "500")
+        .set("auto.commit.interval.ms", "60000")
         // Offsets are stored by hand, after the handler succeeded.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -66,6 +70,49 @@ pub fn subscribe(
     Ok(consumer)
 }
 
+/// How soon after an offset is stored it is committed: what a crash can make this
+/// group read again.
+const COMMIT_AFTER: Duration = Duration::from_millis(500);
+
+/// Commits stored offsets `COMMIT_AFTER` after the first one stored since the last
+/// commit. An idle consumer commits nothing and sets no timer, where librdkafka's
+/// commit timer would wake it twice a second.
+#[derive(Debug, Default)]
+struct SoonCommit {
+    due: Option<tokio::time::Instant>,
+}
+
+impl SoonCommit {
+    /// An offset was stored: commit within `COMMIT_AFTER`.
+    fn stored(&mut self) {
+        self.due
+            .get_or_insert_with(|| tokio::time::Instant::now() + COMMIT_AFTER);
+    }
+
+    /// Whether a commit is waiting.
+    fn pending(&self) -> bool {
+        self.due.is_some()
+    }
+
+    /// Resolves when the waiting commit is due (never while none waits).
+    async fn due(&self) {
+        match self.due {
+            Some(due) => tokio::time::sleep_until(due).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Commits what was stored, without waiting for the broker (what a failed commit
+    /// carried goes with the next one, librdkafka's timer, or the commit on close).
+    fn commit(&mut self, consumer: &StreamConsumer) {
+        if self.due.take().is_some()
+            && let Err(err) = consumer.commit_consumer_state(CommitMode::Async)
+        {
+            tracing::debug!(error = %err, "Offsets not committed; the next commit carries them");
+        }
+    }
+}
+
 /// Feeds every record to `handler`, in partition order, until `shutdown`.
 ///
 /// A retriable failure retries the same record with backoff (up to 30 s between
@@ -80,9 +127,14 @@ where
     F: Future<Output = Result<(), HandlerError>>,
 {
     let consumed = metrics::counter!(omnigate_core::telemetry::metric::KAFKA_CONSUMED_TOTAL);
+    let mut commits = SoonCommit::default();
     'records: loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
+            () = commits.due(), if commits.pending() => {
+                commits.commit(&consumer);
+                continue;
+            }
             message = consumer.recv() => message,
         };
         let message = match message {
@@ -106,6 +158,8 @@ where
                 }
                 Err(HandlerError::Retriable(reason)) => {
                     tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "Retrying record");
+                    // The records before this one are done: no need to do them again.
+                    commits.commit(&consumer);
                     if !backoff.sleep_unless(&shutdown).await {
                         break 'records;
                     }
@@ -113,6 +167,7 @@ where
             }
         }
         consumer.store_offset_from_message(&message)?;
+        commits.stored();
         consumed.increment(1);
     }
     close(consumer, true).await
@@ -179,6 +234,7 @@ where
     use futures::{StreamExt, stream::FuturesOrdered};
     use tokio::sync::{mpsc, oneshot};
     let mut in_flight: InFlight = FuturesOrdered::new();
+    let mut commits = SoonCommit::default();
     let consumed = metrics::counter!(omnigate_core::telemetry::metric::KAFKA_CONSUMED_TOTAL);
     let lanes: Vec<mpsc::UnboundedSender<ForLane>> = if lanes > 1 {
         (0..lanes)
@@ -194,10 +250,12 @@ where
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
+            () = commits.due(), if commits.pending() => commits.commit(&consumer),
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 let finished = Finished::drain(done, &mut in_flight);
                 for (topic, partition, offset) in &finished.last_per_partition {
                     consumer.store_offset(topic, *partition, *offset)?;
+                    commits.stored();
                 }
                 consumed.increment(finished.records);
                 // Undecided: its lane stopped, so nothing after it was stored.

@@ -49,12 +49,17 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// The longest a delivery-report poll waits: also how long the serving thread can
+/// outlive the publisher.
+const DELIVERY_POLL: Duration = Duration::from_secs(5);
+
 /// librdkafka's producer with a thread of our own serving its delivery reports.
 ///
 /// rdkafka's `FutureProducer` polls every 100 ms, and its poll spins through the last
 /// sub-millisecond of each wait (the timeout is rounded down to whole milliseconds):
 /// an idle gateway burned about 1% of a core there. A report wakes a poll at once
-/// whatever its timeout, so this one waits a second at a time.
+/// whatever its timeout, so this one waits five seconds at a time: the spin comes once
+/// per wait, and the thread still ends within five seconds of the last handle's drop.
 struct ServedProducer {
     producer: Arc<BaseProducer<DeliveryContext>>,
     stop: Arc<AtomicBool>,
@@ -70,7 +75,7 @@ impl ServedProducer {
             .name("kafka-deliveries".into())
             .spawn(move || {
                 while !stopped.load(Ordering::Relaxed) {
-                    served.poll(Duration::from_secs(1));
+                    served.poll(DELIVERY_POLL);
                 }
             })
             .map_err(|_| KafkaError::Canceled)?;
@@ -80,7 +85,7 @@ impl ServedProducer {
 
 impl Drop for ServedProducer {
     fn drop(&mut self) {
-        // The thread ends within a second and drops the last handle to the producer.
+        // The thread ends within `DELIVERY_POLL` and drops the last handle to the producer.
         self.stop.store(true, Ordering::Relaxed);
     }
 }
@@ -242,11 +247,14 @@ impl KafkaPublisher {
     pub async fn probe(&self, health: Health, interval: Duration, shutdown: CancellationToken) {
         loop {
             let producer = self.producer().clone();
+            // One topic's metadata proves the broker answers as well as every topic's
+            // would, and costs the broker a fraction of building the whole list.
+            let topic = self.per_topic(Topic::Inbound).name.clone();
             let wait = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
             let reachable = tokio::task::spawn_blocking(move || {
                 producer
                     .client()
-                    .fetch_metadata(None, Timeout::After(wait))
+                    .fetch_metadata(Some(&topic), Timeout::After(wait))
                     .is_ok()
             })
             .await
