@@ -1,12 +1,13 @@
 //! `make bench`: the router (release binary, SQLite contact store) over a backlog of
 //! inbound events, beside a baseline measured in the same run that consumes and
-//! re-produces the same records with no routing logic. Prints events/s and memory.
+//! re-produces the same records with no routing logic. Prints events/s and memory,
+//! then the publish-to-routed latency at a moderate rate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use omnigate_core::publish::{Outgoing, Publisher, Topic};
 use omnigate_e2e::{
     bench::{
-        broker_cpu_seconds, cpu_seconds, env_or, fresh_broker, own_cpu_seconds, own_peak_mib,
+        Run, broker_cpu_seconds, cpu_seconds, env_or, fresh_broker, own_cpu_seconds, own_peak_mib,
         peak_mib, start_omnigate, stop,
     },
     brokers, free_port, kafka_config, unique_prefix,
@@ -154,6 +155,93 @@ async fn passthrough(prefix: &str, n: usize) -> Duration {
     elapsed
 }
 
+/// Latency at a moderate rate, once the router has worked off the backlog: publishes
+/// `BENCH_PACED` new events (default 2,000) at `BENCH_PACED_RATE` a second (default
+/// 1,000) and times each from its publish call to its routed record on Kafka.
+async fn routed_latency(prefix: &str, first: usize) -> Run {
+    use rdkafka::{
+        Message, Offset, TopicPartitionList,
+        consumer::{Consumer, StreamConsumer},
+        message::Headers,
+    };
+    use std::{
+        collections::HashMap,
+        sync::{Arc, Mutex},
+    };
+    let paced: usize = env_or("BENCH_PACED", 2_000);
+    let per_second: u64 = env_or("BENCH_PACED_RATE", 1_000);
+    let config = kafka_config(&brokers(), prefix);
+    let routed = Topic::Routed.name(prefix);
+    let reader: StreamConsumer = config
+        .client_config()
+        .set("group.id", unique_prefix("bench-latency"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..3 {
+        partitions
+            .add_partition_offset(&routed, partition, Offset::End)
+            .unwrap();
+    }
+    reader.assign(&partitions).unwrap();
+    // The end offsets are looked up as the reader starts; nothing is published before.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());
+    // A new producer's first publish waits for its connection and producer id: that is
+    // not the router's latency. This event is routed too, untimed.
+    publisher
+        .event(Topic::Inbound, event(first + paced))
+        .await
+        .unwrap();
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let pacing = {
+        let sent = Arc::clone(&sent);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
+            let mut pending = Vec::with_capacity(paced);
+            for i in 0..paced {
+                ticker.tick().await;
+                let event = event(first + i);
+                sent.lock()
+                    .unwrap()
+                    .insert(event.id.clone(), Instant::now());
+                let publisher = publisher.clone();
+                pending.push(tokio::spawn(async move {
+                    publisher.event(Topic::Inbound, event).await.unwrap()
+                }));
+            }
+            for p in pending {
+                p.await.unwrap();
+            }
+        })
+    };
+    let mut latency = Run::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while latency.requests < paced {
+        let message = tokio::time::timeout_at(deadline, reader.recv())
+            .await
+            .expect("every paced event routed within 120 s")
+            .unwrap();
+        let id = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "ce_id"))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        // conversation.* records have ids of their own.
+        if let Some(published) = id.and_then(|id| sent.lock().unwrap().remove(&id)) {
+            latency.requests += 1;
+            latency
+                .latencies_us
+                .push(published.elapsed().as_micros() as u32);
+        }
+    }
+    pacing.await.unwrap();
+    latency.latencies_us.sort_unstable();
+    latency
+}
+
 async fn routed_so_far(metrics: &str) -> i64 {
     let Ok(response) = reqwest::get(metrics).await else {
         return 0;
@@ -233,10 +321,19 @@ fn main() {
             peak_mib(&router),
             cpu_seconds(&router) / n as f64 * 1e6
         );
+        let router_broker_cpu = (broker_cpu_seconds() - broker_before) / n as f64 * 1e6;
+        let latency = routed_latency(&router_prefix, n).await;
+        println!(
+            "{:<38} p50 {:>7.2} ms  p99 {:>7.2} ms  ({} events at {}/s)",
+            "publish -> routed",
+            latency.percentile(0.5),
+            latency.percentile(0.99),
+            latency.requests,
+            env_or::<u64>("BENCH_PACED_RATE", 1_000),
+        );
         stop(router);
         println!(
-            "Broker (Kafka) CPU per event: {:.1} us under the router, {baseline_broker_cpu:.1} us under the baseline",
-            (broker_cpu_seconds() - broker_before) / n as f64 * 1e6
+            "Broker (Kafka) CPU per event: {router_broker_cpu:.1} us under the router, {baseline_broker_cpu:.1} us under the baseline"
         );
         println!(
             "\nratio: router / baseline = {:.2} (target >= 0.70); routed events/s = {rate:.0} (target >= 20000)",
