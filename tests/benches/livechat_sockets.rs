@@ -16,7 +16,7 @@
 
 use futures::{SinkExt as _, StreamExt as _, stream::SplitSink};
 use omnigate_e2e::{
-    bench::{Running, env_or, fresh_broker, rss_mib, start_omnigate},
+    bench::{Running, env_or, fresh_broker, rss_mib, start_omnigate, warmup},
     brokers, free_port, unique_prefix,
 };
 use std::{
@@ -144,9 +144,7 @@ fn main() {
         let sockets: usize = env_or("BENCH_SOCKETS", 10_000);
         let rate: u64 = env_or("BENCH_CHAT_RATE", 2_000);
         let duration = Duration::from_secs(env_or("BENCH_SECONDS", 10));
-        // Unmeasured load before each measured closed loop: the fresh broker's JIT and
-        // the gateway's first allocations are not what the loop measures.
-        let warmup = Duration::from_secs(env_or("BENCH_WARMUP_SECONDS", 5));
+        let warmup = warmup();
         rlimit::increase_nofile_limit(u64::MAX).unwrap();
         println!(
             "livechat_sockets: {sockets} idle sockets, closed loop on {CLOSED_LOOP_SOCKETS}, then {rate} messages/s, {}s per run\n",

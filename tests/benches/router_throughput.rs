@@ -7,8 +7,8 @@
 use omnigate_core::publish::{Outgoing, Publisher, Topic};
 use omnigate_e2e::{
     bench::{
-        Run, broker_cpu_seconds, cpu_seconds, env_or, fresh_broker, own_cpu_seconds, own_peak_mib,
-        peak_mib, start_omnigate, stop,
+        Run, broker_cpu_seconds, cpu_seconds, env_or, fresh_broker, latencies, own_cpu_seconds,
+        own_peak_mib, paced_rate, peak_mib, publish_paced, start_omnigate, stop,
     },
     brokers, free_port, kafka_config, unique_prefix,
 };
@@ -156,20 +156,14 @@ async fn passthrough(prefix: &str, n: usize) -> Duration {
 }
 
 /// Latency at a moderate rate, once the router has worked off the backlog: publishes
-/// `BENCH_PACED` new events (default 2,000) at `BENCH_PACED_RATE` a second (default
-/// 1,000) and times each from its publish call to its routed record on Kafka.
+/// the paced events ([`publish_paced`]) and times each from its publish call to its
+/// routed record on Kafka.
 async fn routed_latency(prefix: &str, first: usize) -> Run {
     use rdkafka::{
         Message, Offset, TopicPartitionList,
         consumer::{Consumer, StreamConsumer},
         message::Headers,
     };
-    use std::{
-        collections::HashMap,
-        sync::{Arc, Mutex},
-    };
-    let paced: usize = env_or("BENCH_PACED", 2_000);
-    let per_second: u64 = env_or("BENCH_PACED_RATE", 1_000);
     let config = kafka_config(&brokers(), prefix);
     let routed = Topic::Routed.name(prefix);
     let reader: StreamConsumer = config
@@ -187,59 +181,52 @@ async fn routed_latency(prefix: &str, first: usize) -> Run {
     reader.assign(&partitions).unwrap();
     // The end offsets are looked up as the reader starts; nothing is published before.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every routed record's id as it arrives (conversation.* records have ids of their own).
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let reading = tokio::spawn(async move {
+        while let Ok(message) = reader.recv().await {
+            let id = message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "ce_id"))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            if let Some(id) = id
+                && arrived.send((id, Instant::now())).is_err()
+            {
+                return;
+            }
+        }
+    });
 
     let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());
     // A new producer's first publish waits for its connection and producer id: that is
-    // not the router's latency. This event is routed too, untimed.
+    // not the router's latency. This event (numbered past any paced one) is routed
+    // too, untimed.
     publisher
-        .event(Topic::Inbound, event(first + paced))
+        .event(Topic::Inbound, event(first + 10_000_000))
         .await
         .unwrap();
-    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let pacing = {
-        let sent = Arc::clone(&sent);
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
-            let mut pending = Vec::with_capacity(paced);
-            for i in 0..paced {
-                ticker.tick().await;
-                let event = event(first + i);
-                sent.lock()
-                    .unwrap()
-                    .insert(event.id.clone(), Instant::now());
-                let publisher = publisher.clone();
-                pending.push(tokio::spawn(async move {
-                    publisher.event(Topic::Inbound, event).await.unwrap()
-                }));
-            }
-            for p in pending {
-                p.await.unwrap();
-            }
-        })
-    };
-    let mut latency = Run::default();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while latency.requests < paced {
-        let message = tokio::time::timeout_at(deadline, reader.recv())
+    let published = publish_paced(
+        &publisher,
+        Topic::Inbound,
+        |i| event(first + i),
+        |event| event.id.clone(),
+    )
+    .await;
+    let mut seen = Vec::with_capacity(published.len());
+    let mut outstanding = published.len();
+    while outstanding > 0 {
+        let (id, at) = tokio::time::timeout(Duration::from_secs(120), arrivals.recv())
             .await
             .expect("every paced event routed within 120 s")
             .unwrap();
-        let id = message
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "ce_id"))
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned());
-        // conversation.* records have ids of their own.
-        if let Some(published) = id.and_then(|id| sent.lock().unwrap().remove(&id)) {
-            latency.requests += 1;
-            latency
-                .latencies_us
-                .push(published.elapsed().as_micros() as u32);
+        if published.contains_key(&id) {
+            outstanding -= 1;
         }
+        seen.push((id, at));
     }
-    pacing.await.unwrap();
-    latency.latencies_us.sort_unstable();
-    latency
+    reading.abort();
+    latencies(&published, &seen)
 }
 
 async fn routed_so_far(metrics: &str) -> i64 {
@@ -329,7 +316,7 @@ fn main() {
             latency.percentile(0.5),
             latency.percentile(0.99),
             latency.requests,
-            env_or::<u64>("BENCH_PACED_RATE", 1_000),
+            paced_rate(),
         );
         stop(router);
         println!(

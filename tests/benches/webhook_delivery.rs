@@ -10,15 +10,14 @@ use axum::{extract::State, http::HeaderMap};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
     bench::{
-        Run, cpu_seconds, env_or, fresh_broker, own_cpu_seconds, own_peak_mib, peak_mib,
-        start_omnigate, stop,
+        Run, cpu_seconds, env_or, fresh_broker, latencies, own_cpu_seconds, own_peak_mib,
+        paced_rate, peak_mib, publish_paced, start_omnigate, stop,
     },
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{KafkaPublisher, admin};
 use omnigate_model::{EventType, pb};
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -353,43 +352,22 @@ fn main() {
 
         // Latency at a moderate rate: publish to delivery, per event.
         arrivals.lock().unwrap().clear();
-        let paced: usize = env_or("BENCH_PACED", 2_000);
-        let per_second: u64 = env_or("BENCH_PACED_RATE", 1_000);
-        let mut published = HashMap::with_capacity(paced);
-        let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
-        let mut pending = Vec::with_capacity(paced);
-        for i in 0..paced {
-            ticker.tick().await;
-            let event = event(n + i);
-            published.insert(
-                omnigate_webhooks::dispatcher::delivery_id(&endpoint_id, &event),
-                Instant::now(),
-            );
-            let publisher = publisher.clone();
-            pending.push(tokio::spawn(async move {
-                publisher.event(Topic::Routed, event).await.unwrap()
-            }));
-        }
-        for p in pending {
-            p.await.unwrap();
-        }
-        wait_for(&arrivals, paced, Duration::from_secs(120)).await;
-        let mut latency = Run::default();
-        for (id, at) in arrivals.lock().unwrap().iter() {
-            if let Some(sent) = published.get(id) {
-                latency.requests += 1;
-                latency
-                    .latencies_us
-                    .push(at.duration_since(*sent).as_micros() as u32);
-            }
-        }
-        latency.latencies_us.sort_unstable();
+        let published = publish_paced(
+            &publisher,
+            Topic::Routed,
+            |i| event(n + i),
+            |event| omnigate_webhooks::dispatcher::delivery_id(&endpoint_id, event),
+        )
+        .await;
+        wait_for(&arrivals, published.len(), Duration::from_secs(120)).await;
+        let latency = latencies(&published, &arrivals.lock().unwrap());
         println!(
-            "{:<38} p50 {:>7.2} ms  p99 {:>7.2} ms  ({} events at {per_second}/s; baseline post p99 {:.2} ms)",
+            "{:<38} p50 {:>7.2} ms  p99 {:>7.2} ms  ({} events at {}/s; baseline post p99 {:.2} ms)",
             "publish -> signed delivery",
             latency.percentile(0.5),
             latency.percentile(0.99),
             latency.requests,
+            paced_rate(),
             baseline_before.percentile(0.99),
         );
         stop(gateway);

@@ -19,7 +19,7 @@ use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
     bench::{
         Run, broker_cpu_seconds, cpu_seconds, env_or, fresh_broker, own_cpu_seconds, peak_mib,
-        release_bin, start_omnigate, stop,
+        release_bin, start_omnigate, stop, warmup,
     },
     brokers, free_port, kafka_config, unique_prefix,
 };
@@ -41,14 +41,6 @@ const VOICE_CALLS_PER_SECOND: usize = 30_000;
 
 fn seconds() -> u64 {
     env_or("BENCH_SECONDS", 10)
-}
-
-/// Unmeasured load before each measured run. A fresh broker is a cold JVM: its JIT
-/// compilers take seconds of CPU on the same two cores while the first load arrives,
-/// which would be billed to whichever phase runs first on it. Every phase, baselines
-/// included, gets the same warm-up.
-fn warmup() -> Duration {
-    Duration::from_secs(env_or("BENCH_WARMUP_SECONDS", 5))
 }
 
 /// Realistic bodies: a text message with a contact and a 1 KB text, unique wamids.

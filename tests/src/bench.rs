@@ -204,6 +204,66 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// Unmeasured load before each measured run (`BENCH_WARMUP_SECONDS`, default 5). A
+/// fresh broker is a cold JVM: its JIT compilers take seconds of CPU on the same cores
+/// while the first load arrives, which would be billed to whichever run comes first.
+pub fn warmup() -> Duration {
+    Duration::from_secs(env_or("BENCH_WARMUP_SECONDS", 5))
+}
+
+/// The rate of a latency phase: `BENCH_PACED_RATE` events a second (default 1,000).
+pub fn paced_rate() -> u64 {
+    env_or("BENCH_PACED_RATE", 1_000)
+}
+
+/// A latency phase's load: publishes `BENCH_PACED` events (default 2,000), `event(i)`
+/// for i from 0, to `topic` at [`paced_rate`], each in a task of its own so a slow
+/// acknowledgement holds up no other. Returns once every one was acknowledged, with
+/// the instant each publish began, by the id `id_of` gives its event.
+pub async fn publish_paced(
+    publisher: &omnigate_core::publish::Publisher,
+    topic: omnigate_core::publish::Topic,
+    event: impl Fn(usize) -> omnigate_model::pb::Event,
+    id_of: impl Fn(&omnigate_model::pb::Event) -> String,
+) -> std::collections::HashMap<String, std::time::Instant> {
+    let paced: usize = env_or("BENCH_PACED", 2_000);
+    let mut published = std::collections::HashMap::with_capacity(paced);
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / paced_rate()));
+    let mut pending = Vec::with_capacity(paced);
+    for i in 0..paced {
+        ticker.tick().await;
+        let event = event(i);
+        published.insert(id_of(&event), std::time::Instant::now());
+        let publisher = publisher.clone();
+        pending.push(tokio::spawn(async move {
+            publisher.event(topic, event).await.unwrap()
+        }));
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+    published
+}
+
+/// The latency of every arrival of a published id (publish began to arrival), as a
+/// run; arrivals of other ids are left out.
+pub fn latencies(
+    published: &std::collections::HashMap<String, std::time::Instant>,
+    arrivals: &[(String, std::time::Instant)],
+) -> Run {
+    let mut latency = Run::default();
+    for (id, at) in arrivals {
+        if let Some(sent) = published.get(id) {
+            latency.requests += 1;
+            latency
+                .latencies_us
+                .push(at.duration_since(*sent).as_micros() as u32);
+        }
+    }
+    latency.latencies_us.sort_unstable();
+    latency
+}
+
 /// Runs a bench's `main` body on a multi-threaded runtime.
 pub fn block_on<F: Future>(body: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()

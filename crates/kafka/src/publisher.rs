@@ -245,11 +245,11 @@ impl KafkaPublisher {
 
     /// Checks the broker every `interval` and records the result in `health`, until `shutdown`.
     pub async fn probe(&self, health: Health, interval: Duration, shutdown: CancellationToken) {
+        // One topic's metadata proves the broker answers as well as every topic's
+        // would, and costs the broker a fraction of building the whole list.
+        let topic = self.per_topic(Topic::Inbound).name.clone();
         loop {
-            let producer = self.producer().clone();
-            // One topic's metadata proves the broker answers as well as every topic's
-            // would, and costs the broker a fraction of building the whole list.
-            let topic = self.per_topic(Topic::Inbound).name.clone();
+            let (producer, topic) = (self.producer().clone(), topic.clone());
             let wait = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
             let reachable = tokio::task::spawn_blocking(move || {
                 producer
