@@ -92,7 +92,9 @@ impl Leases {
     /// One beat: heartbeat, renew, rebalance. Returns the folders this replica holds
     /// afterwards.
     pub async fn beat(&self, all: &[FolderId]) -> Result<BTreeSet<FolderId>, StoreError> {
-        let pool = self.store.pool();
+        // One connection for the whole beat: sqlx pings a connection each time it goes
+        // back to the pool, a round trip to its SQLite thread per statement otherwise.
+        let mut conn = self.store.pool().acquire().await?;
         let now = now_ms();
         let until = now + LEASE_TTL.as_millis() as i64;
         sqlx::query(
@@ -101,25 +103,25 @@ impl Leases {
         )
         .bind(&self.owner)
         .bind(until)
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
         sqlx::query("DELETE FROM email_replicas WHERE expires_at < $1")
             .bind(now)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?;
         let live: i64 = sqlx::query("SELECT COUNT(*) FROM email_replicas")
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?
             .get(0);
         sqlx::query("UPDATE email_leases SET expires_at = $1 WHERE owner = $2")
             .bind(until)
             .bind(&self.owner)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?;
         let rows =
             sqlx::query("SELECT channel, folder, owner FROM email_leases WHERE expires_at >= $1")
                 .bind(now)
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await?;
         let mut held = BTreeSet::new();
         let mut taken = BTreeSet::new();
@@ -139,7 +141,7 @@ impl Leases {
             .bind(channel)
             .bind(folder)
             .bind(&self.owner)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?;
             held.remove(&(channel.clone(), folder.clone()));
         }
@@ -155,7 +157,7 @@ impl Leases {
             .bind(&self.owner)
             .bind(until)
             .bind(now)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?;
             if done.rows_affected() == 1 {
                 held.insert((channel.clone(), folder.clone()));

@@ -65,14 +65,21 @@ pub async fn open(url: &str, schema: &[&str]) -> Result<(AnyPool, Checkpointer),
 /// while the log grows.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The longest a [`Checkpointer`] waits between checkpoints while nothing is written:
+/// The longest a [`Checkpointer`] waits between checkpoints while little is written:
 /// an idle gateway should not wake ten times a second for nothing, and the first
 /// writes after a quiet spell are checkpointed within this.
-const CHECKPOINT_IDLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+const CHECKPOINT_IDLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// New log frames (pages) since the last checkpoint that bring the short interval
+/// back: 1 MiB of 4 KiB pages. A few rows written now and then (leases renewed, a
+/// retry scheduled) are copied back at the idle pace instead of waking the
+/// checkpointer ten times a second after each of them.
+const BUSY_FRAMES: i64 = 256;
 
 /// While any clone of it lives, a SQLite database's write-ahead log is copied back
-/// into the database file (a passive checkpoint) every 100 ms while it grows, and
-/// less often (up to every 2 s) while it does not, on a connection of its own. Run by
+/// into the database file (a passive checkpoint) every 100 ms while it grows by 1 MiB
+/// or more between checkpoints, and less often (up to every 5 s) while it grows less,
+/// on a connection of its own. Run by
 /// the writer at a commit, the same work would hold that commit and every write
 /// queued behind it. A passive checkpoint never waits for the writer, nor the writer
 /// for it. For PostgreSQL and in-memory SQLite it does nothing.
@@ -119,10 +126,10 @@ impl Checkpointer {
 }
 
 /// The wait before the next checkpoint: the short interval when the last one found
-/// frames it had not seen before, twice the last wait (up to the idle interval) when
-/// the log stood still.
-fn next_checkpoint_wait(last: std::time::Duration, log_grew: bool) -> std::time::Duration {
-    if log_grew {
+/// `new_frames` of at least [`BUSY_FRAMES`], twice the last wait (up to the idle
+/// interval) when the log grew less or stood still.
+fn next_checkpoint_wait(last: std::time::Duration, new_frames: i64) -> std::time::Duration {
+    if new_frames >= BUSY_FRAMES {
         CHECKPOINT_INTERVAL
     } else {
         (last * 2).min(CHECKPOINT_IDLE_INTERVAL)
@@ -132,9 +139,8 @@ fn next_checkpoint_wait(last: std::time::Duration, log_grew: bool) -> std::time:
 async fn checkpoint_loop(pool: AnyPool, mut stopped: tokio::sync::oneshot::Receiver<()>) {
     let seconds = metrics::histogram!(crate::telemetry::metric::SQLITE_CHECKPOINT_SECONDS);
     let mut wait = CHECKPOINT_INTERVAL;
-    // The log's size and checkpointed frames as of the last checkpoint: when neither
-    // moved, nothing was written in between.
-    let mut last_seen: Option<(i64, i64)> = None;
+    // The log's size (in frames) at the last checkpoint.
+    let mut last_log = 0;
     loop {
         tokio::select! {
             _ = &mut stopped => break,
@@ -146,11 +152,13 @@ async fn checkpoint_loop(pool: AnyPool, mut stopped: tokio::sync::oneshot::Recei
             .fetch_one(&pool)
             .await
         {
-            Ok((_, log, checkpointed)) => {
+            Ok((_, log, _checkpointed)) => {
                 seconds.record(started.elapsed().as_secs_f64());
-                let seen = Some((log, checkpointed));
-                wait = next_checkpoint_wait(wait, seen != last_seen);
-                last_seen = seen;
+                // A log shorter than before was started over (after a checkpoint that
+                // copied all of it back): all its frames are new.
+                let new_frames = if log >= last_log { log - last_log } else { log };
+                wait = next_checkpoint_wait(wait, new_frames);
+                last_log = log;
             }
             Err(err) => {
                 // The writer's own checkpoints (the backstop) go on meanwhile.
@@ -325,15 +333,15 @@ mod checkpoint_tests {
     use std::time::Duration;
 
     #[test]
-    fn checkpoints_back_off_while_the_log_stands_still_and_return_when_it_grows() {
+    fn checkpoints_back_off_while_the_log_grows_little_and_return_when_it_grows_fast() {
         let mut wait = CHECKPOINT_INTERVAL;
         let mut waits = Vec::new();
-        for _ in 0..6 {
-            wait = next_checkpoint_wait(wait, false);
+        for new_frames in [0, 0, 3, 0, 255, 0, 0, 0] {
+            wait = next_checkpoint_wait(wait, new_frames);
             waits.push(wait.as_millis());
         }
-        assert_eq!(waits, [200, 400, 800, 1600, 2000, 2000]);
-        assert_eq!(next_checkpoint_wait(wait, true), Duration::from_millis(100));
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(next_checkpoint_wait(wait, 256), Duration::from_millis(100));
     }
 
     #[tokio::test]

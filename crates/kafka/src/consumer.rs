@@ -35,7 +35,7 @@ pub fn subscribe(
             format!("{}-{group}", config.instance_id),
         );
     }
-    let consumer: StreamConsumer = client
+    client
         .set("group.id", format!("{}{group}", config.topic_prefix))
         // Stored offsets are committed by [`SoonCommit`] within `COMMIT_AFTER`, and only
         // when something new was stored. Auto-commit stays on for the commit librdkafka
@@ -50,17 +50,10 @@ pub fn subscribe(
         // requests down; a member that died is still evicted after 15 s.
         .set("session.timeout.ms", "15000")
         .set("heartbeat.interval.ms", "5000")
-        // How often an idle consumer asks; a broker that answers only when this runs
-        // out would add it to every delivery (see `fetch_wait_max_ms`).
-        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
-        .set("fetch.min.bytes", config.fetch_min_bytes.to_string())
-        // A topic subscribed to before it existed is looked for again within a minute,
-        // not at librdkafka's five-minute metadata refresh; more often would be a
-        // request per consumer every few seconds on an idle broker.
-        .set("topic.metadata.refresh.interval.ms", "60000")
         // Bounds how long a rebalance waits for a member that died without leaving.
-        .set("max.poll.interval.ms", "30000")
-        .create()?;
+        .set("max.poll.interval.ms", "30000");
+    fetch_settings(&mut client, config);
+    let consumer: StreamConsumer = client.create()?;
     let names: Vec<String> = topics
         .iter()
         .map(|t| t.name(&config.topic_prefix))
@@ -68,6 +61,19 @@ pub fn subscribe(
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
     Ok(consumer)
+}
+
+/// How every consumer fetches, in or out of a group.
+pub(crate) fn fetch_settings(client: &mut rdkafka::ClientConfig, config: &KafkaConfig) {
+    client
+        // How often an idle consumer asks; a broker that answers only when this runs
+        // out would add it to every delivery (see `fetch_wait_max_ms`).
+        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
+        .set("fetch.min.bytes", config.fetch_min_bytes.to_string())
+        // A topic subscribed to before it existed is looked for again within a minute,
+        // not at librdkafka's five-minute metadata refresh; more often would be a
+        // request per consumer every few seconds on an idle broker.
+        .set("topic.metadata.refresh.interval.ms", "60000");
 }
 
 /// How soon after an offset is stored it is committed: what a crash can make this
@@ -416,7 +422,7 @@ async fn finish(consumer: StreamConsumer, mut in_flight: InFlight) -> Result<(),
     close(consumer, true).await
 }
 
-fn copy(message: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
+pub(crate) fn copy(message: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
     ConsumedRecord {
         topic: message.topic().to_string(),
         partition: message.partition(),

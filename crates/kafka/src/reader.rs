@@ -1,10 +1,10 @@
-//! Reads a whole topic from the beginning, outside any consumer group: for the
-//! router's state restore, `omnigate tail` and tests that check what landed.
+//! Reads a whole topic from the beginning, outside any consumer group, and follows it
+//! on: for the router's state, `omnigate tail` and tests that check what landed.
 
-use crate::config::KafkaConfig;
+use crate::{config::KafkaConfig, consumer::ConsumedRecord};
 use rdkafka::{
     Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
+    consumer::{BaseConsumer, Consumer, StreamConsumer},
     error::KafkaError,
     message::Headers,
 };
@@ -116,8 +116,9 @@ fn end_offset(consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<i6
 /// How long a topic may take to appear in the metadata after it was created.
 const METADATA_PATIENCE: Duration = Duration::from_secs(5);
 
-/// The settings of a reader: a group id of its own (it never commits; the id only
-/// keeps readers in one process and across processes apart), committed records only.
+/// The settings of a reader: a group id of its own (librdkafka assigns partitions only
+/// to a consumer with one; it never joins the group nor commits, so the broker keeps
+/// nothing of it), committed records only.
 fn reader_client(config: &KafkaConfig) -> rdkafka::ClientConfig {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -162,17 +163,19 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> ReadRecord {
 /// Reads every partition of `topic` from the beginning up to the end offsets it takes
 /// at the start of the call, however slowly the broker answers, and calls `each` with
 /// every record (committed records only). Fails when the ends are not reached within
-/// `timeout`, so a caller never mistakes a slow broker for an empty topic.
+/// `timeout`, so a caller never mistakes a slow broker for an empty topic. Returns those
+/// end offsets (partition to the next offset to read), where [`follow_from`] goes on.
 pub fn read_to_end(
     config: &KafkaConfig,
     topic: &str,
     timeout: Duration,
     mut each: impl FnMut(ReadRecord),
-) -> Result<(), ReadError> {
+) -> Result<BTreeMap<i32, i64>, ReadError> {
     let (consumer, ends) = assign_all(config, topic, Offset::Beginning)?;
     // A partition is done once its position reaches the end taken at start; an empty
     // one is done at once.
-    let mut pending: BTreeMap<i32, i64> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
+    let mut pending: BTreeMap<i32, i64> =
+        ends.iter().filter(|(_, end)| **end > 0).map(|(p, end)| (*p, *end)).collect();
     let started = Instant::now();
     while !pending.is_empty() {
         if started.elapsed() >= timeout {
@@ -214,7 +217,50 @@ pub fn read_to_end(
             None => {}
         }
     }
-    Ok(())
+    Ok(ends)
+}
+
+/// A consumer of `topic`, outside any consumer group, that starts each partition at the
+/// offset `positions` gives (as [`read_to_end`] returns them) and reads committed
+/// records only: for a follower that needs every partition. A group of its own would
+/// add heartbeats, librdkafka's twice-a-second poll check, commits, and a group left
+/// behind on the broker by every restart. Run it with [`follow_from`].
+pub fn assign_from(
+    config: &KafkaConfig,
+    topic: &str,
+    positions: &BTreeMap<i32, i64>,
+) -> Result<StreamConsumer, KafkaError> {
+    let mut client = reader_client(config);
+    crate::consumer::fetch_settings(&mut client, config);
+    let consumer: StreamConsumer = client.create()?;
+    let mut assignment = TopicPartitionList::new();
+    for (partition, offset) in positions {
+        assignment.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+/// Calls `each` with every record `consumer` (from [`assign_from`]) receives, until
+/// `shutdown`.
+pub async fn follow_from(
+    consumer: StreamConsumer,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut each: impl FnMut(ConsumedRecord),
+) {
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return,
+            message = consumer.recv() => message,
+        };
+        match message {
+            Ok(message) => each(crate::consumer::copy(&message)),
+            Err(err) => {
+                tracing::warn!(error = %err, "Kafka follower error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 /// Prints nothing of its own: calls `each` with every committed record of `topic` as it

@@ -52,35 +52,27 @@ pub async fn start(ctx: &RoleContext<'_>) -> anyhow::Result<()> {
     // Read to the end offsets taken now, whatever the broker's pace: stopping early
     // would route conversations as new that already have an id.
     let restoring = router.clone();
-    tokio::task::spawn_blocking(move || {
-        reader::read_to_end(&kafka, &topic, Duration::from_secs(300), |record| {
-            restoring.apply_state(&as_consumed(&record));
-        })
+    let (restore_kafka, restore_topic) = (kafka.clone(), topic.clone());
+    let positions = tokio::task::spawn_blocking(move || {
+        reader::read_to_end(
+            &restore_kafka,
+            &restore_topic,
+            Duration::from_secs(300),
+            |record| restoring.apply_state(&as_consumed(&record)),
+        )
     })
     .await?
     .context("cannot restore the router's state from its assignments topic")?;
     tracing::info!(conversations = router.state_len(), "Router state loaded");
 
-    // Then follow it, so assignments made by other instances arrive before a rebalance
-    // hands us their keys.
-    let follow_group = format!("{}-state-{}", config.router.group_id, uuid::Uuid::new_v4());
-    let follower = consumer::subscribe(
-        &config.kafka.for_background(),
-        &follow_group,
-        &[Topic::Assignments],
-    )?;
+    // Then follow it from there, so assignments made by other instances arrive before
+    // a rebalance hands us their keys. Every instance needs every partition: no group.
+    let follower = reader::assign_from(&kafka.for_background(), &topic, &positions)?;
     {
         let (router, shutdown) = (router.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            let result = consumer::run(follower, shutdown, move |record| {
-                router.apply_state(&record);
-                async { Ok(()) }
-            })
-            .await;
-            if let Err(err) = result {
-                tracing::error!(error = %err, "Router state follower stopped");
-            }
-        });
+        tasks.spawn(reader::follow_from(follower, shutdown, move |record| {
+            router.apply_state(&record);
+        }));
     }
 
     let main = consumer::subscribe(&config.kafka, &config.router.group_id, &[Topic::Inbound])?;
