@@ -447,6 +447,29 @@ async fn two_routers_agree_with_one() {
         a.log(),
         b.log()
     );
+    // Each instance follows the assignments of the other outside any group: the
+    // broker knows the routers' one group and nothing else of theirs.
+    assert_eq!(groups(&pair), [format!("{pair}router")]);
+}
+
+/// The consumer groups the broker knows whose names start with `prefix`.
+fn groups(prefix: &str) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let list = client
+        .fetch_group_list(None, Duration::from_secs(10))
+        .unwrap();
+    let mut names: Vec<String> = list
+        .groups()
+        .iter()
+        .map(|g| g.name().to_string())
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
