@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # 4.0 rather than 4.1: 4.1 always runs the share-group coordinator and its state
-# persister, whose timers cost an idle single node about 0.15% of a core; 4.0 starts
+# persister, whose timers cost an idle single node about 0.1% of a core; 4.0 starts
 # them only when share groups are switched on, and Omnigate uses none.
 KAFKA_VERSION=${KAFKA_VERSION:-4.0.2}
 KAFKA_HEAP=${KAFKA_HEAP:-512m}

@@ -174,11 +174,8 @@ pub fn read_to_end(
     let (consumer, ends) = assign_all(config, topic, Offset::Beginning)?;
     // A partition is done once its position reaches the end taken at start; an empty
     // one is done at once.
-    let mut pending: BTreeMap<i32, i64> = ends
-        .iter()
-        .filter(|(_, end)| **end > 0)
-        .map(|(p, end)| (*p, *end))
-        .collect();
+    let mut pending = ends.clone();
+    pending.retain(|_, end| *end > 0);
     let started = Instant::now();
     while !pending.is_empty() {
         if started.elapsed() >= timeout {
