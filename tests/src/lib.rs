@@ -51,7 +51,6 @@ pub fn kafka_config(brokers: &str, prefix: &str) -> KafkaConfig {
         background_fetch_wait_max_ms: 5000,
         fetch_min_bytes: 1,
         background_fetch_min_bytes: 1,
-        bulk_fetch_min_bytes: 65536,
         instance_id: String::new(),
         protobuf_topics: vec![],
         properties: BTreeMap::new(),

@@ -142,14 +142,14 @@ impl Connector for VoiceConnector {
             .values()
             .any(|channel| channel.provider == Provider::Twilio)
         {
-            // Recordings follow the inbound topic: a crash between the callback's 200
-            // and the copy never loses the copy.
+            // Recordings follow the jobs topic, where the callback put each voicemail to
+            // copy before its 200: a crash in between never loses the copy.
             let copier = voice.clone();
             ctx.subscriber.spawn(
                 &ctx,
                 "voice-recordings",
-                Topic::Inbound,
-                Pace::Bulk,
+                Topic::Jobs,
+                Pace::Background,
                 Box::new(move |record| {
                     let copier = copier.clone();
                     Box::pin(async move {

@@ -1,9 +1,10 @@
 //! Voicemail recordings copied from Twilio into the blob store, announced by a
 //! `message.media_updated` event for the call.
 //!
-//! This runs from a consumer of `omnigate.inbound.v1` rather than inside the
-//! recording callback, so the callback answers fast and a crash mid-copy only means
-//! the record is read again.
+//! This runs from a consumer of `omnigate.jobs.v1` (where the callback puts a copy of
+//! each voicemail with a recording to copy) rather than inside the recording callback,
+//! so the callback answers fast and a crash mid-copy only means the record is read
+//! again.
 
 use crate::{Voice, config::Provider};
 use omnigate_core::{
@@ -25,7 +26,16 @@ pub enum RecordingError {
     Permanent(String),
 }
 
-/// Whether `record` is a `call.voicemail` event, read from its headers only.
+/// Whether `event` is a voicemail of a Twilio channel whose recording is still at
+/// Twilio: such events also go to `jobs.v1`, where [`Voice::copy_recording`] picks
+/// them up.
+pub(crate) fn recording_to_copy(event: &pb::Event, provider: Provider) -> bool {
+    matches!(&event.payload, Some(pb::event::Payload::Call(call))
+        if provider == Provider::Twilio && !call.recording_url.is_empty() && call.recording.is_none())
+}
+
+/// Whether `record` is a `call.voicemail` event, read from its headers only (the jobs
+/// topic holds other connectors' jobs too).
 pub(crate) fn is_voicemail(record: &ConsumedRecord) -> bool {
     record.header("ce_type") == Some("io.omnigate.call.voicemail.v1")
 }

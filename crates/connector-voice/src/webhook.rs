@@ -18,8 +18,7 @@ use axum::{
 use chrono::Utc;
 use omnigate_core::{
     api_error::ApiError,
-    ingest,
-    publish::{Outgoing, Topic},
+    ingest, publish,
     telemetry::{ChannelMetrics, EventOutcome},
 };
 use omnigate_model::pb;
@@ -349,7 +348,9 @@ pub(crate) async fn publish_report(
     };
     let event = calls::call_event(&source, &decision);
     let event_type = decision.event_type;
-    let records = [(Topic::Inbound, Outgoing::Event(Box::new(event)))];
+    let copy_recording = crate::recordings::recording_to_copy(&event, config.provider);
+    let mut records = Vec::with_capacity(2);
+    publish::push_inbound(&mut records, event, copy_recording);
     let ingested =
         ingest::publish_or_dead_letter(&ctx.publisher, &ctx.blobs, &records, letter)
             .await

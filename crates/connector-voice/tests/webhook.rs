@@ -430,6 +430,17 @@ async fn the_voice_url_answers_twiml_and_the_recording_becomes_one_voicemail_eve
     };
     assert_eq!(call.duration_seconds, 17);
     assert!(call.recording_url.ends_with("/Recordings/RE0009"));
+    // Its copy for the recording consumer; no other event has a job.
+    let jobs: Vec<_> = setup
+        .kafka
+        .records()
+        .into_iter()
+        .filter_map(|(topic, record)| match (topic, record) {
+            (Topic::Jobs, Outgoing::Event(event)) => Some(*event),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(jobs, events, "the voicemail is on jobs.v1 too, once");
 
     // A caller forged into the callback URL breaks Twilio's signature.
     let forged = "/webhooks/twilio/voice/demo-twilio/recording?from=%2B19995550000";

@@ -144,19 +144,18 @@ impl Connector for WhatsappConnector {
 
     async fn start(&self, ctx: ConnectorContext) -> Result<axum::Router, ConnectorError> {
         let whatsapp = Whatsapp::new(self.config.clone(), ctx.clone());
-        // Media downloads follow the inbound topic: a crash between the webhook's 200
-        // and the download never loses the download.
+        // Media downloads follow the jobs topic, where the webhook put each event with
+        // pending media before its 200: a crash in between never loses the download.
         let media = whatsapp.clone();
         ctx.subscriber.spawn(
             &ctx,
             "whatsapp-media",
-            Topic::Inbound,
-            // It acts on the few events with pending media among all of them.
-            Pace::Bulk,
+            Topic::Jobs,
+            Pace::Background,
             Box::new(move |record| {
                 let media = media.clone();
                 Box::pin(async move {
-                    // Most events carry no pending media: skip them without decoding.
+                    // Other connectors' jobs: skip them without decoding.
                     if !media::has_pending_media(&record) {
                         return Ok(());
                     }

@@ -1,9 +1,9 @@
 //! Media download: Graph API lookup, authenticated download, size and hash checks,
 //! then the blob store and a `message.media_updated` event.
 //!
-//! This runs from a consumer of `omnigate.inbound.v1` rather than inside the webhook,
-//! so the webhook answers fast and a crash mid-download only means the record is
-//! read again.
+//! This runs from a consumer of `omnigate.jobs.v1` (where the webhook puts a copy of
+//! each event with pending media) rather than inside the webhook, so the webhook
+//! answers fast and a crash mid-download only means the record is read again.
 
 use crate::{
     NormalizeCtx, Whatsapp, WorkError,
@@ -173,7 +173,20 @@ fn extension(mime: &str) -> &'static str {
     }
 }
 
-/// A cheap pre-filter: only `message.received` events naming a pending attachment.
+/// Whether `event` has an attachment still to download: such events also go to
+/// `jobs.v1`, where [`Whatsapp::fetch_media`] picks them up.
+pub(crate) fn pending_media(event: &pb::Event) -> bool {
+    let Some(pb::event::Payload::Message(message)) = &event.payload else {
+        return false;
+    };
+    message.parts.iter().any(|part| {
+        matches!(&part.part, Some(pb::content_part::Part::Attachment(attachment))
+            if attachment.state == pb::MediaState::Pending as i32)
+    })
+}
+
+/// A cheap pre-filter of `jobs.v1` records (which hold other connectors' jobs too):
+/// only `message.received` events naming a pending attachment.
 pub(crate) fn has_pending_media(record: &omnigate_core::consume::ConsumedRecord) -> bool {
     use omnigate_core::consume::PROTOBUF;
     const PENDING_JSON: &[u8] = b"MEDIA_STATE_PENDING";

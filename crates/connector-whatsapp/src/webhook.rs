@@ -12,8 +12,7 @@ use axum::{
 use chrono::Utc;
 use omnigate_core::{
     api_error::ApiError,
-    ingest,
-    publish::{Outgoing, Topic},
+    ingest, publish,
     telemetry::{ChannelMetrics, EventOutcome},
 };
 use omnigate_model::pb;
@@ -118,11 +117,11 @@ async fn handle(
         wa.inner.windows.observe(event);
     }
     let count = normalized.events.len();
-    let records: Vec<_> = normalized
-        .events
-        .into_iter()
-        .map(|e| (Topic::Inbound, Outgoing::Event(Box::new(e))))
-        .collect();
+    let mut records = Vec::with_capacity(count);
+    for event in normalized.events {
+        let needs_download = crate::media::pending_media(&event);
+        publish::push_inbound(&mut records, event, needs_download);
+    }
     let ingested = ingest::publish_or_dead_letter(publisher, &wa.inner.ctx.blobs, &records, || {
         raw_letter(&cx, &body, "")
     })

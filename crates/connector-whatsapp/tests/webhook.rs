@@ -146,3 +146,39 @@ async fn an_unreadable_signed_body_is_dead_lettered_and_answered_200() {
     assert_eq!(response.status(), 200);
     assert_eq!(topics(&setup.kafka), [Topic::Deadletter]);
 }
+
+#[tokio::test]
+async fn an_image_goes_to_the_jobs_topic_too_and_a_text_does_not() {
+    let setup = setup().await;
+    let image = include_str!("fixtures/image.json");
+    let response = setup
+        .app
+        .clone()
+        .oneshot(post(image, b"demo-app-secret"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let records = setup.kafka.records();
+    let [
+        (Topic::Inbound, Outgoing::Event(inbound)),
+        (Topic::Jobs, Outgoing::Event(job)),
+    ] = records.as_slice()
+    else {
+        panic!("expected the image on inbound.v1 and jobs.v1: {records:?}");
+    };
+    assert_eq!(inbound, job, "the job is the same event");
+    assert_eq!(inbound.r#type, "message.received");
+
+    let response = setup
+        .app
+        .clone()
+        .oneshot(post(&text("wamid.5"), b"demo-app-secret"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        topics(&setup.kafka),
+        [Topic::Inbound, Topic::Jobs, Topic::Inbound],
+        "a text has nothing to download"
+    );
+}

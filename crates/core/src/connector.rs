@@ -244,11 +244,6 @@ pub enum Pace {
     /// Off the main path (send commands, state followers): idle consumers ask the
     /// broker less often; records still arrive one by one.
     Background,
-    /// Follows a busy topic for the few records it acts on (the WhatsApp media
-    /// downloads follow every inbound event): fetches wait for a batch
-    /// (`kafka.bulk_fetch_min_bytes`), up to the background fetch wait when traffic
-    /// is light, so the broker serves a few large fetches instead of one per record.
-    Bulk,
 }
 
 /// Runs a record handler over one topic in one consumer group, at least once, until

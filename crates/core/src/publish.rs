@@ -22,16 +22,22 @@ pub enum Topic {
     Assignments,
     /// `deadletter.v1`: what could not be normalized or delivered.
     Deadletter,
+    /// `jobs.v1`: a copy of each inbound event its connector still has work for
+    /// (media to download, a recording to copy), read only by that connector. The
+    /// work survives a crash after the provider's 2xx, and the connector reads only
+    /// those events instead of following every inbound one.
+    Jobs,
 }
 
 impl Topic {
     /// Every topic, in contract order.
-    pub const ALL: [Topic; 5] = [
+    pub const ALL: [Topic; 6] = [
         Self::Inbound,
         Self::Routed,
         Self::Outbound,
         Self::Assignments,
         Self::Deadletter,
+        Self::Jobs,
     ];
 
     /// The name without prefix, e.g. `inbound.v1`.
@@ -42,6 +48,7 @@ impl Topic {
             Self::Outbound => "outbound.v1",
             Self::Assignments => "router.assignments.v1",
             Self::Deadletter => "deadletter.v1",
+            Self::Jobs => "jobs.v1",
         }
     }
 
@@ -80,6 +87,16 @@ pub enum Outgoing {
         /// `ce_source` header: who wrote it, e.g. `/omnigate/router/<instance>`.
         source: String,
     },
+}
+
+/// Adds an inbound event to `records`: the event on `inbound.v1` and, when its
+/// connector still has work for it (`needs_work`: media to download, a recording to
+/// copy), a copy on `jobs.v1` for that connector's own consumer. Published together,
+/// both are on Kafka before the provider hears 2xx.
+pub fn push_inbound(records: &mut Vec<(Topic, Outgoing)>, event: pb::Event, needs_work: bool) {
+    let job = needs_work.then(|| (Topic::Jobs, Outgoing::Event(Box::new(event.clone()))));
+    records.push((Topic::Inbound, Outgoing::Event(Box::new(event))));
+    records.extend(job);
 }
 
 /// How a failed publish should be handled. Drives retries and HTTP status.

@@ -44,17 +44,10 @@ pub struct KafkaConfig {
     #[serde(default = "one_byte")]
     pub fetch_min_bytes: u32,
     /// `fetch_min_bytes` of the consumers off the main path. Default 1. Raising it
-    /// batches what a consumer that follows a busy topic record by record (the
-    /// WhatsApp media consumer follows every inbound event) fetches, at the price of
-    /// waiting up to `background_fetch_wait_max_ms` when traffic is light.
+    /// batches what they fetch, at the price of waiting up to
+    /// `background_fetch_wait_max_ms` when traffic is light.
     #[serde(default = "background_min_bytes")]
     pub background_fetch_min_bytes: u32,
-    /// `fetch_min_bytes` of consumers that follow a busy topic for the few records
-    /// they act on (the WhatsApp media consumer follows every inbound event). Their
-    /// fetches wait for this much, up to `background_fetch_wait_max_ms` when traffic
-    /// is light. Default 65536.
-    #[serde(default = "bulk_min_bytes")]
-    pub bulk_fetch_min_bytes: u32,
     /// A stable id of this instance (e.g. the pod name) for static consumer-group
     /// membership: a restarted instance takes its partitions back at once instead of
     /// waiting for the group to notice the old one is gone. Empty: dynamic membership.
@@ -76,10 +69,6 @@ fn one_byte() -> u32 {
 
 fn background_min_bytes() -> u32 {
     1
-}
-
-fn bulk_min_bytes() -> u32 {
-    65536
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -104,7 +93,6 @@ impl std::fmt::Debug for KafkaConfig {
                 "background_fetch_min_bytes",
                 &self.background_fetch_min_bytes,
             )
-            .field("bulk_fetch_min_bytes", &self.bulk_fetch_min_bytes)
             .field("instance_id", &self.instance_id)
             .field("protobuf_topics", &self.protobuf_topics)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
@@ -176,15 +164,6 @@ impl KafkaConfig {
         }
     }
 
-    /// The settings of a consumer that follows a busy topic for a few of its records:
-    /// the background fetch wait, and fetches that wait for a batch.
-    pub fn for_bulk(&self) -> Self {
-        Self {
-            fetch_min_bytes: self.bulk_fetch_min_bytes,
-            ..self.for_background()
-        }
-    }
-
     /// The librdkafka settings every client shares.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
@@ -228,7 +207,6 @@ mod tests {
             background_fetch_wait_max_ms: 100,
             fetch_min_bytes: 1,
             background_fetch_min_bytes: 4096,
-            bulk_fetch_min_bytes: 65536,
             instance_id: String::new(),
             protobuf_topics: Vec::new(),
             properties: BTreeMap::new(),

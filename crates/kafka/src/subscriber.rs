@@ -33,7 +33,6 @@ impl Subscribe for KafkaSubscriber {
         let config = match pace {
             Pace::Main => self.config.clone(),
             Pace::Background => self.config.for_background(),
-            Pace::Bulk => self.config.for_bulk(),
         };
         let consumer =
             consumer::subscribe(&config, group, &[topic]).map_err(|err| ConnectorError {
