@@ -49,8 +49,12 @@ async fn ten_thousand_events_round_trip_in_order() {
     let created = admin::ensure_topics(&config).await.unwrap();
     assert_eq!(
         created.len(),
-        5,
-        "all five contract topics are created: {created:?}"
+        Topic::ALL.len(),
+        "every contract topic is created: {created:?}"
+    );
+    assert!(
+        created.contains(&Topic::Jobs.name(&prefix)),
+        "the jobs topic too: {created:?}"
     );
     assert!(
         admin::ensure_topics(&config).await.unwrap().is_empty(),
