@@ -24,6 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// Why reading a folder stopped.
 #[derive(Debug, thiserror::Error)]
@@ -339,6 +340,20 @@ async fn ingest_mail(
     folder: &str,
     raw: &[u8],
 ) -> Result<(), FolderError> {
+    // Instrumented rather than entered: an entered span would stay entered on the
+    // worker thread, over other tasks, while this one waits.
+    let span = tracing::info_span!("mail", channel = %channel_id, folder = %folder);
+    ingest_mail_in_span(email, channel_id, folder, raw)
+        .instrument(span)
+        .await
+}
+
+async fn ingest_mail_in_span(
+    email: &Email,
+    channel_id: &str,
+    folder: &str,
+    raw: &[u8],
+) -> Result<(), FolderError> {
     let inner = &email.inner;
     let Some(channel) = inner.config.channels.get(channel_id) else {
         return Ok(());
@@ -350,8 +365,6 @@ async fn ingest_mail(
         address: &channel.address,
         folder,
     };
-    let span = tracing::info_span!("mail", channel = %channel_id, folder = %folder);
-    let _entered = span.enter();
     let mut mail = match normalize::normalize(raw, mailbox, now) {
         Ok(mail) => mail,
         Err(err) => {

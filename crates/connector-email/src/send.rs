@@ -29,6 +29,7 @@ use omnigate_model::{
 };
 use secrecy::ExposeSecret as _;
 use std::time::Instant;
+use tracing::Instrument as _;
 
 /// Why a command must be tried again later (the consumer retries it).
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,14 @@ impl Email {
     /// `omnigate.inbound.v1`. Fails only when that could not be recorded or published,
     /// so the command is retried (and not sent twice).
     pub(crate) async fn send(&self, command: &pb::SendCommand) -> Result<(), SendError> {
+        let channel_id = command.channel.as_ref().map(|c| c.channel_id.as_str());
+        // Instrumented rather than entered: an entered span would stay entered on the
+        // worker thread, over other tasks, while this one waits.
+        let span = tracing::info_span!("send", channel = channel_id.unwrap_or(""), command_id = %command.command_id);
+        self.send_in_span(command).instrument(span).await
+    }
+
+    async fn send_in_span(&self, command: &pb::SendCommand) -> Result<(), SendError> {
         let Some(channel_id) = command.channel.as_ref().map(|c| c.channel_id.as_str()) else {
             return Ok(());
         };
@@ -73,9 +82,6 @@ impl Email {
         };
         let store = &self.inner.store;
         let command_key = send_once_key(command);
-        let span =
-            tracing::info_span!("send", channel = %channel_id, command_id = %command.command_id);
-        let _entered = span.enter();
         let reply = ReplyContext {
             in_reply_to: Some(clean_id(&command.reply_to_provider_id)).filter(|id| !id.is_empty()),
             thread: match clean_id(&command.reply_to_provider_id) {

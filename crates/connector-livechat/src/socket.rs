@@ -28,6 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 /// Most attachments one message may carry.
 const MAX_ATTACHMENTS: usize = 10;
@@ -452,17 +453,19 @@ impl Session {
         };
         let event = normalize::message_event(who, &client_id, &text, attachments, Utc::now());
         let event_id = event.id.clone();
+        // Instrumented rather than entered: an entered span would stay entered on the
+        // worker thread, over other sockets, while this one waits for Kafka.
         let span =
             tracing::info_span!("livechat_message", channel = %channel, event_id = %event_id);
-        let _entered = span.enter();
-        match self
+        let published = self
             .chat
             .inner
             .ctx
             .publisher
             .event(Topic::Inbound, event)
-            .await
-        {
+            .instrument(span.clone())
+            .await;
+        match published {
             Ok(_) => {
                 METRICS.events(channel, EventOutcome::Published, 1);
                 self.chat.inner.history.record(HistoryRow {
@@ -479,7 +482,9 @@ impl Session {
                 }
             }
             Err(err) => {
-                tracing::warn!(error = %err, "Live chat message not on Kafka; nack");
+                span.in_scope(
+                    || tracing::warn!(error = %err, "Live chat message not on Kafka; nack"),
+                );
                 ServerFrame::Nack {
                     client_id,
                     code: if err.kind == ErrorKind::Permanent {
