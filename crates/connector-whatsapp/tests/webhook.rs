@@ -42,6 +42,13 @@ async fn setup() -> Setup {
     }
 }
 
+impl Setup {
+    /// The gateway's answer to a webhook POST of `body` signed with `secret`.
+    async fn post(&self, body: &str, secret: &[u8]) -> axum::response::Response {
+        self.app.clone().oneshot(post(body, secret)).await.unwrap()
+    }
+}
+
 fn text(wamid: &str) -> String {
     format!(
         r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550783881","phone_number_id":"106540352242922"}},"contacts":[{{"profile":{{"name":"Ada"}},"wa_id":"16505551234"}}],"messages":[{{"from":"16505551234","id":"{wamid}","timestamp":"1749416383","type":"text","text":{{"body":"Hello!"}}}}]}}}}]}}]}}"#
@@ -89,12 +96,7 @@ async fn a_signed_post_is_answered_only_after_kafka_acknowledged() {
 async fn a_broker_that_cannot_take_it_now_gets_503_with_retry_after() {
     let setup = setup().await;
     setup.kafka.fail_next(ErrorKind::Retriable, 1);
-    let response = setup
-        .app
-        .clone()
-        .oneshot(post(&text("wamid.2"), b"demo-app-secret"))
-        .await
-        .unwrap();
+    let response = setup.post(&text("wamid.2"), b"demo-app-secret").await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     assert!(setup.kafka.records().is_empty(), "nothing published");
@@ -105,12 +107,7 @@ async fn a_permanent_refusal_is_dead_lettered_and_answered_200() {
     let setup = setup().await;
     setup.kafka.fail_next(ErrorKind::Permanent, 1);
     let body = text("wamid.3");
-    let response = setup
-        .app
-        .clone()
-        .oneshot(post(&body, b"demo-app-secret"))
-        .await
-        .unwrap();
+    let response = setup.post(&body, b"demo-app-secret").await;
     assert_eq!(response.status(), 200, "the provider stops retrying");
     let records = setup.kafka.records();
     assert_eq!(topics(&setup.kafka), [Topic::Deadletter]);
@@ -124,12 +121,7 @@ async fn a_permanent_refusal_is_dead_lettered_and_answered_200() {
 #[tokio::test]
 async fn a_bad_signature_is_401_and_publishes_nothing() {
     let setup = setup().await;
-    let response = setup
-        .app
-        .clone()
-        .oneshot(post(&text("wamid.4"), b"not-the-secret"))
-        .await
-        .unwrap();
+    let response = setup.post(&text("wamid.4"), b"not-the-secret").await;
     assert_eq!(response.status(), 401);
     assert!(setup.kafka.records().is_empty());
 }
@@ -137,12 +129,7 @@ async fn a_bad_signature_is_401_and_publishes_nothing() {
 #[tokio::test]
 async fn an_unreadable_signed_body_is_dead_lettered_and_answered_200() {
     let setup = setup().await;
-    let response = setup
-        .app
-        .clone()
-        .oneshot(post("{not json", b"demo-app-secret"))
-        .await
-        .unwrap();
+    let response = setup.post("{not json", b"demo-app-secret").await;
     assert_eq!(response.status(), 200);
     assert_eq!(topics(&setup.kafka), [Topic::Deadletter]);
 }
@@ -151,12 +138,7 @@ async fn an_unreadable_signed_body_is_dead_lettered_and_answered_200() {
 async fn an_image_goes_to_the_jobs_topic_too_and_a_text_does_not() {
     let setup = setup().await;
     let image = include_str!("fixtures/image.json");
-    let response = setup
-        .app
-        .clone()
-        .oneshot(post(image, b"demo-app-secret"))
-        .await
-        .unwrap();
+    let response = setup.post(image, b"demo-app-secret").await;
     assert_eq!(response.status(), 200);
     let records = setup.kafka.records();
     let [
@@ -169,12 +151,7 @@ async fn an_image_goes_to_the_jobs_topic_too_and_a_text_does_not() {
     assert_eq!(inbound, job, "the job is the same event");
     assert_eq!(inbound.r#type, "message.received");
 
-    let response = setup
-        .app
-        .clone()
-        .oneshot(post(&text("wamid.5"), b"demo-app-secret"))
-        .await
-        .unwrap();
+    let response = setup.post(&text("wamid.5"), b"demo-app-secret").await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         topics(&setup.kafka),
