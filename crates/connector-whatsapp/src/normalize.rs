@@ -10,8 +10,7 @@ use omnigate_model::{
     phone::to_e164,
     timestamp,
 };
-use serde::Deserialize as _;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// How long a customer's message keeps the free-form service window open.
 pub const SERVICE_WINDOW: Duration = Duration::hours(24);
@@ -89,20 +88,28 @@ fn normalize_change(
         display_phone_number: &metadata.display_phone_number,
     };
     for raw in &value.messages {
-        match WaMessage::deserialize(raw) {
+        match serde_json::from_str::<WaMessage>(raw.get()) {
             Ok(message) => {
                 out.events
                     .push(message_event(&message, raw, &value.contacts, &business, cx))
             }
-            Err(err) => out.rejected.push(format!("message: {err}")),
+            Err(err) => out.rejected.push(format!("message: {}", reason(&err))),
         }
     }
     for raw in &value.statuses {
-        match WaStatus::deserialize(raw) {
+        match serde_json::from_str::<WaStatus>(raw.get()) {
             Ok(status) => out.events.push(status_event(&status, &business, cx)),
-            Err(err) => out.rejected.push(format!("status: {err}")),
+            Err(err) => out.rejected.push(format!("status: {}", reason(&err))),
         }
     }
+}
+
+/// Why one message or status was refused, without the position inside that item's
+/// own text, which would point nowhere useful in the webhook body.
+fn reason(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    let position = format!(" at line {} column {}", err.line(), err.column());
+    text.strip_suffix(&position).unwrap_or(&text).to_owned()
 }
 
 struct Business<'a> {
@@ -142,7 +149,7 @@ fn unix(seconds: i64) -> Option<DateTime<Utc>> {
 
 fn message_event(
     message: &WaMessage,
-    raw: &Value,
+    raw: &RawValue,
     contacts: &[WaContact],
     business: &Business<'_>,
     cx: &NormalizeCtx<'_>,
@@ -231,7 +238,7 @@ fn provider_errors(errors: &[WaError]) -> Vec<pb::ProviderError> {
 }
 
 /// The content parts of one message. Unknown types keep their raw JSON.
-fn parts(message: &WaMessage, raw: &Value) -> Vec<Part> {
+fn parts(message: &WaMessage, raw: &RawValue) -> Vec<Part> {
     let unsupported = || {
         vec![Part::Unsupported(pb::Unsupported {
             provider_type: message.kind.clone(),

@@ -2,7 +2,7 @@
 //! fields are ignored, because Meta adds fields without notice.
 
 use serde::{Deserialize, Deserializer};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 
 /// The POST body.
 #[derive(Debug, Deserialize)]
@@ -43,12 +43,13 @@ pub struct ChangeValue {
     /// Profiles of the senders of `messages`.
     #[serde(default)]
     pub contacts: Vec<WaContact>,
-    /// Inbound messages, kept raw so each can be parsed (and kept) on its own.
+    /// Inbound messages, kept as their JSON text so each can be parsed (and kept) on
+    /// its own without building a JSON tree first.
     #[serde(default)]
-    pub messages: Vec<Value>,
+    pub messages: Vec<Box<RawValue>>,
     /// Receipts for messages we sent, kept raw for the same reason.
     #[serde(default)]
-    pub statuses: Vec<Value>,
+    pub statuses: Vec<Box<RawValue>>,
 }
 
 /// The business number.

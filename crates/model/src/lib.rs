@@ -40,11 +40,11 @@ pub fn datetime(ts: &Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).ok()?)
 }
 
-/// Converts a `serde_json::Value` into the protobuf `Value` used for raw provider parts.
-pub fn json_to_value(json: &serde_json::Value) -> Value {
-    // Both sides use the canonical JSON mapping, so a serde round trip is exact; it
-    // reads the borrowed tree, not a copy of it.
-    serde::Deserialize::deserialize(json).unwrap_or_default()
+/// Converts a provider's raw JSON into the protobuf `Value` used for raw provider parts.
+pub fn json_to_value(json: &serde_json::value::RawValue) -> Value {
+    // Read straight from the text: no intermediate `serde_json::Value` tree to build
+    // and drop. `Value` takes any JSON, and `json` is valid JSON by construction.
+    serde_json::from_str(json.get()).unwrap_or_default()
 }
 
 /// Encodes an event as the canonical JSON that goes on Kafka.

@@ -82,7 +82,9 @@ fn every_part() -> Vec<pb::ContentPart> {
                 title: "Unsupported message type".into(),
                 details: String::new(),
             }],
-            raw: Some(omnigate_model::json_to_value(&raw)),
+            raw: Some(omnigate_model::json_to_value(
+                &serde_json::value::to_raw_value(&raw).expect("a JSON value"),
+            )),
         }),
     ]
     .into_iter()
