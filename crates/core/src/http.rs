@@ -20,7 +20,7 @@ use axum::{
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::time::{Duration, Instant};
-use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+use tracing::Instrument as _;
 
 #[derive(Clone)]
 struct OpsState {
@@ -35,28 +35,16 @@ pub fn with_ops(
     health: Health,
     metrics: PrometheusHandle,
 ) -> Router {
-    let body = BodyDeadline {
-        timeout: Duration::from_millis(config.body_timeout_ms),
-        limit: config.body_limit_bytes,
+    let edge = Edge {
+        body_timeout: Duration::from_millis(config.body_timeout_ms),
+        body_limit: config.body_limit_bytes,
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
     };
     app.merge(ops_routes(health, metrics))
-        .layer(middleware::from_fn(record_request))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_millis(config.request_timeout_ms),
-        ))
-        // Outside the request timeout: the handler's time starts once its body is in.
-        .layer(middleware::from_fn_with_state(body, read_body_within))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    // The path only: query strings can carry secrets (hub.verify_token).
-                    tracing::info_span!("http", method = %request.method(), path = %loggable_path(request.uri().path()))
-                })
-                // 5xx answers here are expected (503 while Kafka is away), not crashes.
-                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN)),
-        )
+        // One layer rather than a stack of four (trace, body deadline, timeout,
+        // metrics): each layer boxes and clones per request, on every webhook.
+        .layer(middleware::from_fn_with_state(edge, edge_of_request))
 }
 
 /// A request path fit for logs: the token segment of `/webhooks/cti/{channel}/{token}`
@@ -80,47 +68,92 @@ pub fn ops_routes(health: Health, metrics: PrometheusHandle) -> Router {
         .with_state(OpsState { health, metrics })
 }
 
+/// The limits every request passes through on its way in.
 #[derive(Clone, Copy)]
-struct BodyDeadline {
-    timeout: Duration,
-    limit: usize,
+struct Edge {
+    body_timeout: Duration,
+    body_limit: usize,
+    request_timeout: Duration,
+}
+
+/// Every request's way through: a span named after its method and path, its body read
+/// within the body deadline, the handler within the request timeout (which starts once
+/// the body is in), a warning for a 5xx answer and the request metrics.
+async fn edge_of_request(State(edge): State<Edge>, request: Request, next: Next) -> Response {
+    // The path only: query strings can carry secrets (hub.verify_token).
+    let span = tracing::info_span!("http", method = %request.method(), path = %loggable_path(request.uri().path()));
+    // The route template, never the raw path, keeps label cardinality bounded.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let response = async {
+        let request = match read_body_within(edge, request).await {
+            Ok(request) => request,
+            Err(refused) => return refused,
+        };
+        match tokio::time::timeout(edge.request_timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let elapsed = started.elapsed();
+    let status = response.status();
+    if status.is_server_error() {
+        // Expected while Kafka is away (503), so a warning, not an error.
+        span.in_scope(|| {
+            tracing::warn!(
+                status = status.as_u16(),
+                latency_ms = elapsed.as_millis() as u64,
+                "Request answered with a server error"
+            );
+        });
+    }
+    let status = status.as_u16().to_string();
+    metrics::histogram!(crate::telemetry::metric::HTTP_REQUEST_DURATION_SECONDS, "route" => route.clone(), "status" => status.clone())
+        .record(elapsed.as_secs_f64());
+    metrics::counter!(crate::telemetry::metric::HTTP_REQUESTS_TOTAL, "route" => route, "status" => status)
+        .increment(1);
+    response
 }
 
 /// Reads the whole body before the handler runs, within the body deadline: a body
 /// trickled in a byte at a time is cut off with 408 and its connection closed, and no
 /// handler (nor Kafka) ever sees part of it.
-async fn read_body_within(
-    State(deadline): State<BodyDeadline>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn read_body_within(edge: Edge, request: Request) -> Result<Request, Response> {
     let (parts, body) = request.into_parts();
-    match tokio::time::timeout(deadline.timeout, axum::body::to_bytes(body, deadline.limit)).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
+    match tokio::time::timeout(
+        edge.body_timeout,
+        axum::body::to_bytes(body, edge.body_limit),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, Body::from(bytes))),
         Ok(Err(err)) => {
             let too_large = std::error::Error::source(&err)
                 .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-            if too_large {
+            Err(if too_large {
                 (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response()
             } else {
                 (StatusCode::BAD_REQUEST, "request body could not be read").into_response()
-            }
+            })
         }
         Err(_) => {
             connections::count_cut(connections::Deadline::Body);
             tracing::warn!(
-                timeout_ms = deadline.timeout.as_millis() as u64,
+                timeout_ms = edge.body_timeout.as_millis() as u64,
                 "Request body not complete within server.body_timeout_ms; closing"
             );
-            (
+            Err((
                 StatusCode::REQUEST_TIMEOUT,
                 [(http::header::CONNECTION, "close")],
                 "request body too slow",
             )
-                .into_response()
+                .into_response())
         }
     }
 }
@@ -154,23 +187,6 @@ async fn render_metrics(State(state): State<OpsState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-async fn record_request(request: Request, next: Next) -> Response {
-    // The route template, never the raw path, keeps label cardinality bounded.
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!(crate::telemetry::metric::HTTP_REQUEST_DURATION_SECONDS, "route" => route.clone(), "status" => status.clone())
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!(crate::telemetry::metric::HTTP_REQUESTS_TOTAL, "route" => route, "status" => status)
-        .increment(1);
-    response
 }
 
 #[cfg(test)]
