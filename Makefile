@@ -42,8 +42,11 @@ lint: deps
 	cargo clippy --workspace --all-targets -- -D warnings
 
 # Benchmarks run against a fresh broker of their own (127.0.0.1:19092), stopped after.
+# Only the bench programs of tests/: --workspace --benches would also link every
+# library's empty bench harness, each with the release profile's LTO.
 bench: deps
-	cargo build --release --workspace --benches --bins
+	cargo build --release --workspace --bins
+	cargo build --release -p omnigate-e2e --benches
 	@scripts/kafka.sh bench
 	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench webhook_ingest
 	OMNIGATE_TEST_BROKERS=127.0.0.1:19092 cargo bench -p omnigate-e2e --bench router_throughput

@@ -4,15 +4,18 @@
 //!   1. a bare hyper server that reads the body and answers 200;
 //!   2. rdkafka producing the same event bytes with no HTTP at all.
 //!
-//! Both run before and after the gateway's runs, and the ratio takes the mean of the
-//! two: on a small shared machine one run of either moves by a third.
-//!
-//! Then signed Twilio status callbacks (one call each) at the voice connector, against
+//! and signed Twilio status callbacks (one call each) at the voice connector, against
 //! the same two baselines.
 //!
+//! The four take turns in short slices (`BENCH_SLICE_SECONDS`, 2 s), in a rotating
+//! order, until each has had `BENCH_SECONDS` (10 s): a shared host's speed moves by
+//! more than half from one minute to the next, and turns give every side the same
+//! mix of fast and slow moments. Then the gateway at half its measured rate, for
+//! the latency at moderate load.
+//!
 //! Prints requests/s, p50/p99 latency and peak memory, and the gateway's ratio to the
-//! lower baseline. Needs the broker `make bench` starts (Apache Kafka, KRaft); each
-//! measured phase restarts it empty and runs its own load unmeasured first.
+//! lower baseline. Needs the broker `make bench` starts (Apache Kafka, KRaft); the
+//! bench restarts it empty, and each side runs its load unmeasured first.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use omnigate_connector_voice::verify::twilio_signature;
@@ -20,8 +23,8 @@ use omnigate_connector_whatsapp::{NormalizeCtx, normalize, verify::sign};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
     bench::{
-        Run, broker_cpu_seconds, cpu_seconds, env_or, fresh_broker, own_cpu_seconds, peak_mib,
-        release_bin, start_omnigate, stop, warmup,
+        Run, Running, broker_cpu_seconds, cpu_seconds, env_or, fresh_broker, own_cpu_seconds,
+        peak_mib, release_bin, start_omnigate, warmup,
     },
     brokers, free_port, kafka_config, unique_prefix,
 };
@@ -41,8 +44,14 @@ const BODIES: usize = 50_000;
 /// Voice calls generated per second of a run, above any rate this bench reaches.
 const VOICE_CALLS_PER_SECOND: usize = 30_000;
 
+/// Measured seconds per side, over all its slices.
 fn seconds() -> u64 {
     env_or("BENCH_SECONDS", 10)
+}
+
+/// Seconds of one slice: one side's turn.
+fn slice_seconds() -> u64 {
+    env_or("BENCH_SLICE_SECONDS", 2)
 }
 
 /// Realistic bodies: a text message with a contact and a 1 KB text, unique wamids.
@@ -129,13 +138,14 @@ fn twilio_requests(url: String, auth_token: &[u8], first: usize, count: usize) -
     }
 }
 
-/// POSTs the requests with `concurrency()` keep-alive connections for `duration`;
-/// `rate` paces the total to that many requests per second when set.
-async fn load(requests: Requests, duration: Duration, rate: Option<f64>) -> Run {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency())
-        .build()
-        .unwrap();
+/// POSTs the requests with `concurrency()` keep-alive connections of `client` for
+/// `duration`; `rate` paces the total to that many requests per second when set.
+async fn load(
+    client: &reqwest::Client,
+    requests: Requests,
+    duration: Duration,
+    rate: Option<f64>,
+) -> Run {
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency())
         .map(|worker| {
@@ -183,32 +193,110 @@ async fn load(requests: Requests, duration: Duration, rate: Option<f64>) -> Run 
     Run::collect(tasks, started).await
 }
 
-/// A measured run: `warm` for the warm-up, then `requests` for `duration`. Returns the
-/// run with the CPU seconds `server` and the broker used over the measured part.
-async fn measure(
-    warm: Requests,
-    requests: Requests,
-    duration: Duration,
-    rate: Option<f64>,
-    server: &std::process::Child,
-) -> (Run, f64, f64) {
-    load(warm, warmup(), rate).await;
-    let (cpu_before, broker_before) = (cpu_seconds(server), broker_cpu_seconds());
-    let run = load(requests, duration, rate).await;
-    (
-        run,
-        cpu_seconds(server) - cpu_before,
-        broker_cpu_seconds() - broker_before,
-    )
+/// A keep-alive client with a connection for each request in flight.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency())
+        .build()
+        .unwrap()
 }
 
-/// Runs the bodies at a bare hyper server that reads each body and answers 200, and
-/// prints the run under `label`. Returns the run and the server's CPU seconds over it.
-async fn bare_hyper(
-    bodies: &Arc<Vec<(String, String)>>,
-    duration: Duration,
-    label: &str,
-) -> (Run, f64) {
+/// What one side of the bench loads.
+enum Load {
+    /// Signed POSTs at a server, the same bodies over and over.
+    Http(reqwest::Client, Requests),
+    /// Twilio callbacks at the voice connector: new calls every slice, since a call
+    /// already rung is not published again.
+    Voice {
+        client: reqwest::Client,
+        url: String,
+        next_call: usize,
+    },
+    /// The Kafka producer alone, in this process.
+    Produce(Publisher, Arc<Vec<omnigate_model::pb::Event>>),
+}
+
+/// One side of the bench: its load, the process whose CPU it is billed, and what its
+/// slices measured so far.
+struct Side {
+    label: &'static str,
+    load: Load,
+    /// `None`: the load runs in this process (the producer).
+    server: Option<Running>,
+    run: Run,
+    cpu_seconds: f64,
+    broker_cpu_seconds: f64,
+}
+
+impl Side {
+    fn new(label: &'static str, load: Load, server: Option<Running>) -> Self {
+        Self {
+            label,
+            load,
+            server,
+            run: Run::default(),
+            cpu_seconds: 0.0,
+            broker_cpu_seconds: 0.0,
+        }
+    }
+
+    fn cpu_now(&self) -> f64 {
+        match &self.server {
+            Some(server) => cpu_seconds(&server.0),
+            None => own_cpu_seconds(),
+        }
+    }
+
+    /// Runs the load for `duration`, unmeasured when `measured` is false.
+    async fn turn(&mut self, duration: Duration, measured: bool) -> f64 {
+        // Voice calls for this turn are made before its clock starts.
+        let voice = match &mut self.load {
+            Load::Voice { url, next_call, .. } => {
+                let count = VOICE_CALLS_PER_SECOND * duration.as_secs().max(1) as usize;
+                let requests = twilio_requests(url.clone(), b"bench-token", *next_call, count);
+                *next_call += count;
+                Some(requests)
+            }
+            _ => None,
+        };
+        let (cpu_before, broker_before) = (self.cpu_now(), broker_cpu_seconds());
+        let run = match (&self.load, voice) {
+            (Load::Http(client, requests), _) => {
+                load(client, requests.clone(), duration, None).await
+            }
+            (Load::Voice { client, .. }, Some(requests)) => {
+                load(client, requests, duration, None).await
+            }
+            (Load::Produce(publisher, events), _) => produce_for(publisher, events, duration).await,
+            (Load::Voice { .. }, None) => unreachable!("voice calls are made above"),
+        };
+        let rate = run.rate();
+        if measured {
+            self.cpu_seconds += self.cpu_now() - cpu_before;
+            self.broker_cpu_seconds += broker_cpu_seconds() - broker_before;
+            self.run.absorb(run);
+        }
+        rate
+    }
+
+    fn print(&self) {
+        let memory = self.server.as_ref().map_or(f64::NAN, |s| peak_mib(&s.0));
+        self.run.print(self.label, memory);
+    }
+
+    /// CPU per operation of its own process (server, or the producer), in us.
+    fn cpu_us(&self) -> f64 {
+        self.cpu_seconds / self.run.requests.max(1) as f64 * 1e6
+    }
+
+    /// The broker's CPU per operation, in us.
+    fn broker_us(&self) -> f64 {
+        self.broker_cpu_seconds / self.run.requests.max(1) as f64 * 1e6
+    }
+}
+
+/// Starts the bare hyper server that reads each body and answers 200.
+async fn bare_hyper() -> (Running, String) {
     let port = free_port();
     let hyper = Command::new(release_bin("bench-bare-hyper"))
         .arg(port.to_string())
@@ -217,41 +305,25 @@ async fn bare_hyper(
         .unwrap();
     let url = format!("http://127.0.0.1:{port}/");
     wait_http(&url).await;
-    let requests = Requests::whatsapp(url, bodies.clone());
-    let (run, cpu, _) = measure(requests.clone(), requests, duration, None, &hyper).await;
-    let memory = peak_mib(&hyper);
-    stop(hyper);
-    run.print(label, memory);
-    (run, cpu)
+    (Running(hyper), url)
 }
 
-/// Produces the normalized event of every body, the same number in flight, for
-/// `duration` after the warm-up. Returns the run with this process's CPU seconds and
-/// the broker's over the measured part.
-async fn produce_baseline(bodies: &[(String, String)], duration: Duration) -> (Run, f64, f64) {
+/// A publisher and the normalized event of every body, for the producer baseline.
+async fn producer(bodies: &[(String, String)]) -> (Publisher, Arc<Vec<omnigate_model::pb::Event>>) {
     let prefix = unique_prefix("bench-produce");
     let config = kafka_config(&brokers(), &prefix);
     admin::ensure_topics(&config).await.unwrap();
     let cx = NormalizeCtx {
         channel_id: "bench",
         tenant: "bench",
-        received_at: chrono_now(),
+        received_at: chrono::Utc::now(),
     };
-    let events: Arc<Vec<_>> = Arc::new(
-        bodies
-            .iter()
-            .map(|(b, _)| normalize(b.as_bytes(), &cx).unwrap().events.remove(0))
-            .collect(),
-    );
+    let events = bodies
+        .iter()
+        .map(|(b, _)| normalize(b.as_bytes(), &cx).unwrap().events.remove(0))
+        .collect();
     let publisher = Publisher::new(KafkaPublisher::new(&config).unwrap());
-    produce_for(&publisher, &events, warmup()).await;
-    let (cpu_before, broker_before) = (own_cpu_seconds(), broker_cpu_seconds());
-    let run = produce_for(&publisher, &events, duration).await;
-    (
-        run,
-        own_cpu_seconds() - cpu_before,
-        broker_cpu_seconds() - broker_before,
-    )
+    (publisher, Arc::new(events))
 }
 
 /// Publishes `events` round-robin, `concurrency()` in flight, for `duration`.
@@ -282,13 +354,12 @@ async fn produce_for(
     Run::collect(tasks, started).await
 }
 
-fn chrono_now() -> chrono::DateTime<chrono::Utc> {
-    chrono::Utc::now()
-}
-
-/// Starts the gateway with `config` and waits until it is ready on `port`.
-async fn start_gateway(config: &std::path::Path, port: u16) -> std::process::Child {
-    let gateway = start_omnigate(config);
+/// Starts the gateway with the config `toml` (written under `dir` as `name`) and
+/// waits until it is ready on `port`.
+async fn start_gateway(dir: &std::path::Path, name: &str, toml: &str, port: u16) -> Running {
+    let path = dir.join(name);
+    std::fs::write(&path, toml).unwrap();
+    let gateway = Running(start_omnigate(&path));
     wait_http(&format!("http://127.0.0.1:{port}/readyz")).await;
     gateway
 }
@@ -308,133 +379,146 @@ async fn wait_http(url: &str) {
 
 fn main() {
     omnigate_e2e::bench::block_on(async {
-        let duration = Duration::from_secs(seconds());
+        let (duration, slice) = (seconds(), slice_seconds().max(1));
+        let rounds = duration.div_ceil(slice);
         let bodies = Arc::new(bodies());
         let mean = bodies.iter().map(|(b, _)| b.len()).sum::<usize>() / bodies.len();
         println!(
-            "webhook_ingest: {} connections, {}s per run, bodies of {mean} bytes\n",
+            "webhook_ingest: {} connections, {rounds} turns of {slice} s per side, bodies of {mean} bytes\n",
             concurrency(),
-            duration.as_secs()
         );
-
-        // Baseline 1: bare hyper.
-        let (bare, bare_cpu) = bare_hyper(&bodies, duration, "baseline: bare hyper, 200").await;
-
-        // Baseline 2: rdkafka producing the same event bytes, no HTTP.
-        fresh_broker();
-        let (produce, produce_cpu, produce_broker_cpu) = produce_baseline(&bodies, duration).await;
-        produce.print("baseline: rdkafka produce, acked", f64::NAN);
-
-        // The gateway, on an empty broker too, into the same topic layout as the baseline
-        // (3 partitions).
         fresh_broker();
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         // The gateway's producer batching delay; the default config's value unless set.
         let linger: u64 = env_or("BENCH_LINGER_MS", 5);
-        let config = format!(
-            "roles = [\"whatsapp\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\npartitions = 3\nlinger_ms = {linger}\n[blobs]\nurl = \"file://{}\"\n[whatsapp.channels.bench]\nphone_number_id = \"106540352242922\"\nverify_token = \"v\"\napp_secret = \"bench-secret\"\naccess_token = \"t\"\n",
-            brokers(),
-            unique_prefix("bench-gateway"),
-            dir.path().join("blobs").display()
-        );
-        let path = dir.path().join("bench.toml");
-        std::fs::write(&path, config).unwrap();
-        let gateway = start_gateway(&path, port).await;
-        let url = format!("http://127.0.0.1:{port}/webhooks/whatsapp/bench");
-        let requests = Requests::whatsapp(url, bodies.clone());
-        let (full, gateway_cpu, gateway_broker_cpu) =
-            measure(requests.clone(), requests.clone(), duration, None, &gateway).await;
-        full.print("omnigate: signed POST -> Kafka ack", peak_mib(&gateway));
-        stop(gateway);
+        let kafka = |prefix: &str| {
+            format!(
+                "[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\npartitions = 3\nlinger_ms = {linger}\n[blobs]\nurl = \"file://{}\"\n",
+                brokers(),
+                unique_prefix(prefix),
+                dir.path().join(prefix).display()
+            )
+        };
 
-        // Half the measured rate, for the latency at moderate load; again from empty.
-        fresh_broker();
-        let gateway = start_gateway(&path, port).await;
-        let half_rate = full.rate() / 2.0;
-        let (half, _, _) = measure(
-            requests.clone(),
-            requests,
-            duration,
+        let (hyper, hyper_url) = bare_hyper().await;
+        let (publisher, events) = producer(&bodies).await;
+        let port = free_port();
+        // The same topic layout as the producer baseline (3 partitions).
+        let whatsapp = start_gateway(
+            dir.path(),
+            "whatsapp.toml",
+            &format!(
+                "roles = [\"whatsapp\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\n{}[whatsapp.channels.bench]\nphone_number_id = \"106540352242922\"\nverify_token = \"v\"\napp_secret = \"bench-secret\"\naccess_token = \"t\"\n",
+                kafka("bench-gateway")
+            ),
+            port,
+        )
+        .await;
+        let whatsapp_requests = Requests::whatsapp(
+            format!("http://127.0.0.1:{port}/webhooks/whatsapp/bench"),
+            bodies.clone(),
+        );
+        let voice_port = free_port();
+        let voice = start_gateway(
+            dir.path(),
+            "voice.toml",
+            &format!(
+                "roles = [\"voice\"]\n[server]\nlisten = \"127.0.0.1:{voice_port}\"\n{}[voice.channels.bench]\nprovider = \"twilio\"\nnumber = \"+15550100200\"\naccount_sid = \"AC00000000000000000000000000000000\"\nauth_token = \"bench-token\"\npublic_url = \"http://127.0.0.1:{voice_port}\"\n",
+                kafka("bench-voice")
+            ),
+            voice_port,
+        )
+        .await;
+
+        let mut sides = [
+            Side::new(
+                "baseline: bare hyper, 200",
+                Load::Http(client(), Requests::whatsapp(hyper_url, bodies.clone())),
+                Some(hyper),
+            ),
+            Side::new(
+                "baseline: rdkafka produce, acked",
+                Load::Produce(publisher, events),
+                None,
+            ),
+            Side::new(
+                "omnigate: signed POST -> Kafka ack",
+                Load::Http(client(), whatsapp_requests.clone()),
+                Some(whatsapp),
+            ),
+            Side::new(
+                "omnigate: Twilio callback -> Kafka ack",
+                Load::Voice {
+                    client: client(),
+                    url: format!("http://127.0.0.1:{voice_port}/webhooks/twilio/voice/bench"),
+                    next_call: 0,
+                },
+                Some(voice),
+            ),
+        ];
+        for side in &mut sides {
+            side.turn(warmup(), false).await;
+        }
+        // Each side takes every place in the order in turn.
+        for round in 0..rounds as usize {
+            let mut line = format!("turn {}:", round + 1);
+            for i in 0..sides.len() {
+                let side = &mut sides[(round + i) % sides.len()];
+                let rate = side.turn(Duration::from_secs(slice), true).await;
+                line.push_str(&format!("  {} {rate:.0}/s", side.label));
+            }
+            println!("{line}");
+        }
+        println!();
+        for side in &sides {
+            side.print();
+        }
+        let [bare, produce, full, voice] = &sides;
+
+        // Half the measured rate, for the latency at moderate load.
+        let half_rate = full.run.rate() / 2.0;
+        let Load::Http(whatsapp_client, _) = &full.load else {
+            unreachable!("the WhatsApp side posts over HTTP")
+        };
+        let half = load(
+            whatsapp_client,
+            whatsapp_requests,
+            Duration::from_secs(duration),
             Some(half_rate),
-            &gateway,
         )
         .await;
         half.print(
             &format!("omnigate at half rate ({half_rate:.0}/s)"),
-            peak_mib(&gateway),
+            f64::NAN,
         );
-        stop(gateway);
 
         println!(
             "CPU per request: omnigate {:.1} us, bare hyper {:.1} us (server processes only); rdkafka produce {:.1} us per event",
-            gateway_cpu / full.requests as f64 * 1e6,
-            bare_cpu / bare.requests as f64 * 1e6,
-            produce_cpu / produce.requests as f64 * 1e6
+            full.cpu_us(),
+            bare.cpu_us(),
+            produce.cpu_us()
         );
         println!(
             "Broker (Kafka) CPU per event: {:.1} us under the gateway, {:.1} us under the produce baseline",
-            gateway_broker_cpu / full.requests as f64 * 1e6,
-            produce_broker_cpu / produce.requests as f64 * 1e6
+            full.broker_us(),
+            produce.broker_us()
         );
-        // Voice: signed Twilio status callbacks, one call each, on an empty broker.
-        fresh_broker();
-        let port = free_port();
-        let config = format!(
-            "roles = [\"voice\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\npartitions = 3\nlinger_ms = {linger}\n[blobs]\nurl = \"file://{}\"\n[voice.channels.bench]\nprovider = \"twilio\"\nnumber = \"+15550100200\"\naccount_sid = \"AC00000000000000000000000000000000\"\nauth_token = \"bench-token\"\npublic_url = \"http://127.0.0.1:{port}\"\n",
-            brokers(),
-            unique_prefix("bench-voice"),
-            dir.path().join("blobs").display()
-        );
-        let voice_path = dir.path().join("voice.toml");
-        std::fs::write(&voice_path, config).unwrap();
-        let gateway = start_gateway(&voice_path, port).await;
-        // Distinct calls for the warm-up and the measured run: a call already rung is
-        // not published again.
-        let url = format!("http://127.0.0.1:{port}/webhooks/twilio/voice/bench");
-        let calls = |seconds: u64| VOICE_CALLS_PER_SECOND * seconds as usize;
-        let warm = twilio_requests(url.clone(), b"bench-token", 0, calls(warmup().as_secs()));
-        let requests = twilio_requests(
-            url,
-            b"bench-token",
-            calls(warmup().as_secs()),
-            calls(duration.as_secs()),
-        );
-        let (voice, voice_cpu, voice_broker_cpu) =
-            measure(warm, requests, duration, None, &gateway).await;
-        voice.print("omnigate: Twilio callback -> Kafka ack", peak_mib(&gateway));
-        stop(gateway);
         println!(
             "Voice: CPU per request {:.1} us; broker CPU per event {:.1} us",
-            voice_cpu / voice.requests.max(1) as f64 * 1e6,
-            voice_broker_cpu / voice.requests.max(1) as f64 * 1e6
+            voice.cpu_us(),
+            voice.broker_us()
         );
-
-        // The producer baseline again, after the gateway: its rate spreads by half between
-        // runs on a small machine, so the ratio takes the mean of before and after.
-        fresh_broker();
-        let (produce_after, _, _) = produce_baseline(&bodies, duration).await;
-        produce_after.print("baseline: rdkafka produce, acked (after)", f64::NAN);
-        let produce_rate = (produce.rate() + produce_after.rate()) / 2.0;
-        println!("rdkafka produce, mean of before and after: {produce_rate:.0} /s");
-        // Bare hyper again, after the gateway: like the producer's, its rate moves by a
-        // third between runs here, so the ratio takes the mean of before and after.
-        let (bare_after, _) =
-            bare_hyper(&bodies, duration, "baseline: bare hyper, 200 (after)").await;
-        let bare_rate = (bare.rate() + bare_after.rate()) / 2.0;
-        println!("bare hyper, mean of before and after: {bare_rate:.0} /s");
-
-        let lower = bare_rate.min(produce_rate);
+        let lower = bare.run.rate().min(produce.run.rate());
         println!(
             "\nratio: omnigate / lower baseline = {:.2} (target >= 0.50); acknowledged events/s = {:.0} (target >= 10000); p99 at half rate = {:.2} ms (target < 25)",
-            full.rate() / lower,
-            full.rate(),
+            full.run.rate() / lower,
+            full.run.rate(),
             half.percentile(0.99)
         );
         println!(
             "ratio: voice / lower baseline = {:.2} (target >= 0.50); acknowledged call events/s = {:.0}",
-            voice.rate() / lower,
-            voice.rate()
+            voice.run.rate() / lower,
+            voice.run.rate()
         );
     });
 }

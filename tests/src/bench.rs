@@ -37,6 +37,15 @@ impl Run {
         run
     }
 
+    /// Adds another run of the same load (a later slice of it) to this one.
+    pub fn absorb(&mut self, other: Run) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.latencies_us.extend(other.latencies_us);
+        self.latencies_us.sort_unstable();
+    }
+
     /// Operations per second.
     pub fn rate(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
