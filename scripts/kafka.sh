@@ -16,7 +16,8 @@
 #                              DATA, in the foreground (tests that stop and restart one)
 #
 # Environment: KAFKA_VERSION (default below), KAFKA_HEAP (default 512 MiB),
-# OMNIGATE_CACHE (default ~/.cache/omnigate), KAFKA_PORT (overrides the mode's port).
+# OMNIGATE_CACHE (default ~/.cache/omnigate), KAFKA_PORT (overrides the mode's port),
+# KAFKA_JIT (bench mode: `quick`, the default, or `full` for the optimizing compiler).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -217,11 +218,17 @@ case "$mode" in
     [ -f .tmp/kafka-bench.data ] && rm -rf "$(cat .tmp/kafka-bench.data)"
     data=$(mktemp -d "${TMPDIR:-/tmp}/omnigate-kafka-bench.XXXXXX")
     echo "$data" >.tmp/kafka-bench.data
-    # The quick compiler only. Each measured phase gets a fresh broker, and on two
-    # cores its optimizing compiler took about half the broker's CPU all through a
-    # phase, billed to whatever the phase measured; the quick compiler's work is
-    # done within the phase's warm-up.
-    jit_flags=(-XX:TieredStopAtLevel=1)
+    # The quick compiler only, unless KAFKA_JIT=full. Most benches give each measured
+    # phase a fresh broker, and on two cores its optimizing compiler took about half
+    # the broker's CPU all through a phase, billed to whatever the phase measured; the
+    # quick compiler's work is done within the phase's warm-up. A bench that runs all
+    # its sides on one broker, after warm-ups long enough for the optimizing
+    # compiler, asks for it, as production brokers run.
+    if [ "${KAFKA_JIT:-quick}" = full ]; then
+      jit_flags=()
+    else
+      jit_flags=(-XX:TieredStopAtLevel=1)
+    fi
     echo "==> Starting a fresh Apache Kafka $KAFKA_VERSION for benchmarks on 127.0.0.1:$port"
     start_background "$port" "$data" kafka-bench
     ;;
