@@ -221,9 +221,9 @@ case "$mode" in
     # The quick compiler only, unless KAFKA_JIT=full. Most benches give each measured
     # phase a fresh broker, and on two cores its optimizing compiler took about half
     # the broker's CPU all through a phase, billed to whatever the phase measured; the
-    # quick compiler's work is done within the phase's warm-up. A bench that runs all
-    # its sides on one broker, after warm-ups long enough for the optimizing
-    # compiler, asks for it, as production brokers run.
+    # quick compiler's work is done within the phase's warm-up. KAFKA_JIT=full is for
+    # comparing a bench whose sides share one broker (webhook_ingest) on a broker
+    # compiled as production brokers are.
     if [ "${KAFKA_JIT:-quick}" = full ]; then
       jit_flags=()
     else

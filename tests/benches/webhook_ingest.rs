@@ -9,8 +9,8 @@
 //!
 //! The four take turns in short slices (`BENCH_SLICE_SECONDS`, 2 s), in a rotating
 //! order, until each has had `BENCH_SECONDS` (10 s): a shared host's speed moves by
-//! more than half from one minute to the next, and turns give every side the same
-//! mix of fast and slow moments. Then the gateway at half its measured rate, for
+//! more than half from one run of a few seconds to the next, and turns give every
+//! side the same mix of fast and slow moments. Then the gateway at half its measured rate, for
 //! the latency at moderate load.
 //!
 //! Prints requests/s, p50/p99 latency and peak memory, and the gateway's ratio to the
@@ -240,40 +240,40 @@ impl Side {
         }
     }
 
-    fn cpu_now(&self) -> f64 {
-        match &self.server {
-            Some(server) => cpu_seconds(&server.0),
-            None => own_cpu_seconds(),
-        }
-    }
-
     /// Runs the load for `duration`, unmeasured when `measured` is false.
     async fn turn(&mut self, duration: Duration, measured: bool) -> f64 {
-        // Voice calls for this turn are made before its clock starts.
-        let voice = match &mut self.load {
-            Load::Voice { url, next_call, .. } => {
+        let server = &self.server;
+        let mark = || {
+            let cpu = server
+                .as_ref()
+                .map_or_else(own_cpu_seconds, |s| cpu_seconds(&s.0));
+            (cpu, broker_cpu_seconds())
+        };
+        // Each arm marks the CPU clocks right before its load starts.
+        let ((cpu_before, broker_before), run) = match &mut self.load {
+            Load::Http(client, requests) => {
+                (mark(), load(client, requests.clone(), duration, None).await)
+            }
+            Load::Voice {
+                client,
+                url,
+                next_call,
+            } => {
+                // This turn's calls are made before its clock starts.
                 let count = VOICE_CALLS_PER_SECOND * duration.as_secs().max(1) as usize;
                 let requests = twilio_requests(url.clone(), b"bench-token", *next_call, count);
                 *next_call += count;
-                Some(requests)
+                (mark(), load(client, requests, duration, None).await)
             }
-            _ => None,
-        };
-        let (cpu_before, broker_before) = (self.cpu_now(), broker_cpu_seconds());
-        let run = match (&self.load, voice) {
-            (Load::Http(client, requests), _) => {
-                load(client, requests.clone(), duration, None).await
+            Load::Produce(publisher, events) => {
+                (mark(), produce_for(publisher, events, duration).await)
             }
-            (Load::Voice { client, .. }, Some(requests)) => {
-                load(client, requests, duration, None).await
-            }
-            (Load::Produce(publisher, events), _) => produce_for(publisher, events, duration).await,
-            (Load::Voice { .. }, None) => unreachable!("voice calls are made above"),
         };
         let rate = run.rate();
         if measured {
-            self.cpu_seconds += self.cpu_now() - cpu_before;
-            self.broker_cpu_seconds += broker_cpu_seconds() - broker_before;
+            let (cpu_after, broker_after) = mark();
+            self.cpu_seconds += cpu_after - cpu_before;
+            self.broker_cpu_seconds += broker_after - broker_before;
             self.run.absorb(run);
         }
         rate
