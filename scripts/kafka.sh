@@ -217,6 +217,7 @@ case "$mode" in
     stop_pidfile .tmp/kafka-bench.pid
     [ -f .tmp/kafka-bench.data ] && rm -rf "$(cat .tmp/kafka-bench.data)"
     data=$(mktemp -d "${TMPDIR:-/tmp}/omnigate-kafka-bench.XXXXXX")
+    mkdir -p .tmp
     echo "$data" >.tmp/kafka-bench.data
     # The quick compiler only, unless KAFKA_JIT=full. Most benches give each measured
     # phase a fresh broker, and on two cores its optimizing compiler took about half
