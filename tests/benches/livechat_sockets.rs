@@ -5,9 +5,11 @@
 //!    sockets open and idle (after `hello`), per socket, over the same gateway with
 //!    none. Goal: under 16 KiB per idle socket.
 //! 2. Rate: 256 sockets each sending a message and waiting for its answer, as fast as
-//!    they can, for `BENCH_SECONDS` after `BENCH_WARMUP_SECONDS` (5) unmeasured: acks
-//!    (Kafka-acknowledged) per second from the gateway, echoes per second from the
-//!    echo server. Goal: at least 50% of the echo.
+//!    they can: acks (Kafka-acknowledged) per second from the gateway, echoes per
+//!    second from the echo server (`bench-bare-websocket`, its own process like the
+//!    gateway). After `BENCH_WARMUP_SECONDS` (5) of each unmeasured, the two take
+//!    `BENCH_SLICE_SECONDS` (2) turns until each has had `BENCH_SECONDS` (10), so that
+//!    both see the same host. Goal: at least 50% of the echo.
 //! 3. Latency: `BENCH_CHAT_RATE` (2,000) messages per second spread over every socket:
 //!    ack latency p50/p99. Goal: p99 under 50 ms.
 //!
@@ -16,11 +18,15 @@
 
 use futures::{SinkExt as _, StreamExt as _, stream::SplitSink};
 use omnigate_e2e::{
-    bench::{Running, env_or, fresh_broker, rss_mib, start_omnigate, warmup},
+    bench::{
+        Running, broker_cpu_seconds, cpu_seconds, env_or, fresh_broker, own_cpu_seconds,
+        release_bin, rss_mib, start_omnigate, wait_http, warmup,
+    },
     brokers, free_port, unique_prefix,
 };
 use std::{
     collections::HashMap,
+    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -33,7 +39,10 @@ use tokio_tungstenite::{
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Sink = SplitSink<Socket, Message>;
 
-const CLOSED_LOOP_SOCKETS: usize = 256;
+/// Sockets in the closed loop, each with one message in flight.
+fn closed_loop_sockets() -> usize {
+    env_or("BENCH_CHAT_CONCURRENCY", 256)
+}
 
 /// Opens a socket; for the gateway, with the subprotocol and a `hello` answered.
 async fn open(url: &str, gateway: bool) -> Socket {
@@ -74,9 +83,9 @@ fn answered(text: &str) -> Option<String> {
         .flatten()
 }
 
-/// Closed loop: each socket sends, waits for its answer, sends again. Answers/s, and
-/// the sockets for the next run.
-async fn closed_loop(sockets: Vec<Socket>, duration: Duration, tag: &str) -> (f64, Vec<Socket>) {
+/// Closed loop: each socket sends, waits for its answer, sends again. Answers, and
+/// the sockets for the next turn.
+async fn closed_loop(sockets: Vec<Socket>, duration: Duration, tag: &str) -> (u64, Vec<Socket>) {
     let deadline = Instant::now() + duration;
     let tasks: Vec<_> = sockets
         .into_iter()
@@ -108,28 +117,100 @@ async fn closed_loop(sockets: Vec<Socket>, duration: Duration, tag: &str) -> (f6
         total += done;
         sockets.push(socket);
     }
-    (total as f64 / duration.as_secs_f64(), sockets)
+    (total, sockets)
 }
 
-/// A bare websocket echo server (tokio-tungstenite), the baseline.
-async fn echo_server() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(frame)) = socket.next().await {
-                    if frame.is_text() && socket.send(frame).await.is_err() {
-                        return;
-                    }
-                }
-            });
+/// One side of the closed-loop phase: its server process, its sockets, and what its
+/// turns measured so far.
+struct Side {
+    label: &'static str,
+    server: Running,
+    sockets: Vec<Socket>,
+    answers: u64,
+    seconds: f64,
+    cpu_seconds: f64,
+    broker_cpu_seconds: f64,
+    client_cpu_seconds: f64,
+    turns: usize,
+}
+
+impl Side {
+    fn new(label: &'static str, server: Running, sockets: Vec<Socket>) -> Self {
+        Self {
+            label,
+            server,
+            sockets,
+            answers: 0,
+            seconds: 0.0,
+            cpu_seconds: 0.0,
+            broker_cpu_seconds: 0.0,
+            client_cpu_seconds: 0.0,
+            turns: 0,
         }
-    });
-    port
+    }
+
+    /// Runs the closed loop for `duration`, unmeasured when `measured` is false; the
+    /// turn's rate.
+    async fn turn(&mut self, duration: Duration, measured: bool) -> f64 {
+        let mark = |server: &Running| {
+            (
+                cpu_seconds(&server.0),
+                broker_cpu_seconds(),
+                own_cpu_seconds(),
+            )
+        };
+        let sockets = std::mem::take(&mut self.sockets);
+        // Client ids stay unique over every turn of the run.
+        let tag = format!("turn{}", self.turns);
+        self.turns += 1;
+        let before = mark(&self.server);
+        let started = Instant::now();
+        let (done, sockets) = closed_loop(sockets, duration, &tag).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let after = mark(&self.server);
+        self.sockets = sockets;
+        if measured {
+            self.answers += done;
+            self.seconds += elapsed;
+            self.cpu_seconds += after.0 - before.0;
+            self.broker_cpu_seconds += after.1 - before.1;
+            self.client_cpu_seconds += after.2 - before.2;
+        }
+        done as f64 / elapsed
+    }
+
+    fn rate(&self) -> f64 {
+        self.answers as f64 / self.seconds.max(f64::MIN_POSITIVE)
+    }
+
+    /// CPU per answer, in us: the server's, the broker's, the load generator's.
+    fn cpu_us(&self) -> (f64, f64, f64) {
+        let per = |seconds: f64| seconds / self.answers.max(1) as f64 * 1e6;
+        (
+            per(self.cpu_seconds),
+            per(self.broker_cpu_seconds),
+            per(self.client_cpu_seconds),
+        )
+    }
+}
+
+/// Starts the bare websocket echo server, the baseline, as its own process.
+async fn echo_server() -> (Running, String) {
+    let port = free_port();
+    let echo = Running(
+        Command::new(release_bin("bench-bare-websocket"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..300 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return (echo, format!("ws://127.0.0.1:{port}/"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the echo server never came up on port {port}");
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -147,48 +228,35 @@ fn main() {
         let warmup = warmup();
         rlimit::increase_nofile_limit(u64::MAX).unwrap();
         println!(
-            "livechat_sockets: {sockets} idle sockets, closed loop on {CLOSED_LOOP_SOCKETS}, then {rate} messages/s, {}s per run\n",
+            "livechat_sockets: {sockets} idle sockets, closed loop on {}, then {rate} messages/s, {}s per run\n",
+            closed_loop_sockets(),
             duration.as_secs()
         );
 
-        // Baseline: the echo server.
-        let echo = echo_server().await;
-        let url = format!("ws://127.0.0.1:{echo}/");
-        let mut opened = Vec::new();
-        for _ in 0..CLOSED_LOOP_SOCKETS {
-            opened.push(open(&url, false).await);
+        // Baseline: the echo server, its sockets opened now.
+        let (echo, echo_url) = echo_server().await;
+        let mut echo_sockets = Vec::new();
+        for _ in 0..closed_loop_sockets() {
+            echo_sockets.push(open(&echo_url, false).await);
         }
-        let (_, opened) = closed_loop(opened, warmup, "echo-warm").await;
-        let (echo_rate, _) = closed_loop(opened, duration, "echo").await;
-        println!(
-            "{:<46} {echo_rate:>10.0} messages/s",
-            "baseline: websocket echo (closed loop)"
-        );
 
         fresh_broker();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = format!(
-            "roles = [\"livechat\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = {}\nmax_connections_per_client = 0\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\npartitions = 3\n[blobs]\nurl = \"file://{}\"\n[router]\ndatabase_url = \"sqlite://{}?mode=rwc\"\n[livechat]\nsockets_per_ip = 1000000\nmessages_per_second = 1000.0\nmessage_burst = 1000\n[livechat.channels.shop]\nallowed_origins = [\"https://shop.example.test\"]\nidentity_secret = \"bench-secret\"\n",
+            "roles = [\"livechat\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = {}\nmax_connections_per_client = 0\n[log]\nlevel = \"warn\"\n[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{}\"\npartitions = 3\nlinger_ms = {}\n[blobs]\nurl = \"file://{}\"\n[router]\ndatabase_url = \"sqlite://{}?mode=rwc\"\n[livechat]\nsockets_per_ip = 1000000\nidle_timeout_secs = 600\nmessages_per_second = 1000.0\nmessage_burst = 1000\n[livechat.channels.shop]\nallowed_origins = [\"https://shop.example.test\"]\nidentity_secret = \"bench-secret\"\n",
             sockets + 1000,
             brokers(),
             unique_prefix("bench-livechat"),
+            // The gateway's producer batching delay; the default config's value unless set.
+            env_or("BENCH_LINGER_MS", 5),
             dir.path().join("blobs").display(),
             dir.path().join("omnigate.db").display(),
         );
         let path = dir.path().join("bench.toml");
         std::fs::write(&path, config).unwrap();
         let gateway = Running(start_omnigate(&path));
-        let base = format!("http://127.0.0.1:{port}");
-        for _ in 0..300 {
-            if reqwest::get(format!("{base}/readyz"))
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_http(&format!("http://127.0.0.1:{port}/readyz")).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = rss_mib(&gateway.0);
         let url = format!("ws://127.0.0.1:{port}/livechat/shop/ws");
@@ -207,14 +275,43 @@ fn main() {
             (after - before) * 1024.0 / sockets as f64
         );
 
-        let closed: Vec<Socket> = all.drain(..CLOSED_LOOP_SOCKETS.min(sockets)).collect();
-        let (_, closed) = closed_loop(closed, warmup, "warm").await;
-        let (gateway_rate, _) = closed_loop(closed, duration, "loop").await;
+        // The echo and the gateway take turns, so that both see the same mix of the
+        // host's fast and slow moments.
+        let closed: Vec<Socket> = all.drain(..closed_loop_sockets().min(sockets)).collect();
+        let mut sides = [
+            Side::new("baseline: websocket echo", echo, echo_sockets),
+            Side::new("omnigate: message -> Kafka ack", gateway, closed),
+        ];
+        for side in &mut sides {
+            side.turn(warmup, false).await;
+        }
+        let slice = Duration::from_secs(env_or("BENCH_SLICE_SECONDS", 2).max(1));
+        let rounds = duration.as_secs().div_ceil(slice.as_secs());
+        for round in 0..rounds as usize {
+            let mut line = format!("turn {}:", round + 1);
+            for i in 0..sides.len() {
+                let side = &mut sides[(round + i) % sides.len()];
+                let rate = side.turn(slice, true).await;
+                line.push_str(&format!("  {} {rate:.0}/s", side.label));
+            }
+            println!("{line}");
+        }
+        println!();
+        for side in &sides {
+            let (server, broker, client) = side.cpu_us();
+            println!(
+                "{:<46} {:>10.0} messages/s  CPU per message: server {server:.1} us, broker {broker:.1} us, load generator {client:.1} us",
+                format!("{} (closed loop)", side.label),
+                side.rate(),
+            );
+        }
+        let [echo, gateway] = sides;
         println!(
-            "{:<46} {gateway_rate:>10.0} messages/s  ratio {:.2} of the echo (goal 0.5)",
-            "omnigate: message -> Kafka ack (closed loop)",
-            gateway_rate / echo_rate
+            "ratio: omnigate / echo = {:.2} (goal 0.5)\n",
+            gateway.rate() / echo.rate()
         );
+        drop(echo);
+        let gateway = gateway.server;
 
         // Fixed rate over the remaining sockets: ack latency.
         let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();

@@ -24,7 +24,7 @@ use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
     bench::{
         Run, Running, broker_cpu_seconds, cpu_seconds, env_or, fresh_broker, own_cpu_seconds,
-        peak_mib, release_bin, start_omnigate, warmup,
+        peak_mib, release_bin, start_omnigate, wait_http, warmup,
     },
     brokers, free_port, kafka_config, unique_prefix,
 };
@@ -42,7 +42,7 @@ fn concurrency() -> usize {
 }
 const BODIES: usize = 50_000;
 /// Voice calls generated per second of a run, above any rate this bench reaches.
-const VOICE_CALLS_PER_SECOND: usize = 30_000;
+const VOICE_CALLS_PER_SECOND: usize = 80_000;
 
 /// Measured seconds per side, over all its slices.
 fn seconds() -> u64 {
@@ -362,19 +362,6 @@ async fn start_gateway(dir: &std::path::Path, name: &str, toml: &str, port: u16)
     let gateway = Running(start_omnigate(&path));
     wait_http(&format!("http://127.0.0.1:{port}/readyz")).await;
     gateway
-}
-
-async fn wait_http(url: &str) {
-    for _ in 0..300 {
-        if reqwest::get(url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{url} never came up");
 }
 
 fn main() {

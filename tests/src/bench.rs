@@ -188,6 +188,20 @@ pub fn broker_cpu_seconds() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Waits until `url` answers a GET with a 2xx, for up to 30 s.
+pub async fn wait_http(url: &str) {
+    for _ in 0..300 {
+        if reqwest::get(url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} never came up");
+}
+
 /// Kills a child process and reaps it.
 pub fn stop(mut child: Child) {
     let _ = child.kill();
