@@ -19,14 +19,13 @@
 use futures::{SinkExt as _, StreamExt as _, stream::SplitSink};
 use omnigate_e2e::{
     bench::{
-        Running, broker_cpu_seconds, cpu_seconds, env_or, fresh_broker, own_cpu_seconds,
-        release_bin, rss_mib, start_omnigate, wait_http, warmup,
+        Running, broker_cpu_seconds, cpu_seconds, env_or, fresh_broker, own_cpu_seconds, rss_mib,
+        start_baseline, start_omnigate, wait_http, warmup,
     },
     brokers, free_port, unique_prefix,
 };
 use std::{
     collections::HashMap,
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -197,13 +196,7 @@ impl Side {
 /// Starts the bare websocket echo server, the baseline, as its own process.
 async fn echo_server() -> (Running, String) {
     let port = free_port();
-    let echo = Running(
-        Command::new(release_bin("bench-bare-websocket"))
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let echo = start_baseline("bench-bare-websocket", port);
     for _ in 0..300 {
         if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return (echo, format!("ws://127.0.0.1:{port}/"));
@@ -226,17 +219,17 @@ fn main() {
         let rate: u64 = env_or("BENCH_CHAT_RATE", 2_000);
         let duration = Duration::from_secs(env_or("BENCH_SECONDS", 10));
         let warmup = warmup();
+        let concurrency = closed_loop_sockets();
         rlimit::increase_nofile_limit(u64::MAX).unwrap();
         println!(
-            "livechat_sockets: {sockets} idle sockets, closed loop on {}, then {rate} messages/s, {}s per run\n",
-            closed_loop_sockets(),
+            "livechat_sockets: {sockets} idle sockets, closed loop on {concurrency}, then {rate} messages/s, {}s per run\n",
             duration.as_secs()
         );
 
         // Baseline: the echo server, its sockets opened now.
         let (echo, echo_url) = echo_server().await;
         let mut echo_sockets = Vec::new();
-        for _ in 0..closed_loop_sockets() {
+        for _ in 0..concurrency {
             echo_sockets.push(open(&echo_url, false).await);
         }
 
@@ -277,7 +270,7 @@ fn main() {
 
         // The echo and the gateway take turns, so that both see the same mix of the
         // host's fast and slow moments.
-        let closed: Vec<Socket> = all.drain(..closed_loop_sockets().min(sockets)).collect();
+        let closed: Vec<Socket> = all.drain(..concurrency.min(sockets)).collect();
         let mut sides = [
             Side::new("baseline: websocket echo", echo, echo_sockets),
             Side::new("omnigate: message -> Kafka ack", gateway, closed),

@@ -24,13 +24,12 @@ use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
     bench::{
         Run, Running, broker_cpu_seconds, cpu_seconds, env_or, fresh_broker, own_cpu_seconds,
-        peak_mib, release_bin, start_omnigate, wait_http, warmup,
+        peak_mib, start_baseline, start_omnigate, wait_http, warmup,
     },
     brokers, free_port, kafka_config, unique_prefix,
 };
 use omnigate_kafka::{KafkaPublisher, admin};
 use std::{
-    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -298,14 +297,10 @@ impl Side {
 /// Starts the bare hyper server that reads each body and answers 200.
 async fn bare_hyper() -> (Running, String) {
     let port = free_port();
-    let hyper = Command::new(release_bin("bench-bare-hyper"))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let hyper = start_baseline("bench-bare-hyper", port);
     let url = format!("http://127.0.0.1:{port}/");
     wait_http(&url).await;
-    (Running(hyper), url)
+    (hyper, url)
 }
 
 /// A publisher and the normalized event of every body, for the producer baseline.

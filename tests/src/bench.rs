@@ -99,6 +99,37 @@ pub fn start_omnigate(config: &Path) -> Child {
         .expect("omnigate starts")
 }
 
+/// Starts a baseline server built beside the bench (`bench-bare-hyper`,
+/// `bench-bare-websocket`) on 127.0.0.1:`port`, its stdout discarded.
+pub fn start_baseline(name: &str, port: u16) -> Running {
+    Running(
+        Command::new(release_bin(name))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the baseline server starts"),
+    )
+}
+
+/// The `main` of a baseline server: serves on 127.0.0.1 at the port given as the first
+/// argument (`default_port` without one), on a multi-threaded runtime like the gateway's.
+pub fn serve_baseline<F>(
+    default_port: u16,
+    serve: impl FnOnce(std::net::SocketAddr) -> F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = std::io::Result<()>>,
+{
+    let port: u16 = std::env::args()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(default_port);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(std::net::SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
 /// Peak resident memory of a child process, in MiB (VmHWM); NaN when unknown.
 pub fn peak_mib(child: &Child) -> f64 {
     peak_mib_of(&format!("/proc/{}/status", child.id()))

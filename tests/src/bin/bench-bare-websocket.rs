@@ -6,14 +6,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use std::net::SocketAddr;
 
 fn main() -> std::io::Result<()> {
-    let port: u16 = std::env::args()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(18081);
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(serve(SocketAddr::from(([127, 0, 0, 1], port))))
+    omnigate_e2e::bench::serve_baseline(18081, serve)
 }
 
 async fn serve(addr: SocketAddr) -> std::io::Result<()> {
