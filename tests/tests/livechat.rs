@@ -159,6 +159,12 @@ async fn messages_are_acked_after_kafka_and_replies_reach_the_visitor_live_and_o
     let ack = next(&mut socket).await;
     assert_eq!(ack["type"], "ack", "{ack}");
     let event_id = ack["event_id"].as_str().unwrap().to_string();
+    // A second tab opened right after the ack already has the message in its history.
+    let mut tab = connect(&gateway, "https://shop.example.test").await;
+    let second = hello(&mut tab, json!({"visitor_token": token})).await;
+    assert_eq!(second["history"][0]["client_id"], "c-1", "{second}");
+    assert_eq!(second["history"][0]["event_id"], event_id.as_str());
+    drop(tab);
     // Acknowledged means on Kafka.
     let events = inbound(&prefix, 1);
     let event = events

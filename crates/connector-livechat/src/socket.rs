@@ -33,6 +33,9 @@ use tracing::Instrument as _;
 /// Most attachments one message may carry.
 const MAX_ATTACHMENTS: usize = 10;
 
+/// The longest a `hello` waits for this replica's unwritten history rows.
+const HELLO_FLUSH_WAIT: Duration = Duration::from_secs(2);
+
 /// Close codes of the protocol.
 mod close {
     pub const UNAUTHORIZED: u16 = 4401;
@@ -256,6 +259,13 @@ impl Session {
             (false, None) => uuid::Uuid::new_v4().simple().to_string(),
         };
         let store = &self.chat.inner.store;
+        // Messages this replica acknowledged moments ago are written first; if the
+        // database is slow, the history is read without them rather than the hello wait.
+        let _ = tokio::time::timeout(
+            HELLO_FLUSH_WAIT,
+            self.chat.inner.history.flush(&self.channel_id, &visitor),
+        )
+        .await;
         let (replies, history) = match (
             store
                 .replies(&self.channel_id, &visitor, last_seq, u64::MAX)
@@ -305,16 +315,21 @@ impl Session {
         };
         let mut heartbeat = tokio::time::interval(Duration::from_secs(config.heartbeat_secs));
         heartbeat.tick().await;
-        let mut last_heard = Instant::now();
+        // One idle timer for the socket's life, moved on only when it fires: a frame
+        // just notes the time instead of arming a new timer.
+        let mut last_heard = tokio::time::Instant::now();
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer);
         let mut last_read = 0u64;
         // Typing states set before this socket said hello are not news to it.
         let mut last_typing = Utc::now().timestamp_millis() - 1;
         let shutdown = self.chat.inner.ctx.shutdown.clone();
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(shutting_down);
         let end = loop {
-            let silence = idle.saturating_sub(last_heard.elapsed());
             tokio::select! {
                 frame = socket.recv() => {
-                    last_heard = Instant::now();
+                    last_heard = tokio::time::Instant::now();
                     let text = match frame {
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
@@ -396,10 +411,15 @@ impl Session {
                         break End::Gone;
                     }
                 }
-                () = tokio::time::sleep(silence) => {
+                () = &mut idle_timer => {
+                    let quiet_until = last_heard + idle;
+                    if quiet_until > tokio::time::Instant::now() {
+                        idle_timer.as_mut().reset(quiet_until);
+                        continue;
+                    }
                     break End::Close(close::IDLE, "heartbeat_timeout", "no frame within the idle timeout");
                 }
-                () = shutdown.cancelled() => {
+                () = &mut shutting_down => {
                     break End::Close(close::GOING_AWAY, "shutting_down", "the server is restarting; reconnect");
                 }
             }

@@ -7,7 +7,7 @@ use crate::protocol::{Agent, HistoryItem, ServerFrame};
 use omnigate_core::db::{OnConflict, SqlValue, insert_rows};
 use omnigate_model::pb;
 use sqlx::{AnyPool, Row as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// A failed database call.
@@ -216,8 +216,14 @@ impl LivechatStore {
 
     /// Records acknowledged visitor messages (a repeated client id is kept once).
     pub async fn save_messages(&self, rows: &[HistoryRow]) -> Result<(), StoreError> {
-        let values: Vec<Vec<SqlValue<'_>>> = rows
-            .iter()
+        // In key order, each insert lands beside the one before: the batch walks the
+        // primary key's pages once instead of jumping between visitors.
+        let mut sorted: Vec<&HistoryRow> = rows.iter().collect();
+        sorted.sort_unstable_by(|a, b| {
+            (&a.channel, &a.visitor, &a.client_id).cmp(&(&b.channel, &b.visitor, &b.client_id))
+        });
+        let values: Vec<Vec<SqlValue<'_>>> = sorted
+            .into_iter()
             .map(|row| {
                 vec![
                     row.channel.as_str().into(),
@@ -407,15 +413,67 @@ pub struct HistoryRow {
 }
 
 /// Most history rows written in one batch.
-const HISTORY_BATCH_ROWS: usize = 2_000;
-/// How long a batch waits for more rows after its first: a row reaches the history at
-/// most this much (plus the write) after its ack.
-const HISTORY_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+const HISTORY_BATCH_ROWS: usize = 10_000;
+/// How long a batch waits for more rows after its first. A `hello` on the replica that
+/// acknowledged a message has the batch written first; another replica's `hello` sees
+/// the message at most this much (plus the write) after its ack.
+const HISTORY_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What the history writer is handed.
+#[derive(Debug)]
+enum Queued {
+    /// A row to write.
+    Row(HistoryRow),
+    /// A `hello` about to read the visitor's history: answered once every row of that
+    /// visitor queued before it is written.
+    Flush {
+        channel: String,
+        visitor: String,
+        written: oneshot::Sender<()>,
+    },
+}
 
 /// Writes history rows in batches, beside the sockets: an ack never waits for SQL.
 #[derive(Debug, Clone)]
 pub struct HistoryWriter {
-    rows: mpsc::UnboundedSender<HistoryRow>,
+    queue: mpsc::UnboundedSender<Queued>,
+}
+
+/// A batch being gathered: its rows, and the `hello`s waiting for it.
+#[derive(Default)]
+struct Batch {
+    rows: Vec<HistoryRow>,
+    waiting: Vec<oneshot::Sender<()>>,
+}
+
+impl Batch {
+    /// Takes in what was queued; true when a `hello` waits for a row of the batch, so
+    /// the batch should be written now.
+    fn take(&mut self, queued: &mut Vec<Queued>) -> bool {
+        let mut urgent = false;
+        for item in queued.drain(..) {
+            match item {
+                Queued::Row(row) => self.rows.push(row),
+                Queued::Flush {
+                    channel,
+                    visitor,
+                    written,
+                } => {
+                    if self
+                        .rows
+                        .iter()
+                        .any(|row| row.visitor == visitor && row.channel == channel)
+                    {
+                        self.waiting.push(written);
+                        urgent = true;
+                    } else {
+                        let _ = written.send(());
+                    }
+                }
+            }
+        }
+        urgent
+    }
 }
 
 impl HistoryWriter {
@@ -424,54 +482,78 @@ impl HistoryWriter {
         store: LivechatStore,
         shutdown: CancellationToken,
     ) -> (Self, impl Future<Output = ()>) {
-        let (rows, mut queue) = mpsc::unbounded_channel::<HistoryRow>();
+        let (queue, mut queued) = mpsc::unbounded_channel::<Queued>();
         let writing = async move {
-            let mut batch = Vec::new();
+            let mut incoming = Vec::new();
+            let mut batch = Batch::default();
             loop {
                 let mut open = tokio::select! {
-                    n = queue.recv_many(&mut batch, HISTORY_BATCH_ROWS) => n > 0,
+                    n = queued.recv_many(&mut incoming, HISTORY_BATCH_ROWS) => n > 0,
                     () = shutdown.cancelled() => {
-                        while let Ok(row) = queue.try_recv() {
-                            batch.push(row);
+                        while let Ok(item) = queued.try_recv() {
+                            incoming.push(item);
                         }
                         false
                     }
                 };
+                let mut urgent = batch.take(&mut incoming);
+                if batch.rows.is_empty() && open {
+                    continue;
+                }
                 // Rows that come within the window join the batch: a commit writes each
                 // page it touched once, so a few large commits write far fewer pages
                 // than many small ones. The history is not on the ack's path.
                 let window = tokio::time::Instant::now() + HISTORY_BATCH_WINDOW;
-                while open && batch.len() < HISTORY_BATCH_ROWS {
-                    let room = HISTORY_BATCH_ROWS - batch.len();
-                    match tokio::time::timeout_at(window, queue.recv_many(&mut batch, room)).await {
+                while open && !urgent && batch.rows.len() < HISTORY_BATCH_ROWS {
+                    let room = HISTORY_BATCH_ROWS - batch.rows.len();
+                    match tokio::time::timeout_at(window, queued.recv_many(&mut incoming, room))
+                        .await
+                    {
                         Ok(0) => open = false,
-                        Ok(_) => {}
+                        Ok(_) => urgent = batch.take(&mut incoming),
                         Err(_) => break,
                     }
                 }
-                while !batch.is_empty() {
-                    match store.save_messages(&batch).await {
-                        Ok(()) => batch.clear(),
+                while !batch.rows.is_empty() {
+                    match store.save_messages(&batch.rows).await {
+                        Ok(()) => batch.rows.clear(),
                         Err(err) if open => {
-                            tracing::warn!(error = %err, rows = batch.len(), "Live chat history not written; retrying");
+                            tracing::warn!(error = %err, rows = batch.rows.len(), "Live chat history not written; retrying");
                             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                         }
                         Err(err) => {
-                            tracing::warn!(error = %err, rows = batch.len(), "Live chat history lost at shutdown");
-                            batch.clear();
+                            tracing::warn!(error = %err, rows = batch.rows.len(), "Live chat history lost at shutdown");
+                            batch.rows.clear();
                         }
                     }
+                }
+                for written in batch.waiting.drain(..) {
+                    let _ = written.send(());
                 }
                 if !open {
                     return;
                 }
             }
         };
-        (Self { rows }, writing)
+        (Self { queue }, writing)
+    }
+
+    /// Waits until every row of the visitor queued so far is written (or the writer is
+    /// gone), so a `hello` right after an ack finds the message in the history.
+    pub async fn flush(&self, channel: &str, visitor: &str) {
+        let (written, done) = oneshot::channel();
+        let flush = Queued::Flush {
+            channel: channel.to_string(),
+            visitor: visitor.to_string(),
+            written,
+        };
+        if self.queue.send(flush).is_ok() {
+            let _ = done.await;
+        }
     }
 
     /// Queues a row.
     pub fn record(&self, row: HistoryRow) {
-        let _ = self.rows.send(row);
+        let _ = self.queue.send(Queued::Row(row));
     }
 }
