@@ -239,6 +239,7 @@ impl Session {
             )
             .await;
         }
+        let returning = verified || visitor_token.as_deref().is_some_and(|t| !t.is_empty());
         let visitor = match (verified, visitor_token.as_deref().filter(|t| !t.is_empty())) {
             (true, _) => {
                 protocol::verified_visitor(identity.as_ref().unwrap_or(&Default::default()))
@@ -260,12 +261,15 @@ impl Session {
         };
         let store = &self.chat.inner.store;
         // Messages this replica acknowledged moments ago are written first; if the
-        // database is slow, the history is read without them rather than the hello wait.
-        let _ = tokio::time::timeout(
-            HELLO_FLUSH_WAIT,
-            self.chat.inner.history.flush(&self.channel_id, &visitor),
-        )
-        .await;
+        // database is slow, the history is read without them rather than making the
+        // hello wait longer. A new visitor has no history to wait for.
+        if returning {
+            let _ = tokio::time::timeout(
+                HELLO_FLUSH_WAIT,
+                self.chat.inner.history.flush(&self.channel_id, &visitor),
+            )
+            .await;
+        }
         let (replies, history) = match (
             store
                 .replies(&self.channel_id, &visitor, last_seq, u64::MAX)

@@ -219,7 +219,8 @@ impl LivechatStore {
         // In key order, each insert lands beside the one before: the batch walks the
         // primary key's pages once instead of jumping between visitors.
         let mut sorted: Vec<&HistoryRow> = rows.iter().collect();
-        sorted.sort_unstable_by(|a, b| {
+        // Stable: of a client id sent twice within one batch, the first is kept.
+        sorted.sort_by(|a, b| {
             (&a.channel, &a.visitor, &a.client_id).cmp(&(&b.channel, &b.visitor, &b.client_id))
         });
         let values: Vec<Vec<SqlValue<'_>>> = sorted
@@ -425,7 +426,7 @@ enum Queued {
     /// A row to write.
     Row(HistoryRow),
     /// A `hello` about to read the visitor's history: answered once every row of that
-    /// visitor queued before it is written.
+    /// visitor queued before it is written (or given up at shutdown).
     Flush {
         channel: String,
         visitor: String,
@@ -506,9 +507,12 @@ impl HistoryWriter {
                 let window = tokio::time::Instant::now() + HISTORY_BATCH_WINDOW;
                 while open && !urgent && batch.rows.len() < HISTORY_BATCH_ROWS {
                     let room = HISTORY_BATCH_ROWS - batch.rows.len();
-                    match tokio::time::timeout_at(window, queued.recv_many(&mut incoming, room))
-                        .await
-                    {
+                    let received = tokio::select! {
+                        received = tokio::time::timeout_at(window, queued.recv_many(&mut incoming, room)) => received,
+                        // Written now; the loop's start drains the rest.
+                        () = shutdown.cancelled() => break,
+                    };
+                    match received {
                         Ok(0) => open = false,
                         Ok(_) => urgent = batch.take(&mut incoming),
                         Err(_) => break,
@@ -538,8 +542,9 @@ impl HistoryWriter {
         (Self { queue }, writing)
     }
 
-    /// Waits until every row of the visitor queued so far is written (or the writer is
-    /// gone), so a `hello` right after an ack finds the message in the history.
+    /// Waits until every row of the visitor queued so far is written (or given up at
+    /// shutdown, or the writer is gone), so a `hello` right after an ack finds the
+    /// message in the history. It also waits out a write already under way.
     pub async fn flush(&self, channel: &str, visitor: &str) {
         let (written, done) = oneshot::channel();
         let flush = Queued::Flush {
