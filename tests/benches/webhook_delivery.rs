@@ -1,17 +1,20 @@
 //! `make bench`: the webhook dispatcher (release binary, SQLite delivery log) posting
 //! signed deliveries of routed events to a fast local receiver, beside a baseline
-//! measured in the same run, before and after the dispatcher, that posts the same
-//! bodies with a bare reqwest loop (the baseline), and beside the same loop
-//! through hyper's pooled client (the dispatcher posts over hyper's connections too).
-//! Prints deliveries/s, publish-to-delivery latency at a moderate rate, and memory.
+//! measured in the same run that posts the same bodies with a bare reqwest loop (the
+//! issue's baseline), and beside the same loop through hyper's pooled client (the
+//! dispatcher posts over hyper's connections too). The dispatcher works off a backlog
+//! and the reqwest loop runs in the bench process; the two take `BENCH_SLICE_SECONDS`
+//! (2) turns until each has had `BENCH_SECONDS` (10), the dispatcher held with
+//! SIGSTOP while the loop runs, so that both see the same host. Prints deliveries/s,
+//! CPU per delivery, publish-to-delivery latency at a moderate rate, and memory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use axum::{extract::State, http::HeaderMap};
 use omnigate_core::publish::{Publisher, Topic};
 use omnigate_e2e::{
     bench::{
-        Run, cpu_seconds, env_or, fresh_broker, latencies, own_cpu_seconds, own_peak_mib,
-        paced_rate, peak_mib, publish_paced, start_omnigate, stop,
+        Run, Running, cpu_seconds, env_or, fresh_broker, latencies, own_cpu_seconds, own_peak_mib,
+        paced_rate, peak_mib, publish_paced, start_omnigate, stop, warmup,
     },
     brokers, free_port, kafka_config, unique_prefix,
 };
@@ -82,9 +85,9 @@ fn event(n: usize) -> pb::Event {
     }
 }
 
-/// `concurrency` tasks posting a routed event's JSON `n` times in all through `post`,
-/// which answers whether the receiver took it.
-async fn post_loop<P, F>(n: usize, concurrency: usize, post: P) -> Run
+/// `concurrency` tasks posting a routed event's JSON `n` times in all (or until
+/// `until`) through `post`, which answers whether the receiver took it.
+async fn post_loop<P, F>(n: usize, until: Option<Instant>, concurrency: usize, post: P) -> Run
 where
     P: Fn(bytes::Bytes) -> F + Clone + Send + 'static,
     F: Future<Output = bool> + Send,
@@ -98,6 +101,9 @@ where
                 let (mut latencies, mut errors) = (Vec::new(), 0);
                 for _ in (w..n).step_by(concurrency) {
                     let sent = Instant::now();
+                    if until.is_some_and(|until| sent >= until) {
+                        break;
+                    }
                     if post(body.clone()).await {
                         latencies.push(sent.elapsed().as_micros() as u32);
                     } else {
@@ -111,11 +117,17 @@ where
     Run::collect(tasks, started).await
 }
 
-/// The baseline: the post loop with one reqwest client.
-async fn bare_reqwest(url: &str, n: usize, concurrency: usize) -> Run {
-    let client = reqwest::Client::new();
+/// The baseline: the post loop with one reqwest client, for `duration`.
+async fn bare_reqwest(
+    client: &reqwest::Client,
+    url: &str,
+    duration: Duration,
+    concurrency: usize,
+) -> Run {
+    let client = client.clone();
     let url: Arc<str> = url.into();
-    post_loop(n, concurrency, move |body| {
+    let until = Instant::now() + duration;
+    post_loop(usize::MAX, Some(until), concurrency, move |body| {
         let (client, url) = (client.clone(), Arc::clone(&url));
         async move {
             client
@@ -133,12 +145,13 @@ async fn bare_reqwest(url: &str, n: usize, concurrency: usize) -> Run {
 /// A second, informational baseline: the same loop through hyper-util's pooled client.
 /// The dispatcher posts over hyper's connections too, kept in a pool of its own
 /// (reqwest costs more CPU per request).
-async fn bare_hyper(url: &str, n: usize, concurrency: usize) -> Run {
+async fn bare_hyper(url: &str, duration: Duration, concurrency: usize) -> Run {
     use hyper_util::client::legacy::{Client, connect::HttpConnector};
     let client: Client<HttpConnector, http_body_util::Full<bytes::Bytes>> =
         Client::builder(hyper_util::rt::TokioExecutor::new()).build(HttpConnector::new());
     let uri: hyper::Uri = url.parse().unwrap();
-    post_loop(n, concurrency, move |body| {
+    let until = Instant::now() + duration;
+    post_loop(usize::MAX, Some(until), concurrency, move |body| {
         let request = hyper::Request::post(uri.clone())
             .header("content-type", "application/json")
             .body(http_body_util::Full::new(body))
@@ -165,14 +178,16 @@ async fn timed(name: &str, arrivals: &Arrivals, run: impl Future<Output = Run>) 
     run
 }
 
-async fn publish(publisher: &Publisher, events: Vec<pb::Event>) {
-    let workers: Vec<_> = events
-        .chunks(events.len().div_ceil(64).max(1))
-        .map(|chunk| {
-            let (publisher, chunk) = (publisher.clone(), chunk.to_vec());
+/// Publishes events `0..n` to the routed topic, each made as it is sent.
+async fn publish(publisher: &Publisher, n: usize) {
+    // Many in flight: each waits for the producer's batch.
+    const WORKERS: usize = 512;
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let publisher = publisher.clone();
             tokio::spawn(async move {
-                for event in chunk {
-                    publisher.event(Topic::Routed, event).await.unwrap();
+                for i in (w..n).step_by(WORKERS) {
+                    publisher.event(Topic::Routed, event(i)).await.unwrap();
                 }
             })
         })
@@ -253,25 +268,51 @@ async fn wait_for(arrivals: &Arrivals, n: usize, timeout: Duration) -> usize {
     }
 }
 
+/// Holds (`STOP`) or resumes (`CONT`) a process.
+fn signal(child: &std::process::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+/// Deliveries (arrivals with a `webhook-id`) that came between `from` and `to`.
+fn delivered_between(arrivals: &Arrivals, from: Instant, to: Instant) -> usize {
+    arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(id, at)| !id.is_empty() && *at >= from && *at <= to)
+        .count()
+}
+
+/// What the dispatcher's turns measured.
+#[derive(Default)]
+struct DispatcherTurns {
+    delivered: usize,
+    seconds: f64,
+    cpu_seconds: f64,
+    receiver_cpu_seconds: f64,
+}
+
 fn main() {
     omnigate_e2e::bench::block_on(async {
-        let n: usize = env_or("BENCH_DELIVERIES", 60_000);
+        let n: usize = env_or("BENCH_DELIVERIES", 600_000);
         let concurrency: usize = env_or("BENCH_CONCURRENCY", 64);
+        let duration = Duration::from_secs(env_or("BENCH_SECONDS", 10));
+        let slice = Duration::from_secs(env_or("BENCH_SLICE_SECONDS", 2).max(1));
+        let rounds = duration.as_secs().div_ceil(slice.as_secs()) as usize;
         println!(
-            "webhook_delivery: {n} deliveries to one local receiver, {concurrency} concurrent posts in the baseline and per endpoint in the dispatcher\n"
+            "webhook_delivery: a backlog of {n} deliveries to one local receiver, {concurrency} concurrent posts in the baseline and per endpoint in the dispatcher, {rounds} turns of {} s each\n",
+            slice.as_secs()
         );
         let (url, arrivals) = receiver().await;
 
-        let baseline_before = timed(
-            "baseline: bare reqwest loop (before)",
-            &arrivals,
-            bare_reqwest(&url, n, concurrency),
-        )
-        .await;
         let hyper_baseline = timed(
             "baseline: bare hyper client loop",
             &arrivals,
-            bare_hyper(&url, n, concurrency),
+            bare_hyper(&url, duration, concurrency),
         )
         .await;
 
@@ -280,12 +321,14 @@ fn main() {
             "BENCH_LOG_BATCH",
             omnigate_webhooks::dispatcher::WRITE_BATCH,
         );
-        let log = log_only(n, log_batch, &log_dir.path().join("log.db")).await;
+        // Its rows are made up front: a bounded count keeps them in memory.
+        let logged = n.min(100_000);
+        let log = log_only(logged, log_batch, &log_dir.path().join("log.db")).await;
         println!(
             "{:<38} {:>9.0} /s  ({:.1} us per delivery on the log's one writer, batches of {log_batch})",
             "delivery log alone (SQLite)",
-            n as f64 / log.as_secs_f64(),
-            log.as_secs_f64() / n as f64 * 1e6
+            logged as f64 / log.as_secs_f64(),
+            log.as_secs_f64() / logged as f64 * 1e6
         );
 
         // An empty broker, as in the other benches.
@@ -328,26 +371,77 @@ fn main() {
         let endpoint_id = registered["id"].as_str().unwrap().to_string();
         stop(api_only);
 
-        // Throughput: a backlog of n events, timed from the first delivery to the last.
-        let events: Vec<pb::Event> = (0..n).map(event).collect();
-        publish(&publisher, events).await;
-        let gateway = start("\"api\", \"webhooks\"");
-        let got = wait_for(&arrivals, n, Duration::from_secs(600)).await;
-        let (first, last) = {
-            let a = arrivals.lock().unwrap();
-            (a.first().map(|x| x.1), a.last().map(|x| x.1))
+        // Throughput: the dispatcher works off the backlog in its turns and is held
+        // with SIGSTOP in the reqwest loop's.
+        publish(&publisher, n).await;
+        // Killed when dropped: a bench that fails midway leaves no held process behind.
+        let running = Running(start("\"api\", \"webhooks\""));
+        let gateway = &running.0;
+        wait_for(&arrivals, 1, Duration::from_secs(120)).await;
+        tokio::time::sleep(warmup()).await;
+        signal(gateway, "STOP");
+        bare_reqwest(&client, &url, warmup(), concurrency).await;
+        let mut baseline = Run::default();
+        let mut baseline_cpu_seconds = 0.0;
+        let mut dispatcher = DispatcherTurns::default();
+        for round in 0..rounds {
+            let mut line = format!("turn {}:", round + 1);
+            for side in [round % 2, (round + 1) % 2] {
+                let own_cpu = own_cpu_seconds();
+                if side == 0 {
+                    let run = bare_reqwest(&client, &url, slice, concurrency).await;
+                    baseline_cpu_seconds += own_cpu_seconds() - own_cpu;
+                    line.push_str(&format!("  reqwest loop {:.0}/s", run.rate()));
+                    baseline.absorb(run);
+                } else {
+                    let cpu = cpu_seconds(gateway);
+                    let started = Instant::now();
+                    signal(gateway, "CONT");
+                    tokio::time::sleep(slice).await;
+                    signal(gateway, "STOP");
+                    let ended = Instant::now();
+                    let delivered = delivered_between(&arrivals, started, ended);
+                    let seconds = (ended - started).as_secs_f64();
+                    dispatcher.delivered += delivered;
+                    dispatcher.seconds += seconds;
+                    dispatcher.cpu_seconds += cpu_seconds(gateway) - cpu;
+                    dispatcher.receiver_cpu_seconds += own_cpu_seconds() - own_cpu;
+                    line.push_str(&format!("  dispatcher {:.0}/s", delivered as f64 / seconds));
+                }
+            }
+            println!("{line}");
+        }
+        // The rest of the backlog, worked off before the latency phase.
+        let remaining = {
+            let mut arrivals = arrivals.lock().unwrap();
+            let delivered = arrivals.iter().filter(|(id, _)| !id.is_empty()).count();
+            arrivals.clear();
+            assert!(
+                delivered < n,
+                "the backlog ran out during the turns: raise BENCH_DELIVERIES"
+            );
+            n - delivered
         };
-        let elapsed = match (first, last) {
-            (Some(f), Some(l)) => l.duration_since(f),
-            _ => Duration::ZERO,
-        };
-        let rate = got as f64 / elapsed.as_secs_f64().max(1e-9);
+        signal(gateway, "CONT");
+        let got = wait_for(&arrivals, remaining, Duration::from_secs(600)).await;
+        assert_eq!(got, remaining, "deliveries missing after the turns");
+        println!();
+        baseline.print("baseline: bare reqwest loop", own_peak_mib());
         println!(
-            "{:<38} {rate:>9.0} /s  ({got} in {:.2} s)  peak RSS {:>6.1} MiB  CPU {:.1} us per delivery",
+            "{:<38} CPU {:.1} us per post (client and receiver)",
+            "",
+            baseline_cpu_seconds / baseline.requests.max(1) as f64 * 1e6
+        );
+        let per = |seconds: f64| seconds / dispatcher.delivered.max(1) as f64 * 1e6;
+        let rate = dispatcher.delivered as f64 / dispatcher.seconds.max(f64::MIN_POSITIVE);
+        println!(
+            "{:<38} {rate:>9.0} /s  ({} in {:.1} s)  peak RSS {:>6.1} MiB  CPU {:.1} us per delivery (receiver {:.1} us)",
             "omnigate dispatcher (signed, logged)",
-            elapsed.as_secs_f64(),
-            peak_mib(&gateway),
-            cpu_seconds(&gateway) / got.max(1) as f64 * 1e6
+            dispatcher.delivered,
+            dispatcher.seconds,
+            peak_mib(gateway),
+            per(dispatcher.cpu_seconds),
+            per(dispatcher.receiver_cpu_seconds),
         );
 
         // Latency at a moderate rate: publish to delivery, per event.
@@ -368,24 +462,13 @@ fn main() {
             latency.percentile(0.99),
             latency.requests,
             paced_rate(),
-            baseline_before.percentile(0.99),
+            baseline.percentile(0.99),
         );
-        stop(gateway);
-        // The machine's speed drifts between runs and within one (the same loop has
-        // run anywhere from 22,800 to 36,400 posts/s here), so the baseline is timed
-        // on both sides of the dispatcher and the ratio taken to their mean.
-        let baseline_after = timed(
-            "baseline: bare reqwest loop (after)",
-            &arrivals,
-            bare_reqwest(&url, n, concurrency),
-        )
-        .await;
-        let baseline_rate = (baseline_before.rate() + baseline_after.rate()) / 2.0;
+        drop(running);
         println!(
-            "\nratio: dispatcher / baseline = {:.2} (target >= 0.60; baseline {baseline_rate:.0} /s, the mean of before and after: {:.2} and {:.2} of each); deliveries/s = {rate:.0} (target >= 5000)",
-            rate / baseline_rate,
-            rate / baseline_before.rate(),
-            rate / baseline_after.rate(),
+            "\nratio: dispatcher / baseline = {:.2} (target >= 0.60; baseline {:.0} /s); deliveries/s = {rate:.0} (target >= 5000)",
+            rate / baseline.rate(),
+            baseline.rate(),
         );
         println!(
             "       dispatcher / bare hyper client loop = {:.2} (no target: hyper, which the dispatcher posts over)",
