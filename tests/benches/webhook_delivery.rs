@@ -85,23 +85,24 @@ fn event(n: usize) -> pb::Event {
     }
 }
 
-/// `concurrency` tasks posting a routed event's JSON `n` times in all (or until
-/// `until`) through `post`, which answers whether the receiver took it.
-async fn post_loop<P, F>(n: usize, until: Option<Instant>, concurrency: usize, post: P) -> Run
+/// `concurrency` tasks posting a routed event's JSON through `post` for `duration`;
+/// `post` answers whether the receiver took it.
+async fn post_loop<P, F>(duration: Duration, concurrency: usize, post: P) -> Run
 where
     P: Fn(bytes::Bytes) -> F + Clone + Send + 'static,
     F: Future<Output = bool> + Send,
 {
     let body = bytes::Bytes::from(omnigate_model::to_json(&event(0)));
     let started = Instant::now();
+    let until = started + duration;
     let tasks = (0..concurrency)
-        .map(|w| {
+        .map(|_| {
             let (post, body) = (post.clone(), body.clone());
             tokio::spawn(async move {
                 let (mut latencies, mut errors) = (Vec::new(), 0);
-                for _ in (w..n).step_by(concurrency) {
+                loop {
                     let sent = Instant::now();
-                    if until.is_some_and(|until| sent >= until) {
+                    if sent >= until {
                         break;
                     }
                     if post(body.clone()).await {
@@ -126,8 +127,7 @@ async fn bare_reqwest(
 ) -> Run {
     let client = client.clone();
     let url: Arc<str> = url.into();
-    let until = Instant::now() + duration;
-    post_loop(usize::MAX, Some(until), concurrency, move |body| {
+    post_loop(duration, concurrency, move |body| {
         let (client, url) = (client.clone(), Arc::clone(&url));
         async move {
             client
@@ -150,8 +150,7 @@ async fn bare_hyper(url: &str, duration: Duration, concurrency: usize) -> Run {
     let client: Client<HttpConnector, http_body_util::Full<bytes::Bytes>> =
         Client::builder(hyper_util::rt::TokioExecutor::new()).build(HttpConnector::new());
     let uri: hyper::Uri = url.parse().unwrap();
-    let until = Instant::now() + duration;
-    post_loop(usize::MAX, Some(until), concurrency, move |body| {
+    post_loop(duration, concurrency, move |body| {
         let request = hyper::Request::post(uri.clone())
             .header("content-type", "application/json")
             .body(http_body_util::Full::new(body))

@@ -111,14 +111,15 @@ pub fn start_baseline(name: &str, port: u16) -> Running {
     )
 }
 
-/// The `main` of a baseline server: serves on 127.0.0.1 at the port given as the first
-/// argument (`default_port` without one), on a multi-threaded runtime like the gateway's.
+/// The `main` of a baseline server: accepts on 127.0.0.1 at the port given as the first
+/// argument (`default_port` without one), on a multi-threaded runtime like the gateway's,
+/// and runs `connection` on each accepted stream in a task of its own.
 pub fn serve_baseline<F>(
     default_port: u16,
-    serve: impl FnOnce(std::net::SocketAddr) -> F,
+    connection: fn(tokio::net::TcpStream) -> F,
 ) -> std::io::Result<()>
 where
-    F: Future<Output = std::io::Result<()>>,
+    F: Future<Output = ()> + Send + 'static,
 {
     let port: u16 = std::env::args()
         .nth(1)
@@ -127,7 +128,13 @@ where
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(serve(std::net::SocketAddr::from(([127, 0, 0, 1], port))))
+        .block_on(async move {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+            loop {
+                let (stream, _) = listener.accept().await?;
+                tokio::spawn(connection(stream));
+            }
+        })
 }
 
 /// Peak resident memory of a child process, in MiB (VmHWM); NaN when unknown.

@@ -239,8 +239,9 @@ impl Session {
             )
             .await;
         }
-        let returning = verified || visitor_token.as_deref().is_some_and(|t| !t.is_empty());
-        let visitor = match (verified, visitor_token.as_deref().filter(|t| !t.is_empty())) {
+        let token = visitor_token.as_deref().filter(|t| !t.is_empty());
+        let returning = verified || token.is_some();
+        let visitor = match (verified, token) {
             (true, _) => {
                 protocol::verified_visitor(identity.as_ref().unwrap_or(&Default::default()))
             }

@@ -3,25 +3,19 @@
 //! gateway does, so that both pay the same scheduling and loopback costs.
 
 use futures::{SinkExt as _, StreamExt as _};
-use std::net::SocketAddr;
 
 fn main() -> std::io::Result<()> {
-    omnigate_e2e::bench::serve_baseline(18081, serve)
+    omnigate_e2e::bench::serve_baseline(18081, echo)
 }
 
-async fn serve(addr: SocketAddr) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        tokio::spawn(async move {
-            let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
-                return;
-            };
-            while let Some(Ok(frame)) = socket.next().await {
-                if frame.is_text() && socket.send(frame).await.is_err() {
-                    return;
-                }
-            }
-        });
+/// Serves one connection: the handshake, then every text frame sent back.
+async fn echo(stream: tokio::net::TcpStream) {
+    let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    while let Some(Ok(frame)) = socket.next().await {
+        if frame.is_text() && socket.send(frame).await.is_err() {
+            return;
+        }
     }
 }
